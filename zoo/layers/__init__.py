@@ -1,0 +1,1 @@
+"""The shared vocabulary every family is built from: attention, positions, blocks, stacks."""

@@ -1,0 +1,466 @@
+"""Scaled dot-product attention, boolean masks, multi-head attention and its KV cache.
+
+Letters used in shapes and einsum strings:
+  B batch, T query (target) length, S key/value (source) length, D model width,
+  N query heads, K key/value heads (N is a multiple of K), G = N // K query heads per
+  key/value head, H head dim.
+
+Masks are boolean, True = attend, broadcastable to ``[B, N, T, S]``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from zoo import sharding as sh
+from zoo.layers.positional import apply_rope
+
+Array = jax.Array
+Implementation = Literal["xla", "cudnn"]
+IMPLEMENTATIONS = ("xla", "cudnn")
+
+# Masked logits get this value instead of -inf: a fully masked row then becomes a uniform
+# softmax (finite output, finite gradient) rather than 0/0 = NaN. It is far below any real
+# logit yet leaves float32 headroom for an added bias.
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks.
+
+
+def valid_from_ids(ids: Array, pad_id: int = 0) -> Array:
+  """``[B, L]`` token ids -> ``[B, L]`` bool, True where the token is not padding."""
+  return jnp.asarray(ids) != pad_id
+
+
+def valid_from_lengths(lengths: Array, length: int) -> Array:
+  """``[B]`` lengths -> ``[B, length]`` bool, True for the first ``lengths[b]`` positions."""
+  return jnp.arange(length)[None, :] < jnp.asarray(lengths)[:, None]
+
+
+def padding_mask(q_valid: Array, kv_valid: Array | None = None) -> Array:
+  """Query validity ``[B, T]`` x key validity ``[B, S]`` -> ``[B, 1, T, S]``.
+
+  With ``kv_valid`` None this is a self-attention padding mask; with both given it is the
+  cross-attention mask (decoder queries over encoder keys).
+  """
+  kv_valid = q_valid if kv_valid is None else kv_valid
+  return q_valid[:, None, :, None] & kv_valid[:, None, None, :]
+
+
+def causal_mask(length: int, kv_length: int | None = None) -> Array:
+  """``[1, 1, T, S]``: query t attends to keys at or before it.
+
+  With ``kv_length > length`` the queries are taken to be the last ``length`` positions
+  (a chunk appended after ``kv_length - length`` earlier keys).
+  """
+  kv_length = length if kv_length is None else kv_length
+  q_pos = jnp.arange(length) + (kv_length - length)
+  return (q_pos[:, None] >= jnp.arange(kv_length)[None, :])[None, None]
+
+
+def causal_mask_from_positions(q_positions: Array, kv_positions: Array | None = None) -> Array:
+  """Positions ``[B, T]`` and ``[B, S]`` -> ``[B, 1, T, S]``, True where key pos <= query pos.
+
+  Used for packed sequences (with :func:`segment_mask`) and for decoding with a cache.
+  """
+  kv_positions = q_positions if kv_positions is None else kv_positions
+  return q_positions[:, None, :, None] >= kv_positions[:, None, None, :]
+
+
+def segment_mask(q_segment_ids: Array, kv_segment_ids: Array | None = None) -> Array:
+  """Segment ids ``[B, T]``, ``[B, S]`` -> ``[B, 1, T, S]``: attend only within a segment."""
+  kv_segment_ids = q_segment_ids if kv_segment_ids is None else kv_segment_ids
+  return q_segment_ids[:, None, :, None] == kv_segment_ids[:, None, None, :]
+
+
+def combine_masks(*masks: Array | None) -> Array | None:
+  """Logical AND of the masks that are not None (None if all are)."""
+  masks = [m for m in masks if m is not None]
+  if not masks:
+    return None
+  out = masks[0]
+  for m in masks[1:]:
+    out = out & m
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The attention function.
+
+
+def _check_broadcastable(name: str, x: Array | None, target: tuple[int, ...]) -> None:
+  if x is None:
+    return
+  if x.ndim != 4:
+    raise ValueError(
+        f"{name} must have rank 4, broadcastable to [B, N, T, S] = {list(target)}; got shape "
+        f"{tuple(x.shape)}. Build masks with zoo.layers.attention.padding_mask / causal_mask, "
+        "or add the missing axes (e.g. mask[:, None, None, :] for a [B, S] key mask)."
+    )
+  for got, want in zip(x.shape, target):
+    if got not in (1, want):
+      raise ValueError(
+          f"{name} of shape {tuple(x.shape)} does not broadcast to [B, N, T, S] = {list(target)}."
+      )
+
+
+def _check_qkv(query: Array, key: Array, value: Array) -> None:
+  for name, x in (("query", query), ("key", key), ("value", value)):
+    if x.ndim != 4:
+      raise ValueError(
+          f"{name} must be [batch, length, heads, head_dim] (rank 4); got shape {tuple(x.shape)}."
+      )
+  if key.shape != value.shape:
+    raise ValueError(f"key and value shapes differ: {tuple(key.shape)} vs {tuple(value.shape)}.")
+  if query.shape[-1] != key.shape[-1]:
+    raise ValueError(
+        f"query head dim {query.shape[-1]} differs from key head dim {key.shape[-1]} "
+        f"(query {tuple(query.shape)}, key {tuple(key.shape)}); q and k must share H."
+    )
+  if query.shape[0] != key.shape[0]:
+    raise ValueError(f"batch sizes differ: query {query.shape[0]}, key {key.shape[0]}.")
+  n, k = query.shape[2], key.shape[2]
+  if n % k:
+    raise ValueError(
+        f"query heads N={n} must be a multiple of key/value heads K={k} "
+        f"(MHA: K=N, grouped-query: K divides N, multi-query: K=1)."
+    )
+
+
+def default_implementation(dtype: Any) -> Implementation:
+  """cuDNN flash attention on GPU for 16-bit inputs, the einsum path everywhere else."""
+  on_gpu = jax.default_backend() == "gpu"
+  return "cudnn" if on_gpu and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
+
+
+def _resolve_implementation(
+    implementation: str | None, query: Array, needs_xla: str | None
+) -> Implementation:
+  if implementation is None:
+    return "xla" if needs_xla else default_implementation(query.dtype)
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None; got {implementation!r}.")
+  if implementation == "cudnn":
+    if jax.default_backend() != "gpu":
+      raise ValueError(
+          f"implementation='cudnn' needs an NVIDIA GPU; the default backend is "
+          f"{jax.default_backend()!r}. Use implementation='xla' or None (best available)."
+      )
+    if jnp.dtype(query.dtype) not in (jnp.bfloat16, jnp.float16):
+      raise ValueError(
+          f"implementation='cudnn' needs bfloat16 or float16 inputs; got {query.dtype}. Cast "
+          "q/k/v (e.g. model dtype=jnp.bfloat16) or use implementation='xla'."
+      )
+    if needs_xla:
+      raise ValueError(f"implementation='cudnn' does not support {needs_xla}; use 'xla'.")
+  return implementation
+
+
+def dot_product_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    *,
+    mask: Array | None = None,
+    bias: Array | None = None,
+    implementation: Implementation | None = None,
+    scale: float | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
+    deterministic: bool = True,
+    return_weights: bool = False,
+) -> Array | tuple[Array, Array]:
+  """softmax(q k^T / sqrt(H) + bias, masked) v, for multi-head, grouped-query and multi-query.
+
+  Args:
+    query: ``[B, T, N, H]``.
+    key: ``[B, S, K, H]`` with N a multiple of K; query head n reads key/value head n // (N/K).
+    value: ``[B, S, K, H]``.
+    mask: boolean, True = attend, broadcastable to ``[B, N, T, S]``.
+    bias: additive logits bias broadcastable to ``[B, N, T, S]``.
+    implementation: "xla" (einsum path, any device), "cudnn" (``jax.nn.dot_product_attention``
+      flash attention, GPU with bf16/fp16 only) or None: cuDNN where it applies, else "xla".
+    scale: logits scale; default ``1/sqrt(H)`` so that q.k of unit-variance vectors (variance H)
+      reaches the softmax with unit variance.
+    dropout_rate: dropout on the attention weights (xla path; active when not deterministic).
+    dropout_rng: PRNG key for that dropout.
+    deterministic: disables dropout.
+    return_weights: also return the ``[B, N, T, S]`` float32 attention weights (xla path).
+
+  Returns:
+    ``[B, T, N, H]`` in the query dtype, and the weights when ``return_weights``.
+  """
+  _check_qkv(query, key, value)
+  b, t, n, h = query.shape
+  s, k = key.shape[1], key.shape[2]
+  _check_broadcastable("mask", mask, (b, n, t, s))
+  _check_broadcastable("bias", bias, (b, n, t, s))
+  if mask is not None and mask.dtype != jnp.bool_:
+    raise ValueError(f"mask must be boolean (True = attend); got dtype {mask.dtype}.")
+  use_dropout = dropout_rate > 0.0 and not deterministic
+  needs_xla = (
+      "return_weights" if return_weights else "attention dropout" if use_dropout else None
+  )
+  impl = _resolve_implementation(implementation, query, needs_xla)
+  scale = 1.0 / math.sqrt(h) if scale is None else scale
+
+  if impl == "cudnn":
+    out = jax.nn.dot_product_attention(
+        query, key, value, bias=bias, mask=mask, scale=scale, implementation="cudnn"
+    )
+    return out
+
+  g = n // k
+  q_BTKGH = query.reshape(b, t, k, g, h)
+  # Logits and softmax in float32 whatever the compute dtype: bf16 logits lose the small
+  # differences that decide the softmax.
+  logits = jnp.einsum(
+      "BTKGH,BSKH->BKGTS", q_BTKGH, key, preferred_element_type=jnp.float32
+  ).reshape(b, n, t, s)
+  logits = logits * scale
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, MASK_VALUE)
+  weights_BNTS = jax.nn.softmax(logits, axis=-1)
+  probs = weights_BNTS
+  if use_dropout:
+    if dropout_rng is None:
+      raise ValueError("dropout_rate > 0 with deterministic=False needs a dropout_rng.")
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+  probs = probs.astype(value.dtype).reshape(b, k, g, t, s)
+  out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, value).reshape(b, t, n, h)
+  if return_weights:
+    return out, weights_BNTS
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-head attention module.
+
+
+def _dense_init(init, names):
+  return nn.with_logical_partitioning(init, names)
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head (or grouped-query / multi-query) attention with an optional KV cache.
+
+  Parameters: ``query`` ``[D, N, H]``, ``key`` / ``value`` ``[D, K, H]``, ``out`` ``[N, H, D]``
+  kernels (plus biases when ``use_bias``), each with logical axis names.
+
+  Decoding: initialise with ``decode=True`` on an input of the full cache length
+  ``[B, max_len, D]`` to allocate the ``"cache"`` collection, then call with ``decode=True`` on
+  chunks (a prompt, then one token at a time) with ``mutable=["cache"]``. Each call writes its
+  keys/values at the cache index and attends causally to everything written so far; an extra
+  ``mask`` is then broadcastable to ``[B, N, T, max_len]`` (e.g. prompt padding).
+  """
+
+  num_heads: int
+  head_dim: int
+  num_kv_heads: int | None = None  # None = num_heads (plain MHA); 1 = multi-query
+  out_features: int | None = None  # None = the query input width
+  use_bias: bool = True
+  dropout_rate: float = 0.0  # on the attention weights
+  use_rope: bool = False  # rotary positions on q and k (self-attention only)
+  rope_base: float = 10000.0
+  implementation: Implementation | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+  out_kernel_init: Any = None  # None = kernel_init (GPT-2 scales residual projections)
+
+  @nn.compact
+  def __call__(
+      self,
+      inputs_q: Array,
+      inputs_kv: Array | None = None,
+      *,
+      mask: Array | None = None,
+      bias: Array | None = None,
+      positions: Array | None = None,
+      deterministic: bool = True,
+      decode: bool = False,
+      sow_weights: bool = False,
+  ) -> Array:
+    """Attention of ``inputs_q [B, T, D]`` over ``inputs_kv [B, S, D]`` (itself if None).
+
+    Args:
+      inputs_q: ``[B, T, D]`` queries.
+      inputs_kv: ``[B, S, Dkv]`` keys/values source for cross-attention; None = self-attention.
+      mask: boolean, broadcastable to ``[B, N, T, S]``.
+      bias: additive logits bias, broadcastable to ``[B, N, T, S]``.
+      positions: ``[B, T]`` (or ``[T]``) positions for RoPE; default ``arange(T)`` (offset by
+        the cache index when decoding).
+      deterministic: disables dropout.
+      decode: use and update the KV cache (self-attention only).
+      sow_weights: store the ``[B, N, T, S]`` weights in the ``"intermediates"`` collection
+        as ``attention_weights`` (forces the xla path).
+
+    Returns:
+      ``[B, T, out_features]``.
+    """
+    if inputs_q.ndim != 3:
+      raise ValueError(f"inputs_q must be [batch, length, features]; got {tuple(inputs_q.shape)}.")
+    self_attention = inputs_kv is None
+    if not self_attention and inputs_kv.ndim != 3:
+      raise ValueError(f"inputs_kv must be [batch, length, features]; got {tuple(inputs_kv.shape)}.")
+    if decode and not self_attention:
+      raise ValueError("decode=True caches self-attention only; call cross-attention without it.")
+    num_kv = self.num_kv_heads or self.num_heads
+    if self.num_heads % num_kv:
+      raise ValueError(
+          f"num_heads={self.num_heads} must be a multiple of num_kv_heads={num_kv}."
+      )
+    kv_in = inputs_q if self_attention else inputs_kv
+    proj = lambda heads, axis, name: _HeadsProjection(  # noqa: E731
+        heads=heads,
+        head_dim=self.head_dim,
+        heads_axis=axis,
+        use_bias=self.use_bias,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=self.kernel_init,
+        name=name,
+    )
+    query = proj(self.num_heads, sh.HEADS, "query")(inputs_q)
+    key = proj(num_kv, sh.KV_HEADS, "key")(kv_in)
+    value = proj(num_kv, sh.KV_HEADS, "value")(kv_in)
+
+    b, t = inputs_q.shape[:2]
+    cache_index = None
+    if decode:
+      initialised = self.has_variable("cache", "cached_key")
+      cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+      cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+      index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+      if initialised:
+        cache_index = index.value
+    if positions is None:
+      positions = jnp.arange(t)[None, :] + (0 if cache_index is None else cache_index)
+    positions = jnp.broadcast_to(jnp.asarray(positions), (b, t))
+
+    if self.use_rope and self_attention:
+      query = apply_rope(query, positions, base=self.rope_base)
+      key = apply_rope(key, positions, base=self.rope_base)
+
+    if cache_index is not None:
+      max_len = cached_key.value.shape[1]
+      if t > max_len:
+        raise ValueError(f"decoding {t} tokens at once exceeds the cache length {max_len}.")
+      key = jax.lax.dynamic_update_slice(cached_key.value, key, (0, cache_index, 0, 0))
+      value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, cache_index, 0, 0))
+      cached_key.value, cached_value.value = key, value
+      index.value = cache_index + t
+      # Slots are written in order, so "slot <= this query's slot" is causal over the cache
+      # and hides the unwritten tail.
+      q_slot = cache_index + jnp.arange(t)
+      cache_mask = (jnp.arange(max_len)[None, :] <= q_slot[:, None])[None, None]
+      mask = combine_masks(mask, cache_mask)
+
+    dropout_rng = None
+    if self.dropout_rate > 0.0 and not deterministic:
+      dropout_rng = self.make_rng("dropout")
+    result = dot_product_attention(
+        query,
+        key,
+        value,
+        mask=mask,
+        bias=bias,
+        implementation="xla" if sow_weights else self.implementation,
+        dropout_rate=self.dropout_rate,
+        dropout_rng=dropout_rng,
+        deterministic=deterministic,
+        return_weights=sow_weights,
+    )
+    if sow_weights:
+      result, weights = result
+      self.sow("intermediates", "attention_weights", weights)
+    out_features = self.out_features or inputs_q.shape[-1]
+    out_init = self.out_kernel_init or self.kernel_init
+    out = _OutProjection(
+        features=out_features,
+        use_bias=self.use_bias,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=out_init,
+        name="out",
+    )(result)
+    return out
+
+
+def _fan_in_over(init, n_in_axes: int):
+  """Wrap a 2-D initializer so an ``[in..., out...]`` kernel gets fan-in = prod(in axes)."""
+
+  def wrapped(rng, shape, dtype=jnp.float32):
+    fan_in = int(np.prod(shape[:n_in_axes]))
+    flat = init(rng, (fan_in, int(np.prod(shape[n_in_axes:]))), dtype)
+    return flat.reshape(shape)
+
+  return wrapped
+
+
+class _HeadsProjection(nn.Module):
+  """``[B, L, D] -> [B, L, heads, head_dim]`` with a ``[D, heads, head_dim]`` kernel."""
+
+  heads: int
+  head_dim: int
+  heads_axis: str
+  use_bias: bool
+  dtype: Any
+  param_dtype: Any
+  kernel_init: Any
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param(
+        "kernel",
+        _dense_init(_fan_in_over(self.kernel_init, 1), (sh.EMBED, self.heads_axis, sh.HEAD_DIM)),
+        (x.shape[-1], self.heads, self.head_dim),
+        self.param_dtype,
+    )
+    y = jnp.einsum("BLD,DNH->BLNH", x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      b = self.param(
+          "bias",
+          _dense_init(nn.initializers.zeros, (self.heads_axis, sh.HEAD_DIM)),
+          (self.heads, self.head_dim),
+          self.param_dtype,
+      )
+      y = y + b.astype(self.dtype)
+    return y
+
+
+class _OutProjection(nn.Module):
+  """``[B, T, N, H] -> [B, T, D]`` with an ``[N, H, D]`` kernel."""
+
+  features: int
+  use_bias: bool
+  dtype: Any
+  param_dtype: Any
+  kernel_init: Any
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param(
+        "kernel",
+        _dense_init(_fan_in_over(self.kernel_init, 2), (sh.HEADS, sh.HEAD_DIM, sh.EMBED)),
+        (x.shape[-2], x.shape[-1], self.features),
+        self.param_dtype,
+    )
+    y = jnp.einsum("BTNH,NHD->BTD", x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      b = self.param(
+          "bias", _dense_init(nn.initializers.zeros, (sh.EMBED,)), (self.features,), self.param_dtype
+      )
+      y = y + b.astype(self.dtype)
+    return y

@@ -1,0 +1,138 @@
+"""Position information: fixed sinusoidal tables, learned tables, rotary embeddings (RoPE).
+
+Every function takes explicit positions where it can, so packed sequences (positions restart
+per segment) and cached decoding (positions continue from the cache index) work unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from zoo import sharding as sh
+
+Array = jax.Array
+SinusoidLayout = Literal["interleaved", "split"]
+
+
+def sinusoid_at(
+    positions: Array,
+    dim: int,
+    *,
+    base: float = 10000.0,
+    layout: SinusoidLayout = "interleaved",
+) -> Array:
+  """Sinusoidal encodings of arbitrary positions: ``[...]`` -> ``[..., dim]`` float32.
+
+  Frequency i (of dim/2) has wavelength ``base ** (2i / dim)``. ``layout="interleaved"`` is the
+  paper's (sin on even, cos on odd dimensions); ``"split"`` puts all sines first, then all
+  cosines (tensor2tensor / Marian).
+  """
+  if dim % 2:
+    raise ValueError(f"sinusoidal encodings need an even dim; got {dim}.")
+  inv_freq = 1.0 / (base ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+  angles = jnp.asarray(positions, jnp.float32)[..., None] * inv_freq
+  sin, cos = jnp.sin(angles), jnp.cos(angles)
+  if layout == "interleaved":
+    return jnp.stack([sin, cos], axis=-1).reshape(*angles.shape[:-1], dim)
+  if layout == "split":
+    return jnp.concatenate([sin, cos], axis=-1)
+  raise ValueError(f"layout must be 'interleaved' or 'split'; got {layout!r}.")
+
+
+def sinusoidal_encoding(
+    length: int, dim: int, *, base: float = 10000.0, layout: SinusoidLayout = "interleaved"
+) -> Array:
+  """The ``[length, dim]`` table of "Attention Is All You Need", section 3.5.
+
+  ``PE[pos, 2i] = sin(pos / base^(2i/dim))``, ``PE[pos, 2i+1] = cos(pos / base^(2i/dim))``.
+  """
+  return sinusoid_at(jnp.arange(length), dim, base=base, layout=layout)
+
+
+def sincos_2d(grid_h: int, grid_w: int, dim: int, *, base: float = 10000.0) -> Array:
+  """Fixed 2-D sin-cos encodings for a ``grid_h x grid_w`` patch grid -> ``[h*w, dim]``.
+
+  Half the channels encode the row, half the column (MAE / big_vision style).
+  """
+  if dim % 4:
+    raise ValueError(f"2-D sincos encodings need dim divisible by 4; got {dim}.")
+  ys, xs = jnp.meshgrid(jnp.arange(grid_h), jnp.arange(grid_w), indexing="ij")
+  emb_y = sinusoid_at(ys.reshape(-1), dim // 2, base=base, layout="split")
+  emb_x = sinusoid_at(xs.reshape(-1), dim // 2, base=base, layout="split")
+  return jnp.concatenate([emb_y, emb_x], axis=-1)
+
+
+class LearnedPositionEmbedding(nn.Module):
+  """A trainable ``[max_len, features]`` table looked up by position."""
+
+  max_len: int
+  features: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  embedding_init: Any = nn.initializers.normal(stddev=0.02)
+
+  @nn.compact
+  def __call__(self, positions: Array) -> Array:
+    """``positions`` ``[...]`` int -> ``[..., features]``."""
+    table = self.param(
+        "embedding",
+        nn.with_logical_partitioning(self.embedding_init, (sh.POSITIONS, sh.EMBED)),
+        (self.max_len, self.features),
+        self.param_dtype,
+    )
+    return jnp.take(table, positions, axis=0).astype(self.dtype)
+
+
+def rope_frequencies(head_dim: int, base: float = 10000.0) -> Array:
+  """``[head_dim // 2]`` inverse frequencies ``base^(-2i/head_dim)``."""
+  return 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+
+
+def apply_rope(x: Array, positions: Array, base: float = 10000.0) -> Array:
+  """Rotary position embedding (Su et al. 2021) on ``x`` ``[B, L, N, H]``.
+
+  Dimension pairs ``(i, i + H/2)`` are rotated by ``positions * base^(-2i/H)`` (the
+  "rotate half" layout of GPT-NeoX / LLaMA checkpoints). Since rotations compose, the dot
+  product of ``rope(q, m)`` and ``rope(k, n)`` depends on ``m - n`` only, and norms are kept.
+
+  Args:
+    x: ``[B, L, N, H]`` with H even.
+    positions: ``[B, L]`` or ``[L]`` integer (or float) positions.
+    base: the frequency base.
+
+  Returns:
+    ``x`` rotated, same shape and dtype.
+  """
+  if x.ndim != 4:
+    raise ValueError(f"apply_rope expects [batch, length, heads, head_dim]; got {tuple(x.shape)}.")
+  h = x.shape[-1]
+  if h % 2:
+    raise ValueError(f"RoPE needs an even head_dim; got {h}.")
+  positions = jnp.asarray(positions, jnp.float32)
+  if positions.ndim == 1:
+    positions = positions[None, :]
+  if positions.shape[-1] != x.shape[1]:
+    raise ValueError(
+        f"positions length {positions.shape[-1]} does not match sequence length {x.shape[1]}."
+    )
+  angles = positions[:, :, None, None] * rope_frequencies(h, base)  # [B, L, 1, H/2]
+  sin, cos = jnp.sin(angles), jnp.cos(angles)
+  x32 = x.astype(jnp.float32)
+  x1, x2 = x32[..., : h // 2], x32[..., h // 2 :]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def interpolate_table(table: Array | np.ndarray, old_grid: tuple[int, int], new_grid: tuple[int, int]):
+  """Resize a ``[h*w, D]`` grid of position embeddings to ``new_grid`` (bicubic, like timm)."""
+  if tuple(old_grid) == tuple(new_grid):
+    return table
+  d = table.shape[-1]
+  grid = jnp.asarray(table).reshape(*old_grid, d)
+  resized = jax.image.resize(grid, (*new_grid, d), method="bicubic")
+  return resized.reshape(new_grid[0] * new_grid[1], d)

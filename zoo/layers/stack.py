@@ -1,0 +1,122 @@
+"""A stack of identical blocks: a Python loop or ``nn.scan``, with optional rematerialisation.
+
+Looped parameters live under ``layers_0 ... layers_{L-1}``; scanned ones under ``layers`` with
+a leading ``[L]`` axis (logical name ``layers``). :func:`scan_params` and
+:func:`unscan_params` convert one layout into the other, so a checkpoint trained either way
+loads either way.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax.core import meta
+
+from zoo import sharding as sh
+
+RematPolicy = Literal["none", "full", "dots", "dots_no_batch", "save_attn_mlp"]
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attn_mlp")
+
+
+def remat_policy_fn(policy: str):
+  """Name -> ``jax.checkpoint`` policy (None means recompute everything)."""
+  cp = jax.checkpoint_policies
+  table = {
+      "full": None,
+      "dots": cp.checkpoint_dots,
+      "dots_no_batch": cp.dots_with_no_batch_dims_saveable,
+      "save_attn_mlp": cp.save_only_these_names("attn_out", "cross_out", "mlp_out"),
+  }
+  if policy not in table:
+    raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}; got {policy!r}.")
+  return table[policy]
+
+
+class Stack(nn.Module):
+  """``num_layers`` blocks of ``block_cls(config, **block_kwargs)`` applied in sequence.
+
+  Args of ``__call__``: the carry ``x`` then the block's positional arguments, which are the
+  same for every layer (masks, positions, encoder output, flags). Python flags
+  (``deterministic``, ``decode``) must come last: they are static under remat.
+  """
+
+  block_cls: Any
+  config: Any
+  num_layers: int
+  scan: bool = False
+  remat_policy: RematPolicy = "none"
+  block_kwargs: tuple[tuple[str, Any], ...] = ()
+  num_static_args: int = 1  # trailing positional args that are Python flags
+
+  @nn.compact
+  def __call__(self, x, *args):
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}; got {self.remat_policy!r}.")
+    block_cls = self.block_cls
+    if self.remat_policy != "none":
+      # Negative indices count from the end of (self, x, *args): the flags.
+      static = tuple(range(-self.num_static_args, 0))
+      block_cls = nn.remat(
+          block_cls,
+          policy=remat_policy_fn(self.remat_policy),
+          prevent_cse=not self.scan,
+          static_argnums=static,
+      )
+    kwargs = dict(self.block_kwargs)
+    if self.scan:
+      scanned = nn.scan(
+          block_cls,
+          variable_axes={"params": 0, "cache": 0, "intermediates": 0},
+          split_rngs={"params": True, "dropout": True},
+          in_axes=(nn.broadcast,) * len(args),
+          length=self.num_layers,
+          metadata_params={nn.PARTITION_NAME: sh.LAYERS},
+      )
+      x, _ = scanned(self.config, scanned=True, name="layers", **kwargs)(x, *args)
+      return x
+    for i in range(self.num_layers):
+      x = block_cls(self.config, name=f"layers_{i}", **kwargs)(x, *args)
+    return x
+
+
+_LOOP_KEY = re.compile(r"^layers_(\d+)$")
+
+
+def _unbox(tree):
+  return jax.tree.map(lambda v: v.unbox() if isinstance(v, meta.AxisMetadata) else v, tree,
+                      is_leaf=lambda v: isinstance(v, meta.AxisMetadata))
+
+
+def scan_params(tree: Any) -> Any:
+  """Looped layout (``layers_i``) -> scanned layout (``layers``, stacked on axis 0), recursively."""
+  if not isinstance(tree, dict):
+    return tree
+  tree = _unbox(dict(tree))
+  loop_keys = sorted((int(m.group(1)), k) for k in tree if (m := _LOOP_KEY.match(k)))
+  out = {k: scan_params(v) for k, v in tree.items() if not _LOOP_KEY.match(k)}
+  if loop_keys:
+    if [i for i, _ in loop_keys] != list(range(len(loop_keys))):
+      raise ValueError(f"layer keys are not 0..L-1: {[k for _, k in loop_keys]}")
+    layers = [tree[k] for _, k in loop_keys]
+    out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+  return out
+
+
+def unscan_params(tree: Any) -> Any:
+  """Scanned layout (``layers`` with a leading ``[L]`` axis) -> looped ``layers_i``, recursively."""
+  if not isinstance(tree, dict):
+    return tree
+  tree = _unbox(dict(tree))
+  out = {}
+  for k, v in tree.items():
+    if k == "layers" and isinstance(v, dict):
+      n = jax.tree.leaves(v)[0].shape[0]
+      for i in range(n):
+        out[f"layers_{i}"] = jax.tree.map(lambda a, i=i: a[i], v)
+    else:
+      out[k] = unscan_params(v)
+  return out

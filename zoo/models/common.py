@@ -1,0 +1,104 @@
+"""Pieces every family file uses: input checks, token embeddings with a tied output, stacks.
+
+Input checks run in Python on concrete arrays, before tracing, so a bad token id or a too
+long sequence is a ValueError with the numbers rather than silent garbage (XLA clamps
+out-of-range gathers) or a deep trace. Under ``jit`` the values are tracers and only shapes
+are checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from zoo import sharding as sh
+from zoo.layers.blocks import BlockConfig
+from zoo.layers.stack import REMAT_POLICIES
+
+Array = jax.Array
+
+
+def is_concrete(x: Any) -> bool:
+  """True when ``x`` holds values (not a tracer inside jit/grad/scan)."""
+  return not isinstance(x, jax.core.Tracer)
+
+
+def check_rank(name: str, x: Array, rank: int, layout: str) -> None:
+  if jnp.ndim(x) != rank:
+    raise ValueError(f"{name} must be {layout} (rank {rank}); got shape {tuple(jnp.shape(x))}.")
+
+
+def check_token_ids(name: str, ids: Array, vocab_size: int) -> None:
+  """``ids`` must be integer ``[B, L]`` in ``[0, vocab_size)``."""
+  check_rank(name, ids, 2, "[batch, length] integer token ids")
+  if not jnp.issubdtype(jnp.asarray(ids).dtype if is_concrete(ids) else ids.dtype, jnp.integer):
+    raise ValueError(f"{name} must be integer token ids; got dtype {ids.dtype}.")
+  if is_concrete(ids) and np.size(ids):
+    values = np.asarray(ids)  # host copy: numpy reductions, not jax ops inside a trace
+    lo, hi = int(values.min()), int(values.max())
+    if lo < 0 or hi >= vocab_size:
+      raise ValueError(
+          f"{name} holds ids in [{lo}, {hi}] but the vocabulary has {vocab_size} entries "
+          f"(valid ids 0..{vocab_size - 1}); check the tokenizer matches the model's vocab_size."
+      )
+
+
+def check_length(name: str, length: int, max_len: int) -> None:
+  if length > max_len:
+    raise ValueError(
+        f"{name} has length {length} but the model's max_len is {max_len} (learned position "
+        "table); truncate the input, or build the model with a larger max_len."
+    )
+
+
+def check_stack_options(scan_layers: bool, remat_policy: str) -> None:
+  if remat_policy not in REMAT_POLICIES:
+    raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}; got {remat_policy!r}.")
+  if not isinstance(scan_layers, bool):
+    raise ValueError(f"scan_layers must be a bool; got {scan_layers!r}.")
+
+
+def block_config(config: Any, **overrides) -> BlockConfig:
+  """Build a :class:`BlockConfig` from the same-named fields of a family config."""
+  names = {f.name for f in dataclasses.fields(BlockConfig)}
+  values = {n: getattr(config, n) for n in names if hasattr(config, n)}
+  values.update(overrides)
+  return BlockConfig(**values)
+
+
+class TokenEmbedding(nn.Module):
+  """A ``[V, D]`` embedding table; ``attend`` reuses it as the tied output projection."""
+
+  vocab_size: int
+  features: int
+  init_std: float = 0.02
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param(
+        "embedding",
+        nn.with_logical_partitioning(
+            nn.initializers.normal(stddev=self.init_std), (sh.VOCAB, sh.EMBED)
+        ),
+        (self.vocab_size, self.features),
+        self.param_dtype,
+    )
+
+  def __call__(self, ids: Array) -> Array:
+    """``[B, L]`` ids -> ``[B, L, D]``."""
+    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+  def attend(self, x: Array) -> Array:
+    """``[B, L, D]`` -> ``[B, L, V]`` float32 logits against the same table."""
+    return jnp.einsum(
+        "BLD,VD->BLV",
+        x.astype(self.dtype),
+        self.embedding.astype(self.dtype),
+        preferred_element_type=jnp.float32,
+    )

@@ -1,0 +1,177 @@
+"""GPT: a decoder-only causal language model in the GPT-2 layout.
+
+Token + learned position embeddings, pre-LN decoder blocks without cross-attention, a final
+LayerNorm and an output projection tied to the token embedding. RoPE (instead of learned
+positions) and grouped key/value heads are config switches.
+
+Shapes: B batch, L length, S key length (= L, or the cache length when decoding), D width,
+V vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from zoo import sharding as sh
+from zoo.layers import attention as attn
+from zoo.layers.blocks import Activation, DecoderBlock, NormKind, make_norm
+from zoo.layers.positional import LearnedPositionEmbedding, sinusoid_at
+from zoo.layers.stack import RematPolicy, Stack
+from zoo.models import common
+
+Array = jax.Array
+GPTPosition = Literal["learned", "rope", "sinusoidal"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GPTConfig:
+  """A GPT-2 / GPT-3 style decoder-only model."""
+
+  vocab_size: int = 50257  # GPT-2 BPE
+  max_len: int = 1024  # context length (size of the learned position table)
+  d_model: int = 768
+  num_heads: int = 12
+  num_layers: int = 12
+  mlp_dim: int = 3072
+  head_dim: int | None = None  # None = d_model // num_heads
+  num_kv_heads: int | None = None  # grouped-query attention; None = num_heads
+  position: GPTPosition = "learned"
+  rope_base: float = 10000.0
+  activation: Activation = "gelu_tanh"  # GPT-2's "gelu_new"
+  norm: NormKind = "layernorm"
+  norm_eps: float = 1e-5
+  use_bias: bool = True
+  tie_embeddings: bool = True  # output projection = token embedding transposed
+  dropout_rate: float = 0.0  # embedding and residual dropout
+  attention_dropout_rate: float = 0.0
+  init_std: float = 0.02
+  scale_residual_init: bool = True  # GPT-2: residual projections init / sqrt(2 * num_layers)
+  attention_impl: attn.Implementation | None = None
+  scan_layers: bool = False  # nn.scan over layers (fast compile for deep models)
+  remat_policy: RematPolicy = "none"
+  dtype: Any = jnp.float32  # compute dtype
+  param_dtype: Any = jnp.float32  # storage dtype
+
+  def __post_init__(self):
+    if self.d_model % self.num_heads and self.head_dim is None:
+      raise ValueError(
+          f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
+          "change one of them or set head_dim."
+      )
+    if self.position not in ("learned", "rope", "sinusoidal"):
+      raise ValueError(f"position must be 'learned', 'rope' or 'sinusoidal'; got {self.position!r}.")
+    common.check_stack_options(self.scan_layers, self.remat_policy)
+    self.block()  # validates heads, activation, norm
+
+  def block(self):
+    return common.block_config(
+        self,
+        norm_position="pre",
+        use_rope=self.position == "rope",
+        residual_init_scale=(2 * self.num_layers) ** -0.5 if self.scale_residual_init else 1.0,
+    )
+
+
+class GPT(nn.Module):
+  """Decoder-only language model; ``__call__`` returns float32 logits ``[B, L, V]``."""
+
+  config: GPTConfig
+
+  @nn.compact
+  def __call__(
+      self,
+      input_ids: Array,
+      *,
+      positions: Array | None = None,
+      segment_ids: Array | None = None,
+      attention_mask: Array | None = None,
+      deterministic: bool = True,
+      decode: bool = False,
+  ) -> Array:
+    """Next-token logits.
+
+    Args:
+      input_ids: ``[B, L]`` int token ids.
+      positions: ``[B, L]`` positions (restart per segment for packed rows); default
+        ``arange(L)``, continued from the cache index when decoding.
+      segment_ids: ``[B, L]`` packed-sequence ids; tokens attend only within their segment.
+      attention_mask: ``[B, S]`` bool, True for real tokens (S = L, or the cache length when
+        decoding): keys at False positions are never attended to (left-padded prompts).
+      deterministic: disables dropout.
+      decode: autoregressive decoding with the KV cache (``mutable=["cache"]``).
+
+    Returns:
+      ``[B, L, V]`` float32 logits.
+    """
+    cfg = self.config
+    common.check_token_ids("input_ids", input_ids, cfg.vocab_size)
+    b, length = input_ids.shape
+    if decode:
+      # Our own cache slot counter, so positions continue where the previous call stopped.
+      initialised = self.has_variable("cache", "position")
+      counter = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
+      start = counter.value if initialised else 0
+      if initialised:
+        counter.value = counter.value + length
+    else:
+      start = 0
+    if positions is None:
+      positions = jnp.broadcast_to(start + jnp.arange(length)[None], (b, length))
+    if jnp.shape(positions) != (b, length):
+      raise ValueError(f"positions must be [B, L] = {(b, length)}; got {jnp.shape(positions)}.")
+    if not decode and cfg.position == "learned":
+      common.check_length("input_ids", length, cfg.max_len)
+
+    mask = None
+    if not decode:  # when decoding, attention builds the causal mask over its cache
+      mask = attn.causal_mask(length)
+      if segment_ids is not None:
+        mask = attn.combine_masks(mask, attn.segment_mask(segment_ids))
+    if attention_mask is not None:
+      common.check_rank("attention_mask", attention_mask, 2, "[batch, key_length] bool")
+      mask = attn.combine_masks(mask, attention_mask[:, None, None, :].astype(bool))
+
+    wte = common.TokenEmbedding(
+        cfg.vocab_size, cfg.d_model, cfg.init_std, cfg.dtype, cfg.param_dtype, name="wte"
+    )
+    x = wte(input_ids)
+    if cfg.position == "learned":
+      x = x + LearnedPositionEmbedding(
+          cfg.max_len, cfg.d_model, cfg.dtype, cfg.param_dtype,
+          nn.initializers.normal(stddev=0.01), name="wpe",
+      )(positions)
+    elif cfg.position == "sinusoidal":
+      x = x + sinusoid_at(positions, cfg.d_model).astype(cfg.dtype)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = Stack(
+        DecoderBlock,
+        cfg.block(),
+        cfg.num_layers,
+        scan=cfg.scan_layers,
+        remat_policy=cfg.remat_policy,
+        num_static_args=2,
+        name="decoder",
+    )(x, None, mask, None, positions, deterministic, decode)
+    x = make_norm(cfg.block(), "ln_f")(x)
+    if cfg.tie_embeddings:
+      return wte.attend(x)
+    return nn.Dense(
+        cfg.vocab_size,
+        use_bias=False,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.normal(stddev=cfg.init_std), (sh.EMBED, sh.VOCAB)
+        ),
+        name="lm_head",
+    )(x.astype(cfg.dtype)).astype(jnp.float32)
+
+
+def dummy_inputs(config: GPTConfig, batch_size: int = 1, length: int = 1):
+  """``(args, kwargs)`` for ``GPT(config).init`` (shapes only matter)."""
+  return (jnp.zeros((batch_size, length), jnp.int32),), {}
