@@ -1,6 +1,7 @@
 """zoo: Flax linen Transformers (encoder-decoder, GPT, BERT, ViT) with one training loop.
 
-Top-level API: :func:`list_models`, :func:`get_config`, :func:`build`, :func:`param_count`.
+Top-level API: :func:`list_models`, :func:`get_config`, :func:`build`, :func:`param_count`,
+:func:`from_pretrained`, :func:`save_pretrained`, :func:`load_tokenizer`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from flax import linen as nn
 
 from zoo.presets import FAMILIES, PRESETS, PUBLISHED_PARAMS
 
-__all__ = ["list_models", "get_config", "build", "param_count", "PRESETS", "PUBLISHED_PARAMS"]
+__all__ = [
+    "list_models", "get_config", "build", "param_count", "PRESETS", "PUBLISHED_PARAMS",
+    "from_pretrained", "save_pretrained", "load_tokenizer",
+]
 
 
 def list_models(family: str | None = None) -> list[str]:
@@ -83,3 +87,27 @@ def param_count(name_or_model: Any, **overrides) -> int:
   args, kwargs = mod.dummy_inputs(model.config)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args, **kwargs))
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(shapes["params"]))))
+
+
+def from_pretrained(path, **kwargs):
+  """``model, params`` from a Hugging Face folder, zoo checkpoint or ViT ``.npz``.
+
+  See :func:`zoo.pretrained.from_pretrained` (keywords ``dtype``, ``mesh``, config overrides).
+  """
+  from zoo import pretrained  # lazy: keeps `import zoo` free of safetensors/tokenizers
+
+  return pretrained.from_pretrained(path, **kwargs)
+
+
+def save_pretrained(model, params, path) -> None:
+  """Write ``config.json`` + ``model.safetensors`` that transformers loads."""
+  from zoo import pretrained
+
+  pretrained.save_pretrained(model, params, path)
+
+
+def load_tokenizer(path):
+  """The tokenizer stored next to pretrained weights (None if there is none)."""
+  from zoo import pretrained
+
+  return pretrained.load_tokenizer(path)
