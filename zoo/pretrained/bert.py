@@ -1,0 +1,204 @@
+"""Hugging Face BERT (``BertModel``, ``BertFor{PreTraining,MaskedLM,SequenceClassification,
+TokenClassification}``) <-> :class:`zoo.models.bert.Bert`.
+
+=============================================  ==================================================
+Hugging Face (``bert.`` prefix in head models)  zoo
+=============================================  ==================================================
+embeddings.word_embeddings.weight [V, D]       embeddings/word_embeddings/embedding
+embeddings.position_embeddings.weight [P, D]   embeddings/position_embeddings/embedding
+embeddings.token_type_embeddings.weight        embeddings/token_type_embeddings/embedding
+embeddings.LayerNorm.{weight,bias}             embeddings/norm/{scale,bias}
+encoder.layer.i.attention.self.q/k/v [N*H, D]  encoder/layers_i/attn/{query,key,value}/kernel
+                                               [D, N, H] (transpose, split heads); bias [N, H]
+encoder.layer.i.attention.output.dense         encoder/layers_i/attn/out/kernel [N, H, D]
+encoder.layer.i.attention.output.LayerNorm     encoder/layers_i/attn_norm
+encoder.layer.i.intermediate.dense [F, D]      encoder/layers_i/mlp/wi/kernel [D, F]
+encoder.layer.i.output.dense [D, F]            encoder/layers_i/mlp/wo/kernel [F, D]
+encoder.layer.i.output.LayerNorm               encoder/layers_i/mlp_norm
+pooler.dense                                   pooler (not in MaskedLM / TokenClassification)
+cls.predictions.transform.dense                mlm/transform
+cls.predictions.transform.LayerNorm            mlm/norm
+cls.predictions.bias [V]                       mlm/bias (decoder.weight is tied: not stored)
+cls.seq_relationship [2, D]                    nsp [D, 2]
+classifier [C, D]                              classifier [D, C]
+=============================================  ==================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zoo.pretrained import keymap as km
+
+FAMILY = "bert"
+MODEL_TYPE = "bert"
+ARCHITECTURES = (
+    "BertModel",
+    "BertForPreTraining",
+    "BertForMaskedLM",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
+)
+PREFIX = "bert."
+
+_HEADS = {
+    "BertModel": "none",
+    "BertForPreTraining": "pretraining",
+    "BertForMaskedLM": "mlm",
+    "BertForSequenceClassification": "sequence_classification",
+    "BertForTokenClassification": "token_classification",
+}
+_ARCH = {head: arch for arch, head in _HEADS.items()}
+_NO_POOLER = ("BertForMaskedLM", "BertForTokenClassification")  # add_pooling_layer=False
+_ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                "relu": "relu", "silu": "silu", "swish": "silu"}
+_ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+
+
+def _num_labels(hf: dict[str, Any]) -> int:
+  if hf.get("id2label"):
+    return len(hf["id2label"])
+  return hf.get("num_labels", 2)
+
+
+def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
+  """BERT ``config.json`` -> :class:`BertConfig` fields."""
+  act = hf.get("hidden_act", "gelu")
+  if act not in _ACT_FROM_HF:
+    raise ValueError(f"BERT hidden_act {act!r} is not supported; known: {sorted(_ACT_FROM_HF)}.")
+  pos = hf.get("position_embedding_type", "absolute")
+  if pos != "absolute":
+    raise ValueError(f"BERT position_embedding_type={pos!r} is not supported (only 'absolute').")
+  if arch in ("BertForPreTraining", "BertForMaskedLM") and hf.get("tie_word_embeddings") is False:
+    raise ValueError("BERT with an untied MLM decoder (tie_word_embeddings=false) is not supported.")
+  if hf.get("is_decoder") or hf.get("add_cross_attention"):
+    raise ValueError("BERT as a decoder (is_decoder / add_cross_attention) is not supported.")
+  fields = dict(
+      vocab_size=hf["vocab_size"],
+      max_len=hf.get("max_position_embeddings", 512),
+      type_vocab_size=hf.get("type_vocab_size", 2),
+      d_model=hf["hidden_size"],
+      num_heads=hf["num_attention_heads"],
+      num_layers=hf["num_hidden_layers"],
+      mlp_dim=hf["intermediate_size"],
+      activation=_ACT_FROM_HF[act],
+      norm_eps=hf.get("layer_norm_eps", 1e-12),
+      dropout_rate=hf.get("hidden_dropout_prob", 0.1),
+      attention_dropout_rate=hf.get("attention_probs_dropout_prob", 0.1),
+      init_std=hf.get("initializer_range", 0.02),
+      head=_HEADS[arch],
+      num_labels=_num_labels(hf),
+      classifier_dropout=hf.get("classifier_dropout"),
+      pooler=arch not in _NO_POOLER,
+  )
+  pad = hf.get("pad_token_id")
+  if pad is not None:
+    fields["pad_id"] = pad
+  return fields
+
+
+def config_to_hf(cfg) -> dict[str, Any]:
+  """:class:`BertConfig` -> BERT ``config.json`` for the class matching ``cfg.head``."""
+  problems = []
+  if cfg.position != "learned":
+    problems.append(f"position={cfg.position!r} (BERT has a learned position table)")
+  if cfg.norm_position != "post":
+    problems.append(f"norm_position={cfg.norm_position!r} (BERT is post-LN)")
+  arch = _ARCH[cfg.head]
+  if cfg.pooler == (arch in _NO_POOLER):
+    problems.append(
+        f"pooler={cfg.pooler} ({arch} {'has none' if arch in _NO_POOLER else 'needs one'})"
+    )
+  if problems:
+    raise ValueError("this BertConfig has no Hugging Face BERT equivalent: " + "; ".join(problems) + ".")
+  labels = {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)}
+  return {
+      "architectures": [arch],
+      "model_type": MODEL_TYPE,
+      "vocab_size": cfg.vocab_size,
+      "max_position_embeddings": cfg.max_len,
+      "type_vocab_size": cfg.type_vocab_size,
+      "hidden_size": cfg.d_model,
+      "num_attention_heads": cfg.num_heads,
+      "num_hidden_layers": cfg.num_layers,
+      "intermediate_size": cfg.mlp_dim,
+      "hidden_act": _ACT_TO_HF[cfg.activation],
+      "layer_norm_eps": cfg.norm_eps,
+      "hidden_dropout_prob": cfg.dropout_rate,
+      "attention_probs_dropout_prob": cfg.attention_dropout_rate,
+      "initializer_range": cfg.init_std,
+      "classifier_dropout": cfg.classifier_dropout,
+      "pad_token_id": cfg.pad_id,
+      "position_embedding_type": "absolute",
+      "id2label": labels,
+      "label2id": {v: int(k) for k, v in labels.items()},
+      "tie_word_embeddings": True,
+  }
+
+
+def ignore(hf: dict[str, Any], arch: str) -> tuple[str, ...]:
+  """Buffers, the tied MLM decoder, and heads / pooler this architecture does not have."""
+  patterns = ["*position_ids", "cls.predictions.decoder.*"]
+  if arch in _NO_POOLER:
+    patterns.append("*pooler.dense.*")
+  if arch in ("BertModel", "BertForSequenceClassification", "BertForTokenClassification"):
+    patterns.append("cls.*")  # a pretraining checkpoint fine-tuned into a task model
+  if arch == "BertForMaskedLM":
+    patterns.append("cls.seq_relationship.*")
+  return tuple(patterns)
+
+
+def _dense(src: str, dst: str) -> list[km.Entry]:
+  return [km.linear(f"{src}.weight", f"{dst}/kernel"), km.same(f"{src}.bias", f"{dst}/bias")]
+
+
+def _norm(src: str, dst: str) -> list[km.Entry]:
+  return [km.same(f"{src}.weight", f"{dst}/scale"), km.same(f"{src}.bias", f"{dst}/bias")]
+
+
+def entries(cfg, arch: str) -> list[km.Entry]:
+  """The key map for ``cfg`` (names as ``arch`` saves them)."""
+  n, h = cfg.num_heads, cfg.d_model // cfg.num_heads
+  p = "" if arch == "BertModel" else PREFIX
+  e = f"{p}embeddings."
+  out = [
+      km.same(f"{e}word_embeddings.weight", "embeddings/word_embeddings/embedding"),
+      km.same(f"{e}position_embeddings.weight", "embeddings/position_embeddings/embedding"),
+      km.same(f"{e}token_type_embeddings.weight", "embeddings/token_type_embeddings/embedding"),
+      *_norm(f"{e}LayerNorm", "embeddings/norm"),
+  ]
+  for i in range(cfg.num_layers):
+    s, z = f"{p}encoder.layer.{i}.", f"encoder/layers_{i}/"
+    for name in ("query", "key", "value"):
+      out += [
+          km.linear_to_heads(f"{s}attention.self.{name}.weight", f"{z}attn/{name}/kernel", n, h),
+          km.heads_bias(f"{s}attention.self.{name}.bias", f"{z}attn/{name}/bias", n, h),
+      ]
+    out += [
+        km.linear_from_heads(f"{s}attention.output.dense.weight", f"{z}attn/out/kernel", n, h),
+        km.same(f"{s}attention.output.dense.bias", f"{z}attn/out/bias"),
+        *_norm(f"{s}attention.output.LayerNorm", f"{z}attn_norm"),
+        *_dense(f"{s}intermediate.dense", f"{z}mlp/wi"),
+        *_dense(f"{s}output.dense", f"{z}mlp/wo"),
+        *_norm(f"{s}output.LayerNorm", f"{z}mlp_norm"),
+    ]
+  if cfg.pooler:
+    out += _dense(f"{p}pooler.dense", "pooler")
+  if cfg.head in ("pretraining", "mlm"):
+    out += [
+        *_dense("cls.predictions.transform.dense", "mlm/transform"),
+        *_norm("cls.predictions.transform.LayerNorm", "mlm/norm"),
+        km.same("cls.predictions.bias", "mlm/bias"),
+    ]
+  if cfg.head == "pretraining":
+    out += _dense("cls.seq_relationship", "nsp")
+  if cfg.head in ("sequence_classification", "token_classification"):
+    out += _dense("classifier", "classifier")
+  return out
+
+
+def describe(cfg) -> str:
+  return (
+      f"vocab_size={cfg.vocab_size}, hidden_size={cfg.d_model}, num_attention_heads="
+      f"{cfg.num_heads}, intermediate_size={cfg.mlp_dim}, max_position_embeddings={cfg.max_len}"
+  )

@@ -1,0 +1,231 @@
+"""Explicit key maps between checkpoint tensors and zoo parameters, and the engine that runs them.
+
+A converter lists :class:`Entry` objects. Each names one or more checkpoint tensors, one or
+more zoo parameter paths (``"decoder/layers_0/attn/query/kernel"``) and a pair of functions
+between them (transposes, head reshapes, fused QKV splits). The same list drives both
+directions, so export is the exact inverse of import. The engine checks every tensor's shape
+against the shape the zoo config implies *before* transforming it, and reports missing and
+unused tensors by name.
+
+Shapes: D width, N heads, H head dim, F mlp width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import linen as nn
+from flax import traverse_util
+
+Arrays = list[np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """Checkpoint tensors ``src`` <-> zoo parameters ``dst`` through ``to_zoo`` / ``to_src``."""
+
+  src: tuple[str, ...]
+  dst: tuple[str, ...]
+  to_zoo: Callable[[Arrays], Arrays]
+  to_src: Callable[[Arrays], Arrays]
+
+
+def _one(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[Arrays], Arrays]:
+  return lambda xs: [fn(xs[0])]
+
+
+def tensor(
+    src: str,
+    dst: str,
+    to_zoo: Callable[[np.ndarray], np.ndarray] = lambda x: x,
+    to_src: Callable[[np.ndarray], np.ndarray] = lambda x: x,
+) -> Entry:
+  """One checkpoint tensor <-> one zoo parameter."""
+  return Entry((src,), (dst,), _one(to_zoo), _one(to_src))
+
+
+# ----------------------------------------------------------------------------------------------
+# Layout transforms, as (to_zoo, to_src) pairs. Torch nn.Linear stores [out, in]; flax
+# kernels are [in, out] with heads split out: query/key/value [D, N, H], out [N, H, D].
+
+
+def linear(src: str, dst: str) -> Entry:
+  """``nn.Linear`` weight ``[out, in]`` <-> flax kernel ``[in, out]``."""
+  return tensor(src, dst, lambda w: w.T, lambda k: k.T)
+
+
+def linear_to_heads(src: str, dst: str, n: int, h: int) -> Entry:
+  """``nn.Linear`` q/k/v weight ``[N*H, D]`` <-> ``[D, N, H]``."""
+  return tensor(src, dst, lambda w: w.T.reshape(-1, n, h), lambda k: k.reshape(k.shape[0], -1).T)
+
+
+def linear_from_heads(src: str, dst: str, n: int, h: int) -> Entry:
+  """``nn.Linear`` out weight ``[D, N*H]`` <-> ``[N, H, D]``."""
+  return tensor(src, dst, lambda w: w.T.reshape(n, h, -1), lambda k: k.reshape(n * h, -1).T)
+
+
+def heads_bias(src: str, dst: str, n: int, h: int) -> Entry:
+  """q/k/v bias ``[N*H]`` <-> ``[N, H]``."""
+  return tensor(src, dst, lambda b: b.reshape(n, h), lambda b: b.reshape(n * h))
+
+
+def same(src: str, dst: str) -> Entry:
+  return tensor(src, dst)
+
+
+def fused(src: str, dsts: Sequence[str], axis: int, to_part, from_part) -> Entry:
+  """One checkpoint tensor split in equal parts along ``axis`` <-> several zoo parameters."""
+  k = len(dsts)
+  return Entry(
+      (src,),
+      tuple(dsts),
+      lambda xs: [to_part(p) for p in np.split(xs[0], k, axis=axis)],
+      lambda ps: [np.concatenate([from_part(p) for p in ps], axis=axis)],
+  )
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine.
+
+
+def abstract_params(model: nn.Module, module) -> tuple[dict, dict]:
+  """``(shapes, logical_specs)`` of ``model``'s params, flattened by ``/`` path, from shapes only."""
+  args, kwargs = module.dummy_inputs(model.config)
+  boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args, **kwargs))["params"]
+  specs = nn.get_partition_spec(boxed)
+  shapes = nn.unbox(boxed)
+  flat_shapes = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(shapes, sep="/").items()}
+  flat_specs = traverse_util.flatten_dict(specs, sep="/")
+  return flat_shapes, flat_specs
+
+
+def _zeros(shape) -> np.ndarray:
+  return np.broadcast_to(np.zeros((), np.float32), shape)
+
+
+def _shape_str(shape) -> str:
+  return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def check_entries(entries: Sequence[Entry], zoo_shapes: dict[str, tuple]) -> None:
+  """Every zoo parameter is produced exactly once (catches gaps in a key map)."""
+  produced: dict[str, str] = {}
+  for e in entries:
+    for d in e.dst:
+      if d in produced:
+        raise AssertionError(f"key map writes zoo parameter {d} twice ({produced[d]}, {e.src}).")
+      if d not in zoo_shapes:
+        raise AssertionError(f"key map names {d} ({e.src}), which the zoo model does not have.")
+      produced[d] = str(e.src)
+  missing = sorted(set(zoo_shapes) - set(produced))
+  if missing:
+    raise AssertionError(f"key map leaves zoo parameters without a source: {missing}.")
+
+
+class Lookup:
+  """Finds tensors under their name, with or without the base-model prefix.
+
+  Hugging Face saves a head model's base under a prefix (``transformer.``, ``bert.``,
+  ``vit.``) but a bare base model without it, and checkpoints of either kind are loaded into
+  the other (the original ``gpt2`` weights have no prefix although they are an LM).
+  """
+
+  def __init__(self, store, prefix: str = ""):
+    self.store, self.prefix = store, prefix
+    self.used: set[str] = set()
+
+  def resolve(self, name: str) -> str | None:
+    candidates = [name]
+    if self.prefix and name.startswith(self.prefix):
+      candidates.append(name[len(self.prefix) :])
+    elif self.prefix:
+      candidates.append(self.prefix + name)
+    # TF-converted checkpoints (the original BERT release) call LayerNorm weights gamma/beta.
+    for old, new in (("LayerNorm.weight", "LayerNorm.gamma"), ("LayerNorm.bias", "LayerNorm.beta")):
+      candidates += [c[: -len(old)] + new for c in list(candidates) if c.endswith(old)]
+    for c in candidates:
+      if c in self.store:
+        return c
+    return None
+
+
+def load_entries(
+    entries: Sequence[Entry],
+    store,
+    zoo_shapes: dict[str, tuple],
+    *,
+    prefix: str = "",
+    ignore: Sequence[str] = (),
+    strict: bool = True,
+    what: str = "the checkpoint",
+    describe: str = "",
+) -> tuple[dict[str, np.ndarray], list[str]]:
+  """Run ``entries`` over ``store``: flat ``{zoo path: array}`` and the unused tensor names.
+
+  Args:
+    entries: the key map.
+    store: object with ``keys()``, ``shape(name)``, ``get(name)`` and ``in``.
+    zoo_shapes: ``{zoo path: shape}`` the config implies.
+    prefix: the base-model prefix (see :class:`Lookup`).
+    ignore: ``fnmatch`` patterns of tensors that are fine to leave unused (buffers, tied
+      duplicates).
+    strict: unused tensors are an error (else returned for a warning).
+    what: how to name the source in messages.
+    describe: the config numbers that imply the expected shapes, for messages.
+  """
+  check_entries(entries, zoo_shapes)
+  lookup = Lookup(store, prefix)
+  out: dict[str, np.ndarray] = {}
+  hint = f" (implied by {describe})" if describe else ""
+  for e in entries:
+    want_src = [x.shape for x in e.to_src([_zeros(zoo_shapes[d]) for d in e.dst])]
+    arrays = []
+    for name, want in zip(e.src, want_src):
+      found = lookup.resolve(name)
+      if found is None:
+        raise ValueError(
+            f"{what} lacks tensor {name!r} of shape {_shape_str(want)}, needed for zoo parameter "
+            f"{', '.join(e.dst)}{hint}."
+        )
+      got = store.shape(found)
+      if tuple(got) != tuple(want):
+        raise ValueError(
+            f"tensor {found!r} in {what} has shape {_shape_str(got)} but the zoo model expects "
+            f"{_shape_str(want)}{hint} for {', '.join(e.dst)} "
+            f"{' '.join(_shape_str(zoo_shapes[d]) for d in e.dst)}; config.json and the "
+            "weights disagree."
+        )
+      lookup.used.add(found)
+      arrays.append(np.asarray(store.get(found)))
+    for d, x in zip(e.dst, e.to_zoo(arrays)):
+      if x.shape != zoo_shapes[d]:  # a transform bug, not a user error
+        raise AssertionError(f"{e.src} -> {d}: got {x.shape}, expected {zoo_shapes[d]}.")
+      out[d] = x
+  unused = [
+      k for k in store.keys()
+      if k not in lookup.used and not any(fnmatch.fnmatchcase(k, p) for p in ignore)
+  ]
+  if unused and strict:
+    listed = ", ".join(f"{k} {_shape_str(store.shape(k))}" for k in sorted(unused)[:20])
+    more = f" and {len(unused) - 20} more" if len(unused) > 20 else ""
+    raise ValueError(
+        f"{what} has {len(unused)} tensors the zoo model does not use: {listed}{more}. The "
+        "architecture in config.json may not match the weights; pass strict=False to load "
+        "anyway."
+    )
+  return out, sorted(unused)
+
+
+def export_entries(entries: Sequence[Entry], flat_params: dict[str, Any]) -> dict[str, np.ndarray]:
+  """Run ``entries`` backwards: flat zoo params -> ``{tensor name: array}``."""
+  check_entries(entries, {k: np.shape(v) for k, v in flat_params.items()})
+  out = {}
+  for e in entries:
+    for name, x in zip(e.src, e.to_src([np.asarray(flat_params[d]) for d in e.dst])):
+      out[name] = np.ascontiguousarray(x)
+  return out

@@ -1,0 +1,201 @@
+"""The tokenizer that ships next to a checkpoint, without transformers.
+
+``load_tokenizer(folder)`` looks, in order, for ``tokenizer.json`` (any fast tokenizer),
+Marian's ``source.spm`` + ``target.spm`` + ``vocab.json``, BERT's ``vocab.txt`` and GPT-2's
+``vocab.json`` + ``merges.txt``, and wraps what it finds in one small interface:
+``encode(text) -> list[int]``, ``decode(ids) -> str`` and ``__call__(texts)`` -> padded
+numpy batches (``input_ids``, ``attention_mask``, ``token_type_ids``) that zoo models take.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _read_json(path: str) -> dict[str, Any]:
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def _token(value: Any) -> str | None:
+  """A special token from tokenizer_config / special_tokens_map (string or AddedToken dict)."""
+  if isinstance(value, dict):
+    return value.get("content")
+  return value
+
+
+class Tokenizer:
+  """Text <-> token ids for a pretrained checkpoint.
+
+  Attributes:
+    pad_id: id used to pad batches (0 when the vocabulary names no pad token).
+    vocab_size: size of the id space.
+    kind: which files it was built from (``"tokenizer.json"``, ``"marian"``, ...).
+  """
+
+  def __init__(self, backend, *, kind: str, pad_id: int, vocab_size: int, marian=None):
+    self.backend, self.kind, self.pad_id, self.vocab_size = backend, kind, pad_id, vocab_size
+    self._marian = marian
+
+  def encode(self, text: str, *, add_special_tokens: bool = True, target: bool = False) -> list[int]:
+    """Token ids of ``text`` (with [CLS]/[SEP] or </s> when the tokenizer adds them).
+
+    ``target=True`` encodes with a Marian model's target-language SentencePiece model.
+    """
+    if self._marian is not None:
+      return self._marian.encode(text, add_special_tokens, target)
+    return list(self.backend.encode(text, add_special_tokens=add_special_tokens).ids)
+
+  def _encode_with_types(self, text: str, pair: str | None) -> tuple[list[int], list[int]]:
+    if self._marian is not None:
+      if pair is not None:
+        raise ValueError("a Marian tokenizer encodes single sentences; got text pairs.")
+      ids = self.encode(text)
+      return ids, [0] * len(ids)
+    enc = self.backend.encode(text, pair)
+    return list(enc.ids), list(enc.type_ids)
+
+  def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+    """Text of ``ids`` (special tokens dropped by default)."""
+    ids = [int(i) for i in ids]
+    if self._marian is not None:
+      return self._marian.decode(ids, skip_special_tokens)
+    return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
+
+  def __call__(
+      self,
+      texts: str | Sequence[str],
+      pairs: str | Sequence[str] | None = None,
+      *,
+      max_length: int | None = None,
+  ) -> dict:
+    """Right-padded ``[B, L]`` int32 batches of ``texts``, truncated to ``max_length``.
+
+    Args:
+      texts: one string or a list.
+      pairs: second segments (BERT sentence pairs: token type 1), same count as ``texts``.
+      max_length: cut rows to this many tokens.
+
+    Returns:
+      ``{"input_ids", "attention_mask", "token_type_ids"}`` numpy arrays; attention_mask is 1
+      for real tokens.
+    """
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    pairs = [None] * len(texts) if pairs is None else [pairs] if isinstance(pairs, str) else list(pairs)
+    if len(pairs) != len(texts):
+      raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs.")
+    rows = [self._encode_with_types(t, p) for t, p in zip(texts, pairs)]
+    if max_length is not None:
+      rows = [(ids[:max_length], types[:max_length]) for ids, types in rows]
+    length = max((len(ids) for ids, _ in rows), default=0)
+    out = {
+        "input_ids": np.full((len(rows), length), self.pad_id, np.int32),
+        "attention_mask": np.zeros((len(rows), length), np.int32),
+        "token_type_ids": np.zeros((len(rows), length), np.int32),
+    }
+    for b, (ids, types) in enumerate(rows):
+      out["input_ids"][b, : len(ids)] = ids
+      out["attention_mask"][b, : len(ids)] = 1
+      out["token_type_ids"][b, : len(ids)] = types
+    return out
+
+  def __repr__(self):
+    return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, pad_id={self.pad_id})"
+
+
+class _Marian:
+  """Marian / Opus-MT: SentencePiece pieces looked up in a shared ``vocab.json``, then ``</s>``.
+
+  This is what ``transformers.MarianTokenizer`` does: the source model splits source text,
+  the target model splits target text and joins decoded pieces.
+  """
+
+  def __init__(self, folder: str, config: dict[str, Any]):
+    import sentencepiece as spm
+
+    self.source = spm.SentencePieceProcessor(model_file=os.path.join(folder, "source.spm"))
+    self.target = spm.SentencePieceProcessor(model_file=os.path.join(folder, "target.spm"))
+    self.vocab: dict[str, int] = _read_json(os.path.join(folder, "vocab.json"))
+    self.pieces = {i: p for p, i in self.vocab.items()}
+    self.unk = self.vocab[_token(config.get("unk_token")) or "<unk>"]
+    self.eos = self.vocab[_token(config.get("eos_token")) or "</s>"]
+    self.pad = self.vocab[_token(config.get("pad_token")) or "<pad>"]
+    self.special = {self.unk, self.eos, self.pad}
+
+  def encode(self, text: str, add_special_tokens: bool, target: bool) -> list[int]:
+    sp = self.target if target else self.source
+    ids = [self.vocab.get(p, self.unk) for p in sp.encode(text, out_type=str)]
+    return ids + [self.eos] if add_special_tokens else ids
+
+  def decode(self, ids: list[int], skip_special_tokens: bool) -> str:
+    pieces = [self.pieces.get(i, "<unk>") for i in ids if not (skip_special_tokens and i in self.special)]
+    return self.target.decode_pieces(pieces)
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer | None:
+  """The tokenizer saved with a checkpoint folder, or None when it has none.
+
+  Args:
+    path: a Hugging Face model folder.
+
+  Returns:
+    A :class:`Tokenizer`, or None if the folder holds no tokenizer files.
+  """
+  folder = os.fspath(path)
+  if os.path.isfile(folder):
+    folder = os.path.dirname(folder) or "."  # a weights file: look next to it
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f"{folder} is not a folder.")
+  config = {
+      **_read_json(os.path.join(folder, "special_tokens_map.json")),
+      **_read_json(os.path.join(folder, "tokenizer_config.json")),
+  }
+  has = lambda *names: all(os.path.exists(os.path.join(folder, n)) for n in names)  # noqa: E731
+  pad = _token(config.get("pad_token"))
+
+  if has("source.spm", "target.spm", "vocab.json"):
+    marian = _Marian(folder, config)
+    return Tokenizer(None, kind="marian", pad_id=marian.pad, vocab_size=len(marian.vocab), marian=marian)
+
+  import tokenizers
+
+  if has("tokenizer.json"):
+    backend = tokenizers.Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+    kind = "tokenizer.json"
+    if backend.padding:
+      pad = pad or backend.padding.get("pad_token")
+    # Fixed-length padding / truncation saved in the file would apply to every encode();
+    # batches are padded to their longest row in __call__ instead.
+    backend.no_padding()
+    backend.no_truncation()
+  elif has("vocab.txt"):
+    lower = config.get("do_lower_case", True)
+    backend = tokenizers.BertWordPieceTokenizer(
+        os.path.join(folder, "vocab.txt"),
+        lowercase=lower,
+        strip_accents=config.get("strip_accents"),
+        handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+    )
+    kind = "vocab.txt"
+    pad = pad or "[PAD]"
+  elif has("vocab.json", "merges.txt"):
+    backend = tokenizers.ByteLevelBPETokenizer(
+        os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
+    )
+    kind = "bpe"
+  else:
+    return None
+  pad_id = backend.token_to_id(pad) if pad else None
+  return Tokenizer(
+      backend,
+      kind=kind,
+      pad_id=0 if pad_id is None else pad_id,
+      vocab_size=backend.get_vocab_size(),
+  )
