@@ -1,0 +1,311 @@
+"""ViT: the Vision Transformer of Dosovitskiy et al. 2021 ("An Image is Worth 16x16 Words").
+
+What is different from the text families: the image is cut into non-overlapping
+``patch x patch`` squares, each linearly embedded (a convolution with stride = kernel = patch),
+a learned class token is prepended, position embeddings are added, and a pre-LN encoder stack
+(``zoo.layers.blocks.EncoderBlock``, no mask) is followed by a final LayerNorm and a linear
+head on the class token (or on the mean of the patch tokens).
+
+Any resolution divisible by the patch size runs with the same parameters: the learned
+position table (sized for ``config.image_size``) is resized bicubically to the new patch grid
+at call time; the class-token row is kept as is. ``position="sincos2d"`` has no table at all.
+
+Shapes: B batch, H/W image height/width, C channels, P patch size, h/w patch grid
+(H/P, W/P), L tokens (h*w, + 1 with the class token), D width, F mlp width, K classes.
+
+Parameter tree (looped layers; ``scan_layers=True`` stacks ``encoder/layers_i`` into
+``encoder/layers`` with a leading ``[num_layers]`` axis, see ``zoo.layers.stack``), with the
+Hugging Face ``ViTForImageClassification`` checkpoint key (HF) and the original vit_jax npz
+key (npz; ``E`` = ``Transformer/encoderblock_i``) of each tensor::
+
+  embedding/kernel [P, P, C, D]    HF vit.embeddings.patch_embeddings.projection.weight
+                                   [D, C, P, P] (transpose 2, 3, 1, 0); npz embedding/kernel
+  embedding/bias [D]               HF ...projection.bias; npz embedding/bias
+  cls [1, 1, D]                    HF vit.embeddings.cls_token; npz cls  (class_token only)
+  pos_embedding [1, L, D]          HF vit.embeddings.position_embeddings; npz
+                                   Transformer/posembed_input/pos_embedding (learned only;
+                                   row 0 belongs to the class token when class_token)
+  encoder/layers_i/
+    attn_norm/{scale,bias}         HF vit.encoder.layer.i.layernorm_before; npz E/LayerNorm_0
+    attn/{query,key,value}/kernel [D, N, H], bias [N, H]
+                                   HF ...attention.attention.{query,key,value} ([N*H, D]:
+                                   transpose, reshape); npz E/MultiHeadDotProductAttention_1/...
+                                   (same shapes)
+    attn/out/kernel [N, H, D], bias [D]
+                                   HF ...attention.output.dense; npz E/MultiHeadDotProductAttention_1/out
+    mlp_norm/{scale,bias}          HF ...layernorm_after; npz E/LayerNorm_2
+    mlp/wi/kernel [D, F], bias [F] HF ...intermediate.dense; npz E/MlpBlock_3/Dense_0
+    mlp/wo/kernel [F, D], bias [D] HF ...output.dense; npz E/MlpBlock_3/Dense_1
+  encoder_norm/{scale,bias}        HF vit.layernorm; npz Transformer/encoder_norm
+  pre_logits/{kernel,bias} [D, R]  no HF equivalent; npz pre_logits  (representation_size only)
+  head/{kernel,bias} [D or R, K]   HF classifier; npz head  (num_classes > 0 only)
+
+transformers 5.x renames the HF tensors in memory (``vit.layers.i.attention.{q,k,v,o}_proj``,
+``vit.layers.i.mlp.fc{1,2}``); checkpoint files keep the names above. Newer big_vision
+checkpoints number the block modules ``LayerNorm_0, MultiHeadDotProductAttention_0,
+LayerNorm_1, MlpBlock_0`` and store ``pos_embedding`` [1, h*w, D] at the top level without a
+class-token row (their class token gets no position): prepend a zero row to load them here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from zoo import sharding as sh
+from zoo.layers import attention as attn
+from zoo.layers.blocks import Activation, EncoderBlock, make_norm
+from zoo.layers.positional import interpolate_table, sincos_2d
+from zoo.layers.stack import RematPolicy, Stack
+from zoo.models import common
+
+Array = jax.Array
+ViTPool = Literal["cls", "mean"]
+ViTPosition = Literal["learned", "sincos2d"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ViTConfig:
+  """A Vision Transformer image classifier (defaults: ViT-B/16 at 224 px, 1000 classes)."""
+
+  image_size: int = 224  # native (square) resolution: sizes the learned position table
+  patch_size: int = 16  # P: side of the square patches (and the stem conv's stride)
+  num_channels: int = 3  # C of the input images
+  d_model: int = 768
+  num_heads: int = 12
+  num_layers: int = 12
+  mlp_dim: int = 3072
+  num_classes: int = 1000  # K; 0 = no head: __call__ returns the pooled features [B, D or R]
+  pool: ViTPool = "cls"  # "cls": the class token's output; "mean": mean of the patch tokens
+  position: ViTPosition = "learned"  # or "sincos2d": fixed, zoo.layers.positional.sincos_2d
+  class_token: bool = True  # prepend a learned [CLS] token (needed by pool="cls")
+  representation_size: int | None = None  # R: pre-logits dense + tanh (original checkpoints)
+  head_zero_init: bool = True  # zero head kernel, as vit_jax / big_vision (logits 0 at init)
+  activation: Activation = "gelu"  # the exact erf form
+  norm_eps: float = 1e-6  # vit_jax / big_vision; Hugging Face ViT uses 1e-12
+  dropout_rate: float = 0.0  # after the position embeddings, in the MLP and on residuals
+  attention_dropout_rate: float = 0.0
+  init_std: float | None = 0.02  # normal(init_std) block kernels; None = Xavier (vit_jax)
+  attention_impl: attn.Implementation | None = None
+  scan_layers: bool = False  # nn.scan over layers (fast compile for deep models)
+  remat_policy: RematPolicy = "none"
+  dtype: Any = jnp.float32  # compute dtype
+  param_dtype: Any = jnp.float32  # storage dtype
+
+  def __post_init__(self):
+    for name in ("image_size", "patch_size", "num_channels"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"{name} must be positive; got {getattr(self, name)}.")
+    if self.image_size % self.patch_size:
+      raise ValueError(
+          f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}; "
+          f"use a multiple of {self.patch_size} (e.g. "
+          f"{self.image_size // self.patch_size * self.patch_size or self.patch_size})."
+      )
+    if self.d_model % self.num_heads:
+      raise ValueError(
+          f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
+          "change one of them."
+      )
+    if self.pool not in ("cls", "mean"):
+      raise ValueError(f"pool must be 'cls' or 'mean'; got {self.pool!r}.")
+    if self.pool == "cls" and not self.class_token:
+      raise ValueError("pool='cls' needs class_token=True; use pool='mean' without a class token.")
+    if self.position not in ("learned", "sincos2d"):
+      raise ValueError(f"position must be 'learned' or 'sincos2d'; got {self.position!r}.")
+    if self.position == "sincos2d" and self.d_model % 4:
+      raise ValueError(f"position='sincos2d' needs d_model divisible by 4; got {self.d_model}.")
+    if self.num_classes < 0:
+      raise ValueError(f"num_classes must be >= 0 (0 = no head); got {self.num_classes}.")
+    if self.representation_size is not None and self.representation_size <= 0:
+      raise ValueError(f"representation_size must be positive or None; got {self.representation_size}.")
+    common.check_stack_options(self.scan_layers, self.remat_policy)
+    self.block()  # validates activation and the rest of the block fields
+
+  @property
+  def grid_size(self) -> int:
+    """Patches per side at the native resolution."""
+    return self.image_size // self.patch_size
+
+  @property
+  def num_tokens(self) -> int:
+    """Sequence length at the native resolution (patches, + 1 with the class token)."""
+    return self.grid_size**2 + int(self.class_token)
+
+  def block(self):
+    # vit_jax's MlpBlock drops out after the activation too: mlp_dropout_rate = dropout_rate.
+    return common.block_config(
+        self, norm="layernorm", norm_position="pre", mlp_dropout_rate=self.dropout_rate
+    )
+
+
+def check_images(config: ViTConfig, images: Array) -> tuple[int, int]:
+  """Validate ``[B, H, W, C]`` float images (shapes only: works on tracers); returns ``(h, w)``."""
+  common.check_rank("images", images, 4, "[batch, height, width, channels] float images")
+  _, height, width, channels = images.shape
+  if channels != config.num_channels:
+    raise ValueError(
+        f"images have {channels} channels (shape {tuple(images.shape)}) but the model expects "
+        f"num_channels={config.num_channels}; images must be channels-last [B, H, W, C] "
+        "(transpose NCHW with images.transpose(0, 2, 3, 1)) or build with a matching num_channels."
+    )
+  p = config.patch_size
+  if height % p or width % p:
+    fit = lambda n: f"{max(n // p, 1) * p} or {(n // p + 1) * p}"
+    raise ValueError(
+        f"image size {height}x{width} is not divisible by patch_size={p}; resize or crop to "
+        f"multiples of {p} (height {fit(height)}, width {fit(width)})."
+    )
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise ValueError(
+        f"images must be floating point; got dtype {images.dtype}. Scale and normalise pixels "
+        "first (e.g. (images.astype(np.float32) / 255 - mean) / std)."
+    )
+  return height // p, width // p
+
+
+class ViT(nn.Module):
+  """Vision Transformer; ``__call__`` returns float32 logits ``[B, K]`` (features if K = 0)."""
+
+  config: ViTConfig
+
+  @nn.compact
+  def __call__(self, images: Array, *, deterministic: bool = True) -> Array:
+    """Classify images.
+
+    Args:
+      images: ``[B, H, W, C]`` floats with H and W multiples of ``patch_size``; sizes other
+        than ``config.image_size`` interpolate the learned position embeddings.
+      deterministic: disables dropout.
+
+    Returns:
+      ``[B, num_classes]`` float32 logits, or ``[B, D]`` (``[B, R]`` with
+      ``representation_size``) float32 pooled features when ``num_classes == 0``.
+    """
+    cfg = self.config
+    grid_h, grid_w = check_images(cfg, images)
+    b, d, p = images.shape[0], cfg.d_model, cfg.patch_size
+
+    x = nn.Conv(
+        d,
+        kernel_size=(p, p),
+        strides=(p, p),
+        padding="VALID",
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.lecun_normal(), (None, None, sh.PATCH, sh.EMBED)
+        ),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (sh.EMBED,)),
+        name="embedding",
+    )(jnp.asarray(images).astype(cfg.dtype))
+    x_BLD = x.reshape(b, grid_h * grid_w, d)  # row-major patch order, as the conv's output
+
+    if cfg.position == "sincos2d":
+      # Fixed and resolution-free: computed for the actual grid; the class token gets none.
+      x_BLD = x_BLD + sincos_2d(grid_h, grid_w, d).astype(cfg.dtype)[None]
+    if cfg.class_token:
+      cls = self.param(
+          "cls",
+          nn.with_logical_partitioning(nn.initializers.zeros, (None, None, sh.EMBED)),
+          (1, 1, d),
+          cfg.param_dtype,
+      )
+      x_BLD = jnp.concatenate([jnp.broadcast_to(cls.astype(cfg.dtype), (b, 1, d)), x_BLD], axis=1)
+    if cfg.position == "learned":
+      table = self.param(
+          "pos_embedding",
+          nn.with_logical_partitioning(
+              nn.initializers.normal(stddev=0.02), (None, sh.POSITIONS, sh.EMBED)
+          ),
+          (1, cfg.num_tokens, d),
+          cfg.param_dtype,
+      )
+      x_BLD = x_BLD + self._resize_positions(table, grid_h, grid_w).astype(cfg.dtype)
+    x_BLD = nn.Dropout(cfg.dropout_rate)(x_BLD, deterministic=deterministic)
+
+    x_BLD = Stack(
+        EncoderBlock,
+        cfg.block(),
+        cfg.num_layers,
+        scan=cfg.scan_layers,
+        remat_policy=cfg.remat_policy,
+        num_static_args=1,
+        name="encoder",
+    )(x_BLD, None, None, deterministic)
+    x_BLD = make_norm(cfg.block(), "encoder_norm")(x_BLD)  # float32
+
+    if cfg.pool == "cls":
+      x_BD = x_BLD[:, 0]
+    else:
+      x_BD = jnp.mean(x_BLD[:, int(cfg.class_token):], axis=1)
+    if cfg.representation_size is not None:
+      x_BD = jnp.tanh(
+          nn.Dense(
+              cfg.representation_size,
+              dtype=cfg.dtype,
+              param_dtype=cfg.param_dtype,
+              kernel_init=nn.with_logical_partitioning(
+                  nn.initializers.lecun_normal(), (sh.EMBED, sh.MLP)
+              ),
+              bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (sh.MLP,)),
+              name="pre_logits",
+          )(x_BD.astype(cfg.dtype))
+      )
+    if cfg.num_classes == 0:
+      return x_BD.astype(jnp.float32)
+    in_axis = sh.EMBED if cfg.representation_size is None else sh.MLP
+    kernel_init = (
+        nn.initializers.zeros if cfg.head_zero_init else nn.initializers.normal(stddev=0.02)
+    )
+    # The head is tiny ([B, D] x [D, K]): run it in float32 so logits never round to bf16.
+    return nn.Dense(
+        cfg.num_classes,
+        dtype=jnp.float32,
+        param_dtype=cfg.param_dtype,
+        kernel_init=nn.with_logical_partitioning(kernel_init, (in_axis, sh.CLASSES)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (sh.CLASSES,)),
+        name="head",
+    )(x_BD.astype(jnp.float32))
+
+  def _resize_positions(self, table: Array, grid_h: int, grid_w: int) -> Array:
+    """``[1, L0, D]`` native table -> ``[1, L, D]`` for a ``grid_h x grid_w`` patch grid."""
+    cfg = self.config
+    g = cfg.grid_size
+    if (grid_h, grid_w) == (g, g):
+      return table
+    n_cls = int(cfg.class_token)
+    patches = interpolate_table(
+        table[0, n_cls:].astype(jnp.float32), (g, g), (grid_h, grid_w)
+    ).astype(table.dtype)
+    return jnp.concatenate([table[:, :n_cls], patches[None]], axis=1)
+
+
+def dummy_inputs(config: ViTConfig, batch_size: int = 1, length: int = 1):
+  """``(args, kwargs)`` for ``ViT(config).init``: zero images at ``config.image_size``.
+
+  ``length`` is accepted for the common family signature and ignored.
+  """
+  del length
+  shape = (batch_size, config.image_size, config.image_size, config.num_channels)
+  return (jnp.zeros(shape, jnp.float32),), {}
+
+
+def num_params_formula(config: ViTConfig) -> int:
+  """Parameter count from the architecture alone (a cross-check of ``zoo.param_count``)."""
+  d, f, p, c = config.d_model, config.mlp_dim, config.patch_size, config.num_channels
+  block = 4 * (d * d + d) + (d * f + f) + (f * d + d) + 2 * 2 * d
+  total = p * p * c * d + d + config.num_layers * block + 2 * d
+  total += d * int(config.class_token)
+  total += config.num_tokens * d * int(config.position == "learned")
+  width = d
+  if config.representation_size is not None:
+    total += d * config.representation_size + config.representation_size
+    width = config.representation_size
+  if config.num_classes:
+    total += width * config.num_classes + config.num_classes
+  return int(total)
