@@ -1,0 +1,433 @@
+"""The encoder-decoder Transformer for translation (Vaswani et al. 2017, "Attention Is All You Need").
+
+Source and target token embeddings (one shared table by default) scaled by sqrt(d_model),
+sinusoidal positions (learned or RoPE by config), N post-LN encoder blocks, N decoder blocks
+with causal self-attention and cross-attention over the encoder output, and an output
+projection tied to the target embedding. Pre-LN (with a final norm after each stack), a
+final-logits bias, an embedding LayerNorm and the "split" sinusoid layout are config
+switches, enough for Marian / BART-style checkpoints.
+
+Shapes: B batch, S source length, T target length, D model width, V vocabulary.
+
+Parameter tree (looped layers; ``scan_layers=True`` stacks ``layers_i`` into ``layers`` with
+a leading [L] axis, see ``zoo.layers.stack.scan_params``)::
+
+  shared/embedding                   [V, D]  when share_embeddings (HF Marian model.shared)
+  encoder_embed/embedding            [Vs, D] otherwise (model.encoder.embed_tokens)
+  decoder_embed/embedding            [Vt, D] otherwise (model.decoder.embed_tokens)
+  encoder_positions/embedding        [max_len, D]  position="learned" only
+  decoder_positions/embedding        [max_len, D]  position="learned" only
+  encoder_embedding_norm/{scale,bias}, decoder_embedding_norm/...  embedding_norm only
+  encoder/layers_i/attn/{query,key,value}/{kernel [D,N,H], bias [N,H]}   (self_attn.q/k/v_proj)
+                   attn/out/{kernel [N,H,D], bias [D]}                     (self_attn.out_proj)
+                   attn_norm/{scale,bias}                                  (self_attn_layer_norm)
+                   mlp/wi/{kernel [D,F], bias [F]}, mlp/wo/{kernel [F,D], bias [D]}  (fc1, fc2)
+                   mlp_norm/{scale,bias}                                   (final_layer_norm)
+  decoder/layers_i/attn/..., attn_norm/...   (self_attn, self_attn_layer_norm)
+                   cross_attn/..., cross_norm/...  (encoder_attn, encoder_attn_layer_norm)
+                   mlp/wi, mlp/wo, mlp_norm    (fc1, fc2, final_layer_norm)
+  encoder_norm/{scale,bias}, decoder_norm/...  norm_position="pre" only
+  lm_head/kernel                     [D, Vt] when not tie_output (no bias)
+  final_logits_bias                  [Vt]    when final_logits_bias
+
+Sinusoidal positions have no parameters. Biases are absent when ``use_bias=False``.
+
+Decoding: ``cache = init_cache(config, batch_size, max_decode_len)`` (or ``model.init`` with
+``decode=True`` on a ``[B, max_decode_len]`` target), then ``model.apply({"params": p,
+"cache": cache}, tgt_chunk, encoded, src_ids, decode=True, method="decode",
+mutable=["cache"])``. The cache holds plain arrays: ``decoder/layers_i/attn/cached_key`` and
+``cached_value`` ``[B, max_decode_len, K, H]`` (batch leading, so beams can be gathered),
+the scalar slot counters ``decoder/layers_i/attn/cache_index`` and the scalar ``position``
+counter, which makes positions continue across calls. With ``scan_layers`` the entries sit
+under ``decoder/layers/attn`` with the layer axis first: ``[L, B, ...]`` and ``cache_index``
+``[L]``. Cross-attention keys/values are recomputed from ``encoded`` at each call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from zoo import sharding as sh
+from zoo.layers import attention as attn
+from zoo.layers.blocks import Activation, DecoderBlock, EncoderBlock, NormKind, make_norm
+from zoo.layers.positional import LearnedPositionEmbedding, SinusoidLayout, sinusoid_at
+from zoo.layers.stack import RematPolicy, Stack
+from zoo.models import common
+
+Array = jax.Array
+Position = Literal["sinusoidal", "learned", "rope"]
+NormPosition = Literal["post", "pre"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformerConfig:
+  """An encoder-decoder Transformer; defaults are the paper's base model."""
+
+  vocab_size: int = 37000  # shared source/target BPE vocabulary
+  src_vocab_size: int | None = None  # None = vocab_size
+  tgt_vocab_size: int | None = None  # None = vocab_size
+  d_model: int = 512
+  num_heads: int = 8
+  num_encoder_layers: int = 6
+  num_decoder_layers: int = 6
+  mlp_dim: int = 2048
+  head_dim: int | None = None  # None = d_model // num_heads
+  num_kv_heads: int | None = None  # grouped-query attention; None = num_heads
+  max_len: int = 1024  # longest sequence (rows of a learned table; also enforced for sinusoids)
+  pad_id: int = 0  # source padding token (masked out of attention)
+  position: Position = "sinusoidal"
+  sinusoid_layout: SinusoidLayout = "interleaved"  # the paper's; "split" = Marian / tensor2tensor
+  position_offset: int = 0  # added to positions before the lookup (BART's learned table: 2)
+  rope_base: float = 10000.0
+  share_embeddings: bool = True  # one table for source and target tokens
+  tie_output: bool = True  # output projection = target embedding transposed
+  scale_embeddings: bool = True  # token embeddings * sqrt(d_model)
+  final_logits_bias: bool = False  # a [V] bias on the logits (Marian)
+  norm_position: NormPosition = "post"  # "post" is the paper; "pre" adds a final norm per stack
+  embedding_norm: bool = False  # LayerNorm after embeddings + positions (BART)
+  activation: Activation = "relu"
+  norm: NormKind = "layernorm"
+  norm_eps: float = 1e-5
+  use_bias: bool = True
+  dropout_rate: float = 0.1  # embeddings and every sublayer output (P_drop of the paper)
+  attention_dropout_rate: float = 0.0
+  mlp_dropout_rate: float = 0.0  # on the feed-forward hidden activations
+  init_std: float | None = None  # None = Xavier-uniform kernels, embeddings normal(d_model**-0.5)
+  attention_impl: attn.Implementation | None = None
+  scan_layers: bool = False  # nn.scan over layers (fast compile for deep models)
+  remat_policy: RematPolicy = "none"
+  dtype: Any = jnp.float32  # compute dtype
+  param_dtype: Any = jnp.float32  # storage dtype
+
+  def __post_init__(self):
+    for name in ("vocab_size", "d_model", "num_encoder_layers", "num_decoder_layers", "max_len"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"{name} must be positive; got {getattr(self, name)}.")
+    for name in ("src_vocab_size", "tgt_vocab_size"):
+      if getattr(self, name) is not None and getattr(self, name) <= 0:
+        raise ValueError(f"{name} must be positive or None; got {getattr(self, name)}.")
+    if self.position not in ("sinusoidal", "learned", "rope"):
+      raise ValueError(
+          f"position must be 'sinusoidal', 'learned' or 'rope'; got {self.position!r}."
+      )
+    if self.sinusoid_layout not in ("interleaved", "split"):
+      raise ValueError(
+          f"sinusoid_layout must be 'interleaved' or 'split'; got {self.sinusoid_layout!r}."
+      )
+    if self.position == "sinusoidal" and self.d_model % 2:
+      raise ValueError(f"sinusoidal positions need an even d_model; got {self.d_model}.")
+    if self.position_offset < 0:
+      raise ValueError(f"position_offset must be >= 0; got {self.position_offset}.")
+    if self.share_embeddings and self.src_vocab != self.tgt_vocab:
+      raise ValueError(
+          f"share_embeddings=True needs equal vocabularies; got src_vocab_size={self.src_vocab} "
+          f"and tgt_vocab_size={self.tgt_vocab}. Set share_embeddings=False or equal sizes."
+      )
+    if not 0 <= self.pad_id < min(self.src_vocab, self.tgt_vocab):
+      raise ValueError(
+          f"pad_id={self.pad_id} is outside the vocabularies ({self.src_vocab}, {self.tgt_vocab})."
+      )
+    common.check_stack_options(self.scan_layers, self.remat_policy)
+    self.block()  # validates heads, activation, norm and norm_position
+
+  @property
+  def src_vocab(self) -> int:
+    return self.src_vocab_size or self.vocab_size
+
+  @property
+  def tgt_vocab(self) -> int:
+    return self.tgt_vocab_size or self.vocab_size
+
+  @property
+  def embed_std(self) -> float:
+    # Normal(d^-1/2) rows times sqrt(d) give unit-variance inputs, and tied logits against
+    # unit-variance hidden states start with unit variance (fairseq / tensor2tensor).
+    return self.d_model**-0.5 if self.init_std is None else self.init_std
+
+  def block(self):
+    return common.block_config(self, use_rope=self.position == "rope")
+
+
+class Transformer(nn.Module):
+  """Encoder-decoder Transformer; ``__call__`` returns float32 logits ``[B, T, V]``."""
+
+  config: TransformerConfig
+
+  def setup(self):
+    cfg = self.config
+    embed = lambda vocab, name: common.TokenEmbedding(  # noqa: E731
+        vocab, cfg.d_model, cfg.embed_std, cfg.dtype, cfg.param_dtype, name=name
+    )
+    if cfg.share_embeddings:
+      self.shared = embed(cfg.src_vocab, "shared")
+    else:
+      self.encoder_embed = embed(cfg.src_vocab, "encoder_embed")
+      self.decoder_embed = embed(cfg.tgt_vocab, "decoder_embed")
+    if cfg.position == "learned":
+      table = lambda name: LearnedPositionEmbedding(  # noqa: E731
+          cfg.max_len, cfg.d_model, cfg.dtype, cfg.param_dtype,
+          nn.initializers.normal(stddev=cfg.embed_std), name=name,
+      )
+      self.encoder_positions = table("encoder_positions")
+      self.decoder_positions = table("decoder_positions")
+    block = cfg.block()
+    if cfg.embedding_norm:
+      self.encoder_embedding_norm = make_norm(block, "encoder_embedding_norm")
+      self.decoder_embedding_norm = make_norm(block, "decoder_embedding_norm")
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+    stack = lambda block_cls, n, static, kwargs, name: Stack(  # noqa: E731
+        block_cls, block, n, scan=cfg.scan_layers, remat_policy=cfg.remat_policy,
+        block_kwargs=kwargs, num_static_args=static, name=name,
+    )
+    self.encoder = stack(EncoderBlock, cfg.num_encoder_layers, 1, (), "encoder")
+    self.decoder = stack(
+        DecoderBlock, cfg.num_decoder_layers, 2, (("cross_attention", True),), "decoder"
+    )
+    if cfg.norm_position == "pre":
+      self.encoder_norm = make_norm(block, "encoder_norm")
+      self.decoder_norm = make_norm(block, "decoder_norm")
+    if not cfg.tie_output:
+      init = nn.initializers.xavier_uniform() if cfg.init_std is None else (
+          nn.initializers.normal(stddev=cfg.init_std))
+      self.lm_head = nn.Dense(
+          cfg.tgt_vocab, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+          kernel_init=nn.with_logical_partitioning(init, (sh.EMBED, sh.VOCAB)), name="lm_head",
+      )
+    if cfg.final_logits_bias:
+      self.logits_bias = self.param(
+          "final_logits_bias",
+          nn.with_logical_partitioning(nn.initializers.zeros, (sh.VOCAB,)),
+          (cfg.tgt_vocab,),
+          cfg.param_dtype,
+      )
+
+  def _token_table(self, side: str) -> common.TokenEmbedding:
+    if self.config.share_embeddings:
+      return self.shared
+    return self.encoder_embed if side == "src" else self.decoder_embed
+
+  def _embed(self, side, ids, embeds, positions, deterministic):
+    """Token embeddings (looked up, or given) * sqrt(D) + positions, normed, dropped out."""
+    cfg = self.config
+    x = self._token_table(side)(ids) if embeds is None else embeds.astype(cfg.dtype)
+    if cfg.scale_embeddings:
+      x = x * jnp.asarray(math.sqrt(cfg.d_model), cfg.dtype)
+    index = positions + cfg.position_offset
+    if cfg.position == "learned":
+      table = self.encoder_positions if side == "src" else self.decoder_positions
+      x = x + table(index)
+    elif cfg.position == "sinusoidal":
+      x = x + sinusoid_at(index, cfg.d_model, layout=cfg.sinusoid_layout).astype(cfg.dtype)
+    if cfg.embedding_norm:
+      norm = self.encoder_embedding_norm if side == "src" else self.decoder_embedding_norm
+      x = norm(x).astype(cfg.dtype)
+    return self.dropout(x, deterministic=deterministic)
+
+  def _check_length(self, name: str, length: int) -> None:
+    cfg = self.config
+    if cfg.position != "rope" and length + cfg.position_offset > cfg.max_len:
+      raise ValueError(
+          f"{name} has length {length} (+ position_offset {cfg.position_offset}) but max_len is "
+          f"{cfg.max_len} ({cfg.position} positions); truncate the input or build the model "
+          "with a larger max_len."
+      )
+
+  def _check_positions(self, name: str, positions: Array, shape: tuple[int, int]) -> None:
+    """Shape check, and a table-range check where the values are concrete."""
+    cfg = self.config
+    if tuple(jnp.shape(positions)) != shape:
+      raise ValueError(f"{name} must be [B, L] = {shape}; got {tuple(jnp.shape(positions))}.")
+    if cfg.position != "rope" and common.is_concrete(positions) and np.size(positions):
+      top = int(np.max(np.asarray(positions))) + cfg.position_offset
+      if top >= cfg.max_len:
+        raise ValueError(
+            f"{name} reach index {top} (position_offset={cfg.position_offset}) but max_len is "
+            f"{cfg.max_len}; shorten the input or build the model with a larger max_len."
+        )
+
+  def _check_embeds(self, name: str, embeds: Array, shape: tuple[int, ...] | None) -> None:
+    common.check_rank(name, embeds, 3, "[batch, length, d_model]")
+    if embeds.shape[-1] != self.config.d_model or (shape and embeds.shape[:2] != shape):
+      raise ValueError(
+          f"{name} has shape {tuple(embeds.shape)}; expected [B, L, D] with D = d_model = "
+          f"{self.config.d_model}" + (f" and [B, L] = {shape}." if shape else ".")
+      )
+
+  def encode(
+      self,
+      src_ids: Array,
+      *,
+      src_positions: Array | None = None,
+      src_segment_ids: Array | None = None,
+      src_embeds: Array | None = None,
+      deterministic: bool = True,
+  ) -> Array:
+    """Encoder output ``[B, S, D]``.
+
+    Args:
+      src_ids: ``[B, S]`` source token ids; ``pad_id`` marks padding (never attended to).
+      src_positions: ``[B, S]`` positions (restart per segment for packed rows); default arange.
+      src_segment_ids: ``[B, S]`` packed-sequence ids; tokens attend only within their segment.
+      src_embeds: ``[B, S, D]`` token embeddings used instead of looking up ``src_ids``
+        (before the sqrt(D) scale and positions); ``src_ids`` still define the padding mask.
+      deterministic: disables dropout.
+
+    Returns:
+      ``[B, S, D]`` in the compute dtype.
+    """
+    cfg = self.config
+    common.check_token_ids("src_ids", src_ids, cfg.src_vocab)
+    b, s = src_ids.shape
+    if src_embeds is not None:
+      self._check_embeds("src_embeds", src_embeds, (b, s))
+    self._check_length("src_ids", s)
+    if src_positions is None:
+      positions = jnp.broadcast_to(jnp.arange(s)[None], (b, s))
+    else:
+      self._check_positions("src_positions", src_positions, (b, s))
+      positions = src_positions
+    mask = attn.padding_mask(attn.valid_from_ids(src_ids, cfg.pad_id))
+    if src_segment_ids is not None:
+      common.check_rank("src_segment_ids", src_segment_ids, 2, "[batch, source_length]")
+      mask = attn.combine_masks(mask, attn.segment_mask(src_segment_ids))
+    x = self._embed("src", src_ids, src_embeds, positions, deterministic)
+    x = self.encoder(x, mask, positions, deterministic)
+    if cfg.norm_position == "pre":
+      x = self.encoder_norm(x).astype(cfg.dtype)
+    return x
+
+  @nn.compact  # compact only for the "position" cache counter, created lazily when decoding
+  def decode(
+      self,
+      tgt_ids: Array | None,
+      encoded: Array,
+      src_ids: Array,
+      *,
+      positions: Array | None = None,
+      tgt_segment_ids: Array | None = None,
+      src_segment_ids: Array | None = None,
+      tgt_embeds: Array | None = None,
+      deterministic: bool = True,
+      decode: bool = False,
+  ) -> Array:
+    """Next-token logits of the decoder over an encoded source.
+
+    Args:
+      tgt_ids: ``[B, T]`` target input ids (shifted right); may be None with ``tgt_embeds``.
+      encoded: ``[B, S, D]`` output of :meth:`encode`.
+      src_ids: ``[B, S]`` the source ids (their padding is hidden from cross-attention).
+      positions: ``[B, T]`` target positions; default arange, continued from the cache
+        counter when decoding.
+      tgt_segment_ids: ``[B, T]`` packed-sequence ids (with ``src_segment_ids``): target
+        tokens attend only to their own segment, in both attentions.
+      src_segment_ids: ``[B, S]`` the source's packed-sequence ids.
+      tgt_embeds: ``[B, T, D]`` token embeddings used instead of looking up ``tgt_ids``
+        (before the sqrt(D) scale and positions).
+      deterministic: disables dropout.
+      decode: autoregressive decoding with the self-attention KV cache
+        (``mutable=["cache"]``).
+
+    Returns:
+      ``[B, T, V]`` float32 logits.
+    """
+    cfg = self.config
+    if tgt_embeds is None:
+      common.check_token_ids("tgt_ids", tgt_ids, cfg.tgt_vocab)
+      b, t = tgt_ids.shape
+    else:
+      self._check_embeds("tgt_embeds", tgt_embeds, None if tgt_ids is None else tgt_ids.shape)
+      b, t = tgt_embeds.shape[:2]
+    common.check_token_ids("src_ids", src_ids, cfg.src_vocab)
+    common.check_rank("encoded", encoded, 3, "[batch, source_length, d_model] (encode output)")
+    if encoded.shape[:2] != src_ids.shape or encoded.shape[0] != b:
+      raise ValueError(
+          f"encoded {tuple(encoded.shape)} must be [B, S, D] matching src_ids "
+          f"{tuple(src_ids.shape)} and the target batch {b}."
+      )
+    if (tgt_segment_ids is None) != (src_segment_ids is None):
+      raise ValueError("pass both tgt_segment_ids and src_segment_ids, or neither.")
+    if decode and tgt_segment_ids is not None:
+      raise ValueError("decode=True does not support packed (segment_ids) targets.")
+    start = 0
+    if decode:
+      # Our own slot counter, so positions continue where the previous call stopped.
+      initialised = self.has_variable("cache", "position")
+      counter = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
+      if initialised:
+        start = counter.value
+        counter.value = counter.value + t
+    if isinstance(start, int):  # a full sequence, or the cache length when allocating it
+      self._check_length("tgt_ids", t)
+    if positions is None:
+      positions = jnp.broadcast_to(start + jnp.arange(t)[None], (b, t))
+    self._check_positions("positions", positions, (b, t))
+
+    self_mask = None if decode else attn.causal_mask(t)  # the cache is causal by itself
+    cross_mask = attn.valid_from_ids(src_ids, cfg.pad_id)[:, None, None, :]
+    if tgt_segment_ids is not None:
+      self_mask = attn.combine_masks(self_mask, attn.segment_mask(tgt_segment_ids))
+      cross_mask = attn.combine_masks(
+          cross_mask, attn.segment_mask(tgt_segment_ids, src_segment_ids)
+      )
+    x = self._embed("tgt", tgt_ids, tgt_embeds, positions, deterministic)
+    x = self.decoder(
+        x, encoded.astype(cfg.dtype), self_mask, cross_mask, positions, deterministic, decode
+    )
+    if cfg.norm_position == "pre":
+      x = self.decoder_norm(x)
+    if cfg.tie_output:
+      logits_BxTxV = self._token_table("tgt").attend(x)
+    else:
+      logits_BxTxV = self.lm_head(x.astype(cfg.dtype)).astype(jnp.float32)
+    if cfg.final_logits_bias:
+      logits_BxTxV = logits_BxTxV + self.logits_bias.astype(jnp.float32)
+    return logits_BxTxV
+
+  def __call__(
+      self,
+      src_ids: Array,
+      tgt_in_ids: Array,
+      *,
+      deterministic: bool = True,
+      decode: bool = False,
+  ) -> Array:
+    """Teacher-forced logits ``[B, T, V]`` (float32) of ``tgt_in_ids`` given ``src_ids``.
+
+    ``decode=True`` with a ``[B, max_decode_len]`` target in ``init`` allocates the cache.
+    """
+    # Target checks first, so a bad target fails before the encoder runs.
+    common.check_token_ids("tgt_in_ids", tgt_in_ids, self.config.tgt_vocab)
+    self._check_length("tgt_in_ids", tgt_in_ids.shape[1])
+    encoded = self.encode(src_ids, deterministic=deterministic)
+    return self.decode(tgt_in_ids, encoded, src_ids, deterministic=deterministic, decode=decode)
+
+
+def dummy_inputs(config: TransformerConfig, batch_size: int = 1, length: int = 1):
+  """``(args, kwargs)`` for ``Transformer(config).init`` (shapes only matter)."""
+  ids = jnp.zeros((batch_size, length), jnp.int32)
+  return (ids, ids), {}
+
+
+def init_cache(config: TransformerConfig, batch_size: int, max_decode_len: int) -> Any:
+  """An empty decoding cache for ``batch_size`` rows of up to ``max_decode_len`` tokens.
+
+  Built from shapes (``jax.eval_shape``): no parameters are initialised. Every entry of an
+  empty cache is zero (keys/values, slot indices, the position counter).
+  """
+  model = Transformer(config)
+  tgt = jnp.zeros((batch_size, max_decode_len), jnp.int32)
+  src = jnp.zeros((batch_size, 1), jnp.int32)
+  encoded = jnp.zeros((batch_size, 1, config.d_model), config.dtype)
+  shapes = jax.eval_shape(
+      lambda: model.init(
+          jax.random.PRNGKey(0), tgt, encoded, src, decode=True, method=Transformer.decode
+      )
+  )
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
