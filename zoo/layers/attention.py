@@ -213,6 +213,12 @@ def dot_product_attention(
   scale = 1.0 / math.sqrt(h) if scale is None else scale
 
   if impl == "cudnn":
+    # cuDNN wants mask/bias with full [T, S] trailing dims (only B and N may be 1) and a bias
+    # in the input dtype; a [B, 1, 1, S] key-padding mask is valid everywhere else.
+    if mask is not None:
+      mask = jnp.broadcast_to(mask, (*mask.shape[:2], t, s))
+    if bias is not None:
+      bias = jnp.broadcast_to(bias, (*bias.shape[:2], t, s)).astype(query.dtype)
     out = jax.nn.dot_product_attention(
         query, key, value, bias=bias, mask=mask, scale=scale, implementation="cudnn"
     )

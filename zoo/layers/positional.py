@@ -57,14 +57,17 @@ def sinusoidal_encoding(
 def sincos_2d(grid_h: int, grid_w: int, dim: int, *, base: float = 10000.0) -> Array:
   """Fixed 2-D sin-cos encodings for a ``grid_h x grid_w`` patch grid -> ``[h*w, dim]``.
 
-  Half the channels encode the row, half the column (MAE / big_vision style).
+  Row-major patches; channels ``[sin x, cos x, sin y, cos y]`` (x = column, y = row), each
+  quarter with frequencies ``base^(-i/(dim/4))``: the table of MAE / MoCo v3
+  (``get_2d_sincos_pos_embed``), so a fixed table copied from those checkpoints matches.
+  big_vision spaces its frequencies differently.
   """
   if dim % 4:
     raise ValueError(f"2-D sincos encodings need dim divisible by 4; got {dim}.")
   ys, xs = jnp.meshgrid(jnp.arange(grid_h), jnp.arange(grid_w), indexing="ij")
-  emb_y = sinusoid_at(ys.reshape(-1), dim // 2, base=base, layout="split")
   emb_x = sinusoid_at(xs.reshape(-1), dim // 2, base=base, layout="split")
-  return jnp.concatenate([emb_y, emb_x], axis=-1)
+  emb_y = sinusoid_at(ys.reshape(-1), dim // 2, base=base, layout="split")
+  return jnp.concatenate([emb_x, emb_y], axis=-1)
 
 
 class LearnedPositionEmbedding(nn.Module):

@@ -58,8 +58,11 @@ class Stack(nn.Module):
       raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}; got {self.remat_policy!r}.")
     block_cls = self.block_cls
     if self.remat_policy != "none":
-      # Negative indices count from the end of (self, x, *args): the flags.
-      static = tuple(range(-self.num_static_args, 0))
+      # Indices into (self, x, *args): the trailing flags. They must be non-negative: flax
+      # shifts them (-1 for self, +2 for its own leading arguments), which maps a negative
+      # index onto the wrong argument.
+      n = 2 + len(args)
+      static = tuple(range(n - self.num_static_args, n))
       block_cls = nn.remat(
           block_cls,
           policy=remat_policy_fn(self.remat_policy),
