@@ -154,9 +154,9 @@ def test_bad_inputs_fail_clearly():
 def test_other_resolutions_interpolate_positions():
   params = _params()
   table = params["pos_embedding"]
-  # Reference: a model built natively at 48 px whose table is the class row + a bicubic
-  # resize of the 4x4 grid to 6x6 (row-major patches, class-token row untouched).
-  grid = jax.image.resize(table[0, 1:].reshape(4, 4, 32), (6, 6, 32), "bicubic")
+  # Reference: a model built natively at 48 px whose table is the class row + PyTorch's
+  # bicubic resize of the 4x4 grid to 6x6 (what timm / HF interpolate_pos_encoding do).
+  grid = _torch_bicubic(table[0, 1:].reshape(4, 4, 32), (6, 6))
   big = dataclasses.replace(TINY, image_size=48)
   big_params = {**params, "pos_embedding": jnp.concatenate([table[:, :1], grid.reshape(1, 36, 32)], 1)}
   images = _images(height=48, width=48)
@@ -167,8 +167,16 @@ def test_other_resolutions_interpolate_positions():
   out = _apply(TINY, params, _images(height=48, width=40))
   assert out.shape == (2, 5) and bool(jnp.all(jnp.isfinite(out)))
   # At the native size the bicubic resize is the identity, so skipping it changes nothing.
-  same = jax.image.resize(table[0, 1:].reshape(4, 4, 32), (4, 4, 32), "bicubic")
+  same = _torch_bicubic(table[0, 1:].reshape(4, 4, 32), (4, 4))
   np.testing.assert_allclose(same.reshape(16, 32), table[0, 1:], atol=1e-6)
+
+
+def _torch_bicubic(grid_hwd, size):
+  import torch
+
+  x = torch.from_numpy(np.asarray(grid_hwd, np.float32)).permute(2, 0, 1)[None]
+  y = torch.nn.functional.interpolate(x, size=size, mode="bicubic", align_corners=False)
+  return jnp.asarray(y[0].permute(1, 2, 0).numpy())
 
 
 def test_pooling_cls_mean_and_pre_logits():

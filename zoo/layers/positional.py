@@ -131,11 +131,37 @@ def apply_rope(x: Array, positions: Array, base: float = 10000.0) -> Array:
   return out.astype(x.dtype)
 
 
+def bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
+  """``[n_out, n_in]`` weights of a 1-D bicubic resize with half-pixel centres.
+
+  The same kernel (Keys, a = -0.75) and border handling (edge pixels repeat) as PyTorch's
+  ``interpolate(mode="bicubic", align_corners=False)``, which timm and Hugging Face ViT use to
+  resize position tables; ``jax.image.resize`` uses a = -0.5 and would not match them.
+  """
+
+  def near(x):  # |x| <= 1
+    return ((a + 2) * x - (a + 3)) * x * x + 1
+
+  def far(x):  # 1 < |x| < 2
+    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+  w = np.zeros((n_out, n_in), np.float64)
+  for i in range(n_out):
+    src = (i + 0.5) * n_in / n_out - 0.5
+    i0 = int(np.floor(src))
+    t = src - i0
+    for k, wk in zip(range(-1, 3), (far(t + 1), near(t), near(1 - t), far(2 - t))):
+      w[i, min(max(i0 + k, 0), n_in - 1)] += wk
+  return w
+
+
 def interpolate_table(table: Array | np.ndarray, old_grid: tuple[int, int], new_grid: tuple[int, int]):
-  """Resize a ``[h*w, D]`` grid of position embeddings to ``new_grid`` (bicubic, like timm)."""
+  """Resize a ``[h*w, D]`` grid of position embeddings to ``new_grid`` (PyTorch/timm bicubic)."""
   if tuple(old_grid) == tuple(new_grid):
     return table
   d = table.shape[-1]
-  grid = jnp.asarray(table).reshape(*old_grid, d)
-  resized = jax.image.resize(grid, (*new_grid, d), method="bicubic")
-  return resized.reshape(new_grid[0] * new_grid[1], d)
+  rows = jnp.asarray(bicubic_matrix(old_grid[0], new_grid[0]), jnp.float32)
+  cols = jnp.asarray(bicubic_matrix(old_grid[1], new_grid[1]), jnp.float32)
+  grid = jnp.asarray(table, jnp.float32).reshape(*old_grid, d)
+  resized = jnp.einsum("ah,bw,hwd->abd", rows, cols, grid, precision="highest")
+  return resized.reshape(new_grid[0] * new_grid[1], d).astype(jnp.asarray(table).dtype)

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from zoo.layers.positional import bicubic_matrix
 from zoo.pretrained import keymap as km
 
 FAMILY = "vit"
@@ -193,25 +194,6 @@ def describe(cfg) -> str:
 # Position tables at another resolution.
 
 
-def _cubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
-  """``[n_out, n_in]`` weights of PyTorch's 1-D bicubic resize (``align_corners=False``)."""
-
-  def near(x):  # |x| <= 1
-    return ((a + 2) * x - (a + 3)) * x * x + 1
-
-  def far(x):  # 1 < |x| < 2
-    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-
-  w = np.zeros((n_out, n_in), np.float64)
-  for i in range(n_out):
-    src = (i + 0.5) * n_in / n_out - 0.5  # half-pixel centres, not clamped at 0 (as torch)
-    i0 = int(np.floor(src))
-    t = src - i0
-    for k, wk in zip(range(-1, 3), (far(t + 1), near(t), near(1 - t), far(2 - t))):
-      w[i, min(max(i0 + k, 0), n_in - 1)] += wk  # border pixels repeat
-  return w
-
-
 def resize_positions(
     table: np.ndarray, old_grid: tuple[int, int], new_grid: tuple[int, int], num_prefix: int = 1
 ) -> np.ndarray:
@@ -225,7 +207,8 @@ def resize_positions(
     return table
   d = table.shape[-1]
   grid = np.asarray(table[0, num_prefix:], np.float64).reshape(*old_grid, d)
-  rows, cols = _cubic_matrix(old_grid[0], new_grid[0]), _cubic_matrix(old_grid[1], new_grid[1])
+  rows = bicubic_matrix(old_grid[0], new_grid[0])
+  cols = bicubic_matrix(old_grid[1], new_grid[1])
   resized = np.einsum("ah,bw,hwd->abd", rows, cols, grid).reshape(1, -1, d)
   return np.concatenate([np.asarray(table[:, :num_prefix], np.float64), resized], axis=1).astype(
       table.dtype

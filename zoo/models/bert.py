@@ -1,0 +1,329 @@
+"""BERT: a bidirectional encoder with segment embeddings, a [CLS] pooler and task heads.
+
+What is different from the other families: word + segment (token type) + position
+embeddings summed and normalised, post-LN encoder blocks, a pooler (dense + tanh on the
+first token), and the heads of Devlin et al. 2019: pretraining (masked LM tied to the word
+embeddings, plus next-sentence prediction), masked LM only, sequence classification and
+token classification.
+
+Shapes: B batch, L length, D width, V vocabulary, C classes (``num_labels``).
+
+Parameter tree (names mirror Hugging Face ``BertForPreTraining`` where it costs nothing;
+``[..]`` are shapes, looped layers shown, ``scan_layers=True`` stacks them under
+``encoder/layers`` with a leading ``[num_layers]`` axis)::
+
+  embeddings/word_embeddings/embedding       [V, D]      bert.embeddings.word_embeddings
+  embeddings/position_embeddings/embedding   [max_len, D] (position="learned" only)
+  embeddings/token_type_embeddings/embedding [type_vocab_size, D]
+  embeddings/norm/{scale, bias}              [D]         embeddings.LayerNorm
+  encoder/layers_i/attn/{query,key,value}/kernel [D, N, H], bias [N, H]
+                                             attention.self.{query,key,value} (W.T reshaped)
+  encoder/layers_i/attn/out/kernel [N, H, D], bias [D]   attention.output.dense
+  encoder/layers_i/attn_norm/{scale, bias}   [D]         attention.output.LayerNorm
+  encoder/layers_i/mlp/wi/kernel [D, F], bias [F]        intermediate.dense
+  encoder/layers_i/mlp/wo/kernel [F, D], bias [D]        output.dense
+  encoder/layers_i/mlp_norm/{scale, bias}    [D]         output.LayerNorm
+  final_norm/{scale, bias}                   [D]         (norm_position="pre" only)
+  pooler/{kernel [D, D], bias [D]}                       bert.pooler.dense (pooler=True only)
+  mlm/transform/{kernel [D, D], bias [D]}                cls.predictions.transform.dense
+  mlm/norm/{scale, bias}                     [D]         cls.predictions.transform.LayerNorm
+  mlm/bias                                   [V]         cls.predictions.bias
+  nsp/{kernel [D, 2], bias [2]}                          cls.seq_relationship
+  classifier/{kernel [D, C], bias [C]}                   classifier
+
+The MLM decoder has no kernel of its own: it is the word embedding table transposed
+(``cls.predictions.decoder.weight`` is tied to it in Hugging Face too). Dense kernels are
+PyTorch ``Linear.weight`` transposed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from zoo import sharding as sh
+from zoo.layers import attention as attn
+from zoo.layers.blocks import ACTIVATIONS, Activation, EncoderBlock, NormPosition, make_norm
+from zoo.layers.positional import LearnedPositionEmbedding, sinusoid_at
+from zoo.layers.stack import RematPolicy, Stack
+from zoo.models import common
+
+Array = jax.Array
+BertHead = Literal[
+    "none", "pretraining", "mlm", "sequence_classification", "token_classification"
+]
+BertPosition = Literal["learned", "sinusoidal", "rope"]
+HEAD_KINDS = ("none", "pretraining", "mlm", "sequence_classification", "token_classification")
+POSITION_KINDS = ("learned", "sinusoidal", "rope")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BertConfig:
+  """A BERT encoder and one of its task heads."""
+
+  vocab_size: int = 30522  # WordPiece vocabulary of the released checkpoints
+  max_len: int = 512  # size of the learned position table
+  type_vocab_size: int = 2  # segment (sentence A / B) types
+  d_model: int = 768
+  num_heads: int = 12
+  num_layers: int = 12
+  mlp_dim: int = 3072
+  pad_id: int = 0  # the default attention mask is input_ids != pad_id
+  activation: Activation = "gelu"  # exact (erf) GELU, as in the original BERT
+  norm_eps: float = 1e-12
+  norm_position: NormPosition = "post"  # BERT is post-LN; "pre" adds a final norm
+  dropout_rate: float = 0.1  # embedding, residual and (by default) classifier dropout
+  attention_dropout_rate: float = 0.1
+  init_std: float = 0.02  # normal(init_std) for every kernel and embedding table
+  head: BertHead = "none"  # "none" = encoder + pooler
+  num_labels: int = 2  # classes of the classification heads
+  classifier_dropout: float | None = None  # None = dropout_rate
+  pooler: bool = True  # dense + tanh on [CLS] -> "pooled"; False = HF add_pooling_layer=False
+  position: BertPosition = "learned"
+  scan_layers: bool = False  # nn.scan over layers (fast compile for deep models)
+  remat_policy: RematPolicy = "none"
+  attention_impl: attn.Implementation | None = None
+  dtype: Any = jnp.float32  # compute dtype
+  param_dtype: Any = jnp.float32  # storage dtype
+
+  def __post_init__(self):
+    if self.d_model % self.num_heads:
+      raise ValueError(
+          f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
+          "change one of them."
+      )
+    if self.head not in HEAD_KINDS:
+      raise ValueError(f"head must be one of {HEAD_KINDS}; got {self.head!r}.")
+    if self.position not in POSITION_KINDS:
+      raise ValueError(f"position must be one of {POSITION_KINDS}; got {self.position!r}.")
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}; got {self.activation!r}.")
+    for name in ("vocab_size", "max_len", "type_vocab_size", "num_layers", "num_labels"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}.")
+    for name in ("dropout_rate", "attention_dropout_rate", "classifier_dropout"):
+      rate = getattr(self, name)
+      if rate is not None and not 0.0 <= rate < 1.0:
+        raise ValueError(f"{name} must be in [0, 1); got {rate}.")
+    if not 0 <= self.pad_id < self.vocab_size:
+      raise ValueError(f"pad_id={self.pad_id} is outside the vocabulary [0, {self.vocab_size}).")
+    common.check_stack_options(self.scan_layers, self.remat_policy)
+    if not self.pooler and self.head in ("pretraining", "sequence_classification"):
+      raise ValueError(f"head={self.head!r} reads the pooled [CLS] output; it needs pooler=True.")
+    self.block()  # validates heads, activation, norm position
+
+  def block(self):
+    return common.block_config(self, use_rope=self.position == "rope")
+
+
+def _dense(cfg: BertConfig, features: int, axes: tuple[str, str], name: str) -> nn.Dense:
+  return nn.Dense(
+      features,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
+      name=name,
+  )
+
+
+def segment_positions(segment_ids: Array) -> Array:
+  """``[B, L]`` packed-segment ids -> positions restarting at 0 where the id changes."""
+  b, length = segment_ids.shape
+  idx = jnp.broadcast_to(jnp.arange(length)[None], (b, length))
+  starts = jnp.concatenate(
+      [jnp.ones((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1
+  )
+  return idx - jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+
+
+class BertEmbeddings(nn.Module):
+  """Word + token type + position embeddings, LayerNorm, dropout; ``attend`` ties the MLM."""
+
+  config: BertConfig
+
+  def setup(self):
+    cfg = self.config
+    init = nn.initializers.normal(cfg.init_std)
+    self.word_embeddings = common.TokenEmbedding(
+        cfg.vocab_size, cfg.d_model, cfg.init_std, cfg.dtype, cfg.param_dtype
+    )
+    if cfg.position == "learned":
+      self.position_embeddings = LearnedPositionEmbedding(
+          cfg.max_len, cfg.d_model, cfg.dtype, cfg.param_dtype, init
+      )
+    # Two rows, replicated (None): too small to shard and not a vocabulary axis.
+    self.token_type_embeddings = nn.Embed(
+        cfg.type_vocab_size,
+        cfg.d_model,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        embedding_init=nn.with_logical_partitioning(init, (None, sh.EMBED)),
+    )
+    self.norm = make_norm(cfg.block(), "norm")
+    self.dropout = nn.Dropout(cfg.dropout_rate)
+
+  def __call__(
+      self, input_ids: Array, token_type_ids: Array, positions: Array, deterministic: bool
+  ) -> Array:
+    """``[B, L]`` ids, types, positions -> ``[B, L, D]``."""
+    cfg = self.config
+    x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+    if cfg.position == "learned":
+      x = x + self.position_embeddings(positions)
+    elif cfg.position == "sinusoidal":
+      x = x + sinusoid_at(positions, cfg.d_model).astype(cfg.dtype)
+    x = self.norm(x).astype(cfg.dtype)
+    return self.dropout(x, deterministic=deterministic)
+
+  def attend(self, x: Array) -> Array:
+    """``[B, L, D]`` -> ``[B, L, V]`` float32 logits against the word embedding table."""
+    return self.word_embeddings.attend(x)
+
+
+class MLMHead(nn.Module):
+  """``transform`` dense + activation + LayerNorm, tied decoder, output bias ``[V]``."""
+
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x: Array, embeddings: BertEmbeddings) -> Array:
+    """``[B, L, D]`` -> ``[B, L, V]`` float32 logits."""
+    cfg = self.config
+    h = _dense(cfg, cfg.d_model, (sh.EMBED, sh.MLP), "transform")(x)
+    h = ACTIVATIONS[cfg.activation](h)
+    h = make_norm(cfg.block(), "norm")(h).astype(cfg.dtype)
+    bias = self.param(
+        "bias",
+        nn.with_logical_partitioning(nn.initializers.zeros, (sh.VOCAB,)),
+        (cfg.vocab_size,),
+        cfg.param_dtype,
+    )
+    logits_BxLxV = embeddings.attend(h)
+    return logits_BxLxV + bias.astype(jnp.float32)
+
+
+class Bert(nn.Module):
+  """BERT encoder with the head chosen by ``config.head``; returns a dict of outputs."""
+
+  config: BertConfig
+
+  def _check_inputs(self, input_ids, token_type_ids, attention_mask, positions, segment_ids):
+    cfg = self.config
+    common.check_token_ids("input_ids", input_ids, cfg.vocab_size)
+    shape = tuple(input_ids.shape)
+    for name, x in (
+        ("token_type_ids", token_type_ids),
+        ("attention_mask", attention_mask),
+        ("positions", positions),
+        ("segment_ids", segment_ids),
+    ):
+      if x is not None and tuple(jnp.shape(x)) != shape:
+        raise ValueError(
+            f"{name} must have the shape of input_ids [batch, length] = {shape}; got "
+            f"{tuple(jnp.shape(x))}."
+        )
+    if token_type_ids is not None:
+      common.check_token_ids("token_type_ids", token_type_ids, cfg.type_vocab_size)
+    if cfg.position == "learned":
+      common.check_length("input_ids", shape[1], cfg.max_len)
+      if positions is not None and common.is_concrete(positions) and np.size(positions):
+        lo, hi = int(np.min(positions)), int(np.max(positions))
+        if lo < 0 or hi >= cfg.max_len:
+          raise ValueError(
+              f"positions hold values in [{lo}, {hi}] but the learned position table has "
+              f"max_len={cfg.max_len} rows (valid 0..{cfg.max_len - 1})."
+          )
+
+  @nn.compact
+  def __call__(
+      self,
+      input_ids: Array,
+      *,
+      token_type_ids: Array | None = None,
+      attention_mask: Array | None = None,
+      positions: Array | None = None,
+      segment_ids: Array | None = None,
+      deterministic: bool = True,
+  ) -> dict[str, Array]:
+    """Encoder outputs and head logits.
+
+    Args:
+      input_ids: ``[B, L]`` int token ids.
+      token_type_ids: ``[B, L]`` segment (sentence A = 0 / B = 1) ids; default all 0.
+      attention_mask: ``[B, L]`` bool or int, True / 1 for real tokens; keys at False are
+        never attended to. Default ``input_ids != pad_id``.
+      positions: ``[B, L]`` positions; default ``arange(L)``, or restarting at each segment
+        when ``segment_ids`` is given.
+      segment_ids: ``[B, L]`` ids of sequences packed into one row; tokens attend only
+        within their own segment. ``pooled`` (and the NSP / sequence heads) read the row's
+        first token, i.e. the first segment's [CLS].
+      deterministic: disables dropout (pass a ``"dropout"`` rng when False).
+
+    Returns:
+      ``{"last_hidden_state": [B, L, D], "pooled": [B, D]}`` (no "pooled" when
+      ``pooler=False``) in the compute dtype, plus by
+      head (float32): ``"mlm_logits"`` ``[B, L, V]`` and ``"nsp_logits"`` ``[B, 2]``
+      (pretraining), ``"mlm_logits"`` (mlm), ``"logits"`` ``[B, C]`` (sequence
+      classification) or ``[B, L, C]`` (token classification).
+    """
+    cfg = self.config
+    self._check_inputs(input_ids, token_type_ids, attention_mask, positions, segment_ids)
+    b, length = input_ids.shape
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    if positions is None:
+      if segment_ids is None:
+        positions = jnp.broadcast_to(jnp.arange(length)[None], (b, length))
+      else:
+        positions = segment_positions(segment_ids)
+    if attention_mask is None:
+      attention_mask = attn.valid_from_ids(input_ids, cfg.pad_id)
+    # Keys only (as in Hugging Face): padded queries compute values nobody reads, and a
+    # fully padded row stays finite thanks to the finite mask value.
+    mask = jnp.asarray(attention_mask).astype(bool)[:, None, None, :]
+    if segment_ids is not None:
+      mask = attn.combine_masks(mask, attn.segment_mask(segment_ids))
+
+    embeddings = BertEmbeddings(cfg, name="embeddings")
+    x = embeddings(input_ids, token_type_ids, positions, deterministic)
+    x = Stack(
+        EncoderBlock,
+        cfg.block(),
+        cfg.num_layers,
+        scan=cfg.scan_layers,
+        remat_policy=cfg.remat_policy,
+        num_static_args=1,
+        name="encoder",
+    )(x, mask, positions, deterministic)
+    if cfg.norm_position == "pre":
+      x = make_norm(cfg.block(), "final_norm")(x).astype(cfg.dtype)
+    out = {"last_hidden_state": x}
+    if cfg.pooler:
+      pooled = jnp.tanh(_dense(cfg, cfg.d_model, (sh.EMBED, sh.MLP), "pooler")(x[:, 0]))
+      out["pooled"] = pooled
+
+    if cfg.head in ("pretraining", "mlm"):
+      out["mlm_logits"] = MLMHead(cfg, name="mlm")(x, embeddings)
+    if cfg.head == "pretraining":
+      out["nsp_logits"] = _dense(cfg, 2, (sh.EMBED, sh.CLASSES), "nsp")(pooled).astype(
+          jnp.float32
+      )
+    if cfg.head in ("sequence_classification", "token_classification"):
+      rate = cfg.dropout_rate if cfg.classifier_dropout is None else cfg.classifier_dropout
+      feats = pooled if cfg.head == "sequence_classification" else x
+      feats = nn.Dropout(rate)(feats, deterministic=deterministic)
+      out["logits"] = _dense(cfg, cfg.num_labels, (sh.EMBED, sh.CLASSES), "classifier")(
+          feats
+      ).astype(jnp.float32)
+    return out
+
+
+def dummy_inputs(config: BertConfig, batch_size: int = 1, length: int = 1):
+  """``(args, kwargs)`` for ``Bert(config).init`` (shapes only matter)."""
+  return (jnp.zeros((batch_size, length), jnp.int32),), {}
