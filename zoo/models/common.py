@@ -63,6 +63,24 @@ def check_stack_options(scan_layers: bool, remat_policy: str) -> None:
     raise ValueError(f"scan_layers must be a bool; got {scan_layers!r}.")
 
 
+def decode_start(module: nn.Module, length: int, decode: bool) -> Array | int:
+  """First position of this call's tokens; a cache counter makes decoding calls continue.
+
+  Call from a compact method. With ``decode`` the module keeps a ``"position"`` counter in its
+  ``"cache"`` collection (created, at 0, by the call that allocates the cache) and advances it by
+  ``length``; otherwise (or while allocating) the start is the Python int 0.
+  """
+  if not decode:
+    return 0
+  initialised = module.has_variable("cache", "position")
+  counter = module.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
+  if not initialised:
+    return 0
+  start = counter.value
+  counter.value = start + length
+  return start
+
+
 def block_config(config: Any, **overrides) -> BlockConfig:
   """Build a :class:`BlockConfig` from the same-named fields of a family config."""
   names = {f.name for f in dataclasses.fields(BlockConfig)}

@@ -111,15 +111,7 @@ class GPT(nn.Module):
     cfg = self.config
     common.check_token_ids("input_ids", input_ids, cfg.vocab_size)
     b, length = input_ids.shape
-    if decode:
-      # Our own cache slot counter, so positions continue where the previous call stopped.
-      initialised = self.has_variable("cache", "position")
-      counter = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
-      start = counter.value if initialised else 0
-      if initialised:
-        counter.value = counter.value + length
-    else:
-      start = 0
+    start = common.decode_start(self, length, decode)
     if positions is None:
       positions = jnp.broadcast_to(start + jnp.arange(length)[None], (b, length))
     if jnp.shape(positions) != (b, length):

@@ -355,14 +355,7 @@ class Transformer(nn.Module):
       raise ValueError("pass both tgt_segment_ids and src_segment_ids, or neither.")
     if decode and tgt_segment_ids is not None:
       raise ValueError("decode=True does not support packed (segment_ids) targets.")
-    start = 0
-    if decode:
-      # Our own slot counter, so positions continue where the previous call stopped.
-      initialised = self.has_variable("cache", "position")
-      counter = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
-      if initialised:
-        start = counter.value
-        counter.value = counter.value + t
+    start = common.decode_start(self, t, decode)
     if isinstance(start, int):  # a full sequence, or the cache length when allocating it
       self._check_length("tgt_ids", t)
     if positions is None:
