@@ -1,0 +1,25 @@
+"""Decoding: compiled sampling for GPT, greedy and beam search for the encoder-decoder.
+
+* :func:`generate` — GPT: prefill + cached steps in one jitted ``while_loop``; ragged prompts
+  (left-padded to power-of-two buckets), EOS, greedy / temperature / top-k / top-p.
+* :func:`translate_ids` (``zoo.generate.seq2seq.generate``) — Transformer / Marian: encoder
+  once, cached decoder, greedy or Hugging Face-exact beam search.
+* ``python -m zoo.generate --checkpoint DIR --prompt TEXT`` (GPT) or ``--source TEXT``
+  (translation) prints generated text; see :mod:`zoo.generate.cli`.
+"""
+
+from zoo.generate.decoder import TRACE_COUNTS, bucket_length, generate
+from zoo.generate.sampling import Sampling, filter_logits, next_token, top_k_filter, top_p_filter
+from zoo.generate.seq2seq import generate as translate_ids
+
+__all__ = [
+    "TRACE_COUNTS",
+    "Sampling",
+    "bucket_length",
+    "filter_logits",
+    "generate",
+    "next_token",
+    "top_k_filter",
+    "top_p_filter",
+    "translate_ids",
+]

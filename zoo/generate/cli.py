@@ -1,0 +1,319 @@
+"""``python -m zoo.generate``: text from a trained run or a pretrained folder.
+
+Examples::
+
+  # the GPT trained by `make demo` (a train.py workdir; --config names its data/tokenizer)
+  python -m zoo.generate --checkpoint runs/demo --config configs/gpt.py:demo --prompt "def "
+  # a Hugging Face GPT-2 folder, sampling
+  python -m zoo.generate --checkpoint gpt2/ --prompt "Hello" --sample --top_p 0.9 --seed 1
+  # translation: a Marian (Opus-MT) folder, or a workdir trained on the translation task
+  python -m zoo.generate --checkpoint opus-mt-en-de/ --source "How are you?" --num_beams 4
+
+``--checkpoint`` is a train.py workdir (``checkpoints/<step>/``: the model is rebuilt from
+the fingerprint saved with the checkpoint, the tokenizer from the run config, read from
+``<workdir>/config.json`` or ``--config``), a Hugging Face folder or a zoo checkpoint folder
+(``zoo.from_pretrained``, tokenizer ``zoo.load_tokenizer``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+from typing import Any
+
+import jax
+
+from zoo.generate import decoder, seq2seq
+
+
+@dataclasses.dataclass
+class Loaded:
+  """A model ready to generate, with what its checkpoint says about special tokens."""
+
+  model: Any
+  params: Any
+  tokenizer: Any  # encode(str) -> ids / decode(ids) -> str, or None
+  where: str  # the checkpoint path, for messages
+  specials_in_encode: bool  # tokenizer.encode adds BOS/EOS itself (Hugging Face tokenizers)
+  bos_id: int | None = None
+  eos_id: int | None = None
+  pad_id: int = 0
+  decoder_start_id: int | None = None
+  suppress_ids: tuple[int, ...] = ()
+  forced_eos: bool = False
+  num_beams: int = 1
+  length_penalty: float = 1.0
+
+  @property
+  def family(self) -> str:
+    import zoo
+
+    return zoo.family_of(self.model)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading.
+
+
+def _read_json(path: str) -> dict[str, Any]:
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def _first(value):
+  return value[0] if isinstance(value, (list, tuple)) else value
+
+
+def load_run_config(spec: str):
+  """``configs/gpt.py:demo`` (a config file and its argument) -> the run ConfigDict."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ValueError(f"--config {spec!r}: {path} is not a file (expected configs/<name>.py[:arg]).")
+  module_spec = importlib.util.spec_from_file_location("_zoo_run_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def _model_from_fingerprint(fingerprint: dict[str, Any], where: str):
+  """The model a train.py checkpoint holds, from the architecture fingerprint saved with it."""
+  import zoo
+  from zoo.presets import FAMILIES
+
+  family = next((f for f, (_, cls, _) in FAMILIES.items() if cls == fingerprint.get("model")), None)
+  if family is None:
+    raise ValueError(f"{where}: the checkpoint's fingerprint names no zoo model: {fingerprint}.")
+  cfg_cls, model_cls = zoo.family_classes(family)
+  known = {f.name for f in dataclasses.fields(cfg_cls)}
+  fields = {}
+  for key, value in fingerprint.items():
+    name = key.removeprefix("model.")
+    # Non-JSON values (param_dtype) were saved as strings; their defaults serve inference.
+    if key.startswith("model.") and name in known and not (isinstance(value, str) and "<" in value):
+      fields[name] = value
+  return model_cls(cfg_cls(**fields))
+
+
+def load_workdir(workdir: str, config=None, step: int | None = None) -> Loaded:
+  """A train.py run directory -> :class:`Loaded` (parameters of checkpoint ``step``, default last).
+
+  Args:
+    workdir: the ``--workdir`` of train.py.
+    config: the run config (ConfigDict or ``configs/x.py:arg``); None reads
+      ``<workdir>/config.json`` if there is one. Only its data section is used: it names the
+      tokenizer.
+    step: which checkpoint; None = the latest.
+  """
+  import orbax.checkpoint as ocp
+
+  from zoo.training.checkpoint import Checkpointer
+
+  ckpt = Checkpointer(workdir, every=1, keep=1, fingerprint={})
+  step = ckpt.latest_step() if step is None else step
+  if step is None:
+    raise ValueError(f"{workdir} holds no checkpoint under {ckpt.directory}.")
+  meta = ckpt.read_meta(step)
+  model = _model_from_fingerprint(meta.get("fingerprint", {}), workdir)
+  # Restore onto this host's first device whatever mesh saved it (a GPU run read on a laptop).
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      ckpt.manager.item_metadata(step)["state"],
+  )
+  restore = ocp.args.PyTreeRestore(
+      item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)
+  )
+  params = ckpt.manager.restore(step, args=ocp.args.Composite(state=restore))["state"]["params"]
+  ckpt.close()
+
+  if isinstance(config, str):
+    config = load_run_config(config)
+  if config is None and os.path.exists(os.path.join(workdir, "config.json")):
+    import ml_collections
+
+    config = ml_collections.ConfigDict(_read_json(os.path.join(workdir, "config.json")))
+  tokenizer = None
+  if config is not None:
+    import zoo.data
+
+    tokenizer = zoo.data.make_tokenizer(config.data)
+  get = lambda name, default=None: getattr(tokenizer, name, default)  # noqa: E731
+  pad = get("pad_id", None)
+  return Loaded(
+      model=model, params=params, tokenizer=tokenizer, where=workdir, specials_in_encode=False,
+      bos_id=get("bos_id"), eos_id=get("eos_id"),
+      pad_id=int(pad if pad is not None else getattr(model.config, "pad_id", 0)),
+      decoder_start_id=get("bos_id"),
+  )
+
+
+def load_pretrained(path: str) -> Loaded:
+  """A Hugging Face or zoo checkpoint folder -> :class:`Loaded` (generation settings included)."""
+  import zoo
+
+  model, params = zoo.from_pretrained(path)
+  tokenizer = zoo.load_tokenizer(path)
+  hf = {**_read_json(os.path.join(path, "config.json")),
+        **_read_json(os.path.join(path, "generation_config.json"))}
+  eos = _first(hf.get("eos_token_id"))
+  pad = hf.get("pad_token_id")
+  pad = pad if pad is not None else (eos if eos is not None else getattr(model.config, "pad_id", 0))
+  bad = tuple(w[0] for w in hf.get("bad_words_ids") or () if len(w) == 1)
+  if hf.get("model_type") == "marian" and "bad_words_ids" not in hf:
+    bad = (pad,)  # Opus-MT checkpoints ship generation_config.json with bad_words_ids [[pad]]
+  return Loaded(
+      model=model, params=params, tokenizer=tokenizer, where=path, specials_in_encode=True,
+      bos_id=hf.get("bos_token_id"), eos_id=eos, pad_id=int(pad),
+      decoder_start_id=hf.get("decoder_start_token_id", hf.get("bos_token_id")),
+      suppress_ids=bad, forced_eos=hf.get("forced_eos_token_id") is not None,
+      num_beams=int(hf.get("num_beams") or 1), length_penalty=float(hf.get("length_penalty", 1.0)),
+  )
+
+
+def load(checkpoint: str, *, config=None, step: int | None = None) -> Loaded:
+  """A workdir (has ``checkpoints/``), a Hugging Face folder or a zoo checkpoint folder."""
+  checkpoint = os.fspath(checkpoint)
+  if not os.path.isdir(checkpoint):
+    raise ValueError(f"--checkpoint {checkpoint} is not a directory.")
+  if os.path.isdir(os.path.join(checkpoint, "checkpoints")):
+    return load_workdir(checkpoint, config, step)
+  return load_pretrained(checkpoint)
+
+
+# ----------------------------------------------------------------------------------------------
+# Text in, text out.
+
+
+def _encode(loaded: Loaded, text: str | list[int], what: str) -> list[int]:
+  if not isinstance(text, str):
+    return [int(t) for t in text]
+  if loaded.tokenizer is None:
+    raise ValueError(
+        f"{loaded.where} has no tokenizer, so the {what} text cannot be encoded. Give token ids "
+        f"instead (--{what}_ids 5,17,42), or for a train.py workdir the run config that names "
+        "the tokenizer (--config configs/<file>.py:<arg>)."
+    )
+  if not text:
+    raise ValueError(f"the {what} is empty; give some text to start from.")
+  return list(loaded.tokenizer.encode(text))
+
+
+def _until_eos(ids, eos_id) -> list[int]:
+  ids = [int(t) for t in ids]
+  return ids[: ids.index(eos_id)] if eos_id is not None and eos_id in ids else ids
+
+
+def _decode(loaded: Loaded, ids: list[int]) -> str | list[int]:
+  return ids if loaded.tokenizer is None else loaded.tokenizer.decode(ids)
+
+
+def complete(loaded: Loaded, prompt: str | list[int], *, max_new_tokens: int = 64, **sampling):
+  """The prompt continued by a GPT: text (or ids when ``prompt`` is ids and no tokenizer).
+
+  Args:
+    loaded: from :func:`load`.
+    prompt: text, or token ids.
+    max_new_tokens: tokens to add (capped by the context).
+    **sampling: ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``seed`` of
+      :func:`zoo.generate.generate`.
+  """
+  if loaded.family != "gpt":
+    raise ValueError(f"{loaded.where} is a {loaded.family} model; --prompt needs a GPT (use --source).")
+  ids = _encode(loaded, prompt, "prompt")
+  if isinstance(prompt, str) and not loaded.specials_in_encode and loaded.bos_id is not None:
+    ids = [loaded.bos_id] + ids  # zoo LM documents start with BOS
+  if not ids:
+    raise ValueError("the prompt is empty; give at least one token.")
+  cfg = loaded.model.config
+  if cfg.position == "learned" and len(ids) <= cfg.max_len:
+    max_new_tokens = min(max_new_tokens, cfg.max_len - len(ids) + 1)
+  new = decoder.generate(
+      loaded.model, loaded.params, [ids], max_new_tokens=max_new_tokens, eos_id=loaded.eos_id,
+      pad_id=loaded.pad_id, **sampling,
+  )
+  prompt_ids = ids[1:] if ids[0] == loaded.bos_id and not loaded.specials_in_encode else ids
+  return _decode(loaded, prompt_ids + _until_eos(new[0], loaded.eos_id))
+
+
+def translate(
+    loaded: Loaded,
+    source: str | list[int],
+    *,
+    max_new_tokens: int = 64,
+    num_beams: int | None = None,
+    length_penalty: float | None = None,
+):
+  """The encoder-decoder's translation of ``source`` (beam search; greedy with one beam)."""
+  if loaded.family != "transformer":
+    raise ValueError(f"{loaded.where} is a {loaded.family} model; --source needs a Transformer.")
+  ids = _encode(loaded, source, "source")
+  if isinstance(source, str) and not loaded.specials_in_encode and loaded.eos_id is not None:
+    ids = ids + [loaded.eos_id]  # zoo translation sources end with EOS
+  if loaded.decoder_start_id is None:
+    raise ValueError(f"{loaded.where} names no decoder start token (BOS / decoder_start_token_id).")
+  cfg = loaded.model.config
+  if cfg.position != "rope":
+    max_new_tokens = min(max_new_tokens, cfg.max_len - cfg.position_offset)
+  out = seq2seq.generate(
+      loaded.model, loaded.params, [ids], max_new_tokens=max_new_tokens,
+      decoder_start_id=loaded.decoder_start_id, eos_id=loaded.eos_id,
+      num_beams=loaded.num_beams if num_beams is None else num_beams,
+      length_penalty=loaded.length_penalty if length_penalty is None else length_penalty,
+      suppress_ids=loaded.suppress_ids, forced_eos=loaded.forced_eos,
+  )
+  return _decode(loaded, _until_eos(out[0], loaded.eos_id))
+
+
+def _ids(text: str | None) -> list[int] | None:
+  if text is None:
+    return None
+  try:
+    return [int(t) for t in text.replace(",", " ").split()]
+  except ValueError as e:
+    raise ValueError(f"token ids must be integers separated by commas; got {text!r}.") from e
+
+
+def main(argv: list[str] | None = None) -> int:
+  p = argparse.ArgumentParser(prog="python -m zoo.generate", description=__doc__.split("\n")[0])
+  p.add_argument("--checkpoint", required=True, help="train.py workdir, HF or zoo folder")
+  p.add_argument("--config", help="run config of a workdir, e.g. configs/gpt.py:demo")
+  p.add_argument("--step", type=int, help="workdir checkpoint step (default: latest)")
+  what = p.add_mutually_exclusive_group(required=True)
+  what.add_argument("--prompt", help="GPT: text to continue")
+  what.add_argument("--prompt_ids", help="GPT: token ids to continue (no tokenizer needed)")
+  what.add_argument("--source", help="Transformer: text to translate")
+  what.add_argument("--source_ids", help="Transformer: source token ids")
+  p.add_argument("--max_new_tokens", type=int, default=64)
+  p.add_argument("--sample", action="store_true", help="sample instead of greedy (GPT)")
+  p.add_argument("--temperature", type=float, default=1.0)
+  p.add_argument("--top_k", type=int, default=0)
+  p.add_argument("--top_p", type=float, default=1.0)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--num_beams", type=int, help="Transformer (default: the checkpoint's or 1)")
+  p.add_argument("--length_penalty", type=float)
+  args = p.parse_args(argv)
+  try:
+    loaded = load(args.checkpoint, config=args.config, step=args.step)
+    if args.prompt is not None or args.prompt_ids is not None:
+      out = complete(
+          loaded, args.prompt if args.prompt is not None else _ids(args.prompt_ids),
+          max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+      )
+    else:
+      out = translate(
+          loaded, args.source if args.source is not None else _ids(args.source_ids),
+          max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+          length_penalty=args.length_penalty,
+      )
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(out if isinstance(out, str) else " ".join(map(str, out)))
+  return 0

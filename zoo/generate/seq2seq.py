@@ -1,0 +1,313 @@
+"""Greedy and beam search for the encoder-decoder Transformer (and imported Marian models).
+
+The encoder runs once; the decoder runs one token at a time over its KV cache inside a
+``lax.while_loop``, the whole search one jitted program per (batch size, source bucket,
+max_new_tokens, beams, switches).
+
+Beam search is Hugging Face's (``transformers`` ``GenerationMixin._beam_search``), step for
+step: per batch row, the 2K best continuations of the K running beams; those ending in EOS
+among the top K become finished hypotheses scored ``sum log p / length ** length_penalty``;
+the K best others keep running; the search stops when no running beam can beat the worst
+finished one (``early_stopping=False``: judged at the current length; ``True``: as soon as K
+hypotheses are finished; ``"never"``: judged at ``max_new_tokens`` when the penalty is
+positive), when every candidate stopped, or at ``max_new_tokens``.
+
+Shapes: B batch, K beams, S source bucket, N max_new_tokens, V vocabulary, D width.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zoo.generate import cache as kv
+from zoo.generate.decoder import TRACE_COUNTS, as_rows, bucket_length, check_rows
+
+Array = jax.Array
+EarlyStopping = bool | Literal["never"]
+
+# Hugging Face's constants: a dead beam's score, and the value of a token a logits processor
+# removes (-inf there too; it is only compared and added to finite numbers, never subtracted
+# from itself, so no NaN can appear).
+_DEAD = -1.0e9
+_REMOVED = -jnp.inf
+
+
+def _right_pad(rows: list[list[int]], length: int, pad_id: int) -> np.ndarray:
+  ids = np.full((len(rows), length), pad_id, np.int32)
+  for i, row in enumerate(rows):
+    ids[i, : len(row)] = row
+  return ids
+
+
+def generate(
+    model,
+    params,
+    sources,
+    *,
+    max_new_tokens: int,
+    decoder_start_id: int,
+    eos_id: int | None,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: EarlyStopping = False,
+    suppress_ids: tuple[int, ...] = (),
+    forced_eos: bool = False,
+    min_bucket: int = 8,
+) -> np.ndarray:
+  """Translate: the best target sequence for each source, greedy or by beam search.
+
+  Args:
+    model: a ``zoo.models.transformer.Transformer`` (``encode`` / ``decode`` methods).
+    params: its parameters.
+    sources: source token ids (lists of different lengths, or a ``[B, S]`` / ``[S]`` array);
+      ``model.config.pad_id`` entries are padding.
+    max_new_tokens: the longest target, not counting the decoder start token.
+    decoder_start_id: the first decoder input (Marian: the pad id; zoo: BOS).
+    eos_id: ends a hypothesis; None = run to ``max_new_tokens``.
+    num_beams: 1 = greedy search.
+    length_penalty: finished beams score ``sum log p / length ** length_penalty``.
+    early_stopping: beam-search stopping rule (``False``, ``True`` or ``"never"``, as in
+      Hugging Face).
+    suppress_ids: token ids never generated (Hugging Face ``bad_words_ids`` of single tokens;
+      Marian suppresses its pad id).
+    forced_eos: the last allowed token is EOS (Hugging Face ``forced_eos_token_id``).
+    min_bucket: smallest source bucket (sources pad to a power of two >= this).
+
+  Returns:
+    ``[B, max_new_tokens]`` int32 numpy array of target tokens (without the start token),
+    ``pad_id`` after EOS.
+  """
+  cfg = model.config
+  if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be an int >= 1; got {max_new_tokens!r}.")
+  if cfg.position != "rope" and max_new_tokens > cfg.max_len - cfg.position_offset:
+    raise ValueError(
+        f"max_new_tokens={max_new_tokens} exceeds the decoder's positions (max_len={cfg.max_len}"
+        f", position_offset={cfg.position_offset}); lower it."
+    )
+  if not isinstance(num_beams, int) or num_beams < 1:
+    raise ValueError(f"num_beams must be an int >= 1; got {num_beams!r}.")
+  if not (early_stopping is True or early_stopping is False or early_stopping == "never"):
+    raise ValueError(f"early_stopping must be True, False or 'never'; got {early_stopping!r}.")
+  if forced_eos and eos_id is None:
+    raise ValueError("forced_eos=True needs an eos_id.")
+  for name, value in (("decoder_start_id", decoder_start_id), ("eos_id", eos_id),
+                      *(("suppress_ids", s) for s in suppress_ids)):
+    if value is not None and not 0 <= value < cfg.tgt_vocab:
+      raise ValueError(f"{name}={value} is outside the target vocabulary (size {cfg.tgt_vocab}).")
+  rows = as_rows(sources, "sources")
+  context = None if cfg.position == "rope" else cfg.max_len - cfg.position_offset
+  check_rows(rows, cfg.src_vocab, context, "sources")
+  longest = max(len(r) for r in rows)
+  bucket = bucket_length(longest, min_bucket)
+  if context is not None:
+    bucket = min(bucket, context)  # padding past the position table would be rejected
+  src_BxS = jnp.asarray(_right_pad(rows, bucket, cfg.pad_id))
+  out = _search(
+      params,
+      src_BxS,
+      jnp.asarray(length_penalty, jnp.float32),
+      jnp.asarray(decoder_start_id, jnp.int32),
+      jnp.asarray(-1 if eos_id is None else eos_id, jnp.int32),
+      jnp.asarray(early_stopping is True),
+      jnp.asarray(early_stopping == "never"),
+      model=model,
+      max_new_tokens=max_new_tokens,
+      num_beams=num_beams,
+      suppress_ids=tuple(int(s) for s in suppress_ids),
+      forced_eos=bool(forced_eos),
+  )
+  return np.asarray(out)
+
+
+def _process(log_probs_RxV: Array, step: Array, *, suppress_ids, forced_eos, eos_id, last):
+  """Hugging Face's logits processors: suppressed ids, EOS forced at the last step."""
+  if suppress_ids:
+    log_probs_RxV = log_probs_RxV.at[:, jnp.asarray(suppress_ids)].set(_REMOVED)
+  if forced_eos:
+    only_eos = jnp.full_like(log_probs_RxV, _REMOVED).at[:, eos_id].set(0.0)
+    log_probs_RxV = jnp.where(step == last, only_eos, log_probs_RxV)
+  return log_probs_RxV
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "model", "max_new_tokens", "num_beams", "suppress_ids", "forced_eos",
+    ),
+)
+def _search(
+    params,
+    src_BxS: Array,
+    length_penalty: Array,
+    start_id: Array,
+    eos_id: Array,
+    stop_when_full: Array,
+    never_stop_early: Array,
+    *,
+    model,
+    max_new_tokens: int,
+    num_beams: int,
+    suppress_ids: tuple[int, ...],
+    forced_eos: bool,
+) -> Array:
+  TRACE_COUNTS["seq2seq"] += 1
+  b, k, n = src_BxS.shape[0], num_beams, max_new_tokens
+  pad_id = model.config.pad_id
+  encoded_BxSxD = model.apply({"params": params}, src_BxS, method="encode")
+  # Rows are batch-major: row r is beam r % K of sentence r // K.
+  src_RxS = jnp.repeat(src_BxS, k, axis=0)
+  encoded_RxSxD = jnp.repeat(encoded_BxSxD, k, axis=0)
+  d = encoded_BxSxD.shape[-1]
+
+  def init_fn(rows):  # one extra slot: the last token is fed once more, its logits unused
+    return model.init(
+        jax.random.key(0),
+        jnp.zeros((rows, n + 1), jnp.int32),
+        jnp.zeros((rows, 1, d), encoded_BxSxD.dtype),
+        jnp.zeros((rows, 1), jnp.int32),
+        decode=True,
+        method="decode",
+    )
+
+  def decoder_step(cache, tokens_R):
+    logits, mutated = model.apply(
+        {"params": params, "cache": cache},
+        tokens_R[:, None],
+        encoded_RxSxD,
+        src_RxS,
+        decode=True,
+        method="decode",
+        mutable=["cache"],
+    )
+    return logits[:, -1].astype(jnp.float32), mutated["cache"]
+
+  cache = kv.zeros_cache(init_fn, b * k)
+  logits_RxV, cache = decoder_step(cache, jnp.full((b * k,), start_id, jnp.int32))
+  process = functools.partial(
+      _process, suppress_ids=suppress_ids, forced_eos=forced_eos, eos_id=eos_id, last=n - 1
+  )
+
+  if k == 1:
+    return _greedy(logits_RxV, cache, decoder_step, process, n=n, eos_id=eos_id, pad_id=pad_id)
+  axes = kv.batch_axes(init_fn)
+  return _beam(
+      logits_RxV, cache, decoder_step, process, axes, length_penalty,
+      b=b, k=k, n=n, eos_id=eos_id, pad_id=pad_id, stop_when_full=stop_when_full,
+      never_stop_early=never_stop_early,
+  )
+
+
+def _greedy(logits_BxV, cache, decoder_step, process, *, n, eos_id, pad_id):
+  """Argmax decoding; rows that emitted EOS emit ``pad_id``; stops when all rows are done."""
+  b = logits_BxV.shape[0]
+
+  def cond(state):
+    i, _, _, _, done_B = state
+    return (i < n) & ~jnp.all(done_B)
+
+  def body(state):
+    i, logits_BxV, cache, out_BxN, done_B = state
+    token_B = jnp.argmax(process(logits_BxV, i), axis=-1).astype(jnp.int32)
+    token_B = jnp.where(done_B, pad_id, token_B)
+    out_BxN = out_BxN.at[:, i].set(token_B)
+    done_B = done_B | (token_B == eos_id)
+    logits_BxV, cache = decoder_step(cache, token_B)
+    return i + 1, logits_BxV, cache, out_BxN, done_B
+
+  state = (
+      jnp.array(0, jnp.int32), logits_BxV, cache,
+      jnp.full((b, n), pad_id, jnp.int32), jnp.zeros((b,), bool),
+  )
+  return jax.lax.while_loop(cond, body, state)[3]
+
+
+def _gather(x_BxC, idx_BxJ):
+  """``x[b, idx[b, j]]`` over the candidate axis 1 (trailing axes carried along)."""
+  idx = idx_BxJ.reshape(idx_BxJ.shape + (1,) * (x_BxC.ndim - 2))
+  return jnp.take_along_axis(x_BxC, idx, axis=1)
+
+
+def _beam(logits_RxV, cache, decoder_step, process, axes, length_penalty, *,
+          b, k, n, eos_id, pad_id, stop_when_full, never_stop_early):
+  """Hugging Face's vectorised beam search (``GenerationMixin._beam_search``) as a while_loop.
+
+  ``stop_when_full`` is ``early_stopping=True``, ``never_stop_early`` is ``"never"``.
+  """
+  v = logits_RxV.shape[-1]
+  first_k = jnp.arange(2 * k) < k  # only the top K candidates may finish a hypothesis
+  batch_offset_Bx1 = (jnp.arange(b) * k)[:, None]
+
+  def cond(state):
+    return state["keep_going"]
+
+  def body(s):
+    i = s["i"]  # tokens generated so far; the candidates of this step have length i + 1
+    log_probs = process(jax.nn.log_softmax(s["logits"], axis=-1), i)
+    scores_BxKV = (log_probs.reshape(b, k, v) + s["running_scores"][:, :, None]).reshape(b, k * v)
+    top_scores_BxC, top_idx_BxC = jax.lax.top_k(scores_BxKV, 2 * k)  # C = 2K candidates
+    from_beam_BxC = top_idx_BxC // v
+    token_BxC = (top_idx_BxC % v).astype(jnp.int32)
+    seqs_BxCxN = _gather(s["running_seqs"], from_beam_BxC).at[:, :, i].set(token_BxC)
+    stops_BxC = (token_BxC == eos_id) | (i + 1 >= n)
+
+    # The K best candidates that did not stop keep running.
+    running_BxC = top_scores_BxC + stops_BxC * _DEAD
+    keep_BxK = jax.lax.top_k(running_BxC, k)[1]
+    running_seqs = _gather(seqs_BxCxN, keep_BxK)
+    running_scores = _gather(running_BxC, keep_BxK)
+    rows_R = (_gather(from_beam_BxC, keep_BxK) + batch_offset_Bx1).reshape(-1)
+
+    # Candidates that stopped among the top K compete with the finished hypotheses.
+    finished_now_BxC = stops_BxC & first_k[None]
+    scored_BxC = top_scores_BxC / ((i + 1).astype(jnp.float32) ** length_penalty)
+    full_Bx1 = jnp.all(s["finished"], axis=-1, keepdims=True) & stop_when_full
+    scored_BxC = scored_BxC + full_Bx1 * _DEAD
+    scored_BxC = scored_BxC + (~s["improvable"]) * _DEAD
+    scored_BxC = scored_BxC + (~finished_now_BxC) * _DEAD
+    merged_scores = jnp.concatenate([s["scores"], scored_BxC], axis=1)
+    best_BxK = jax.lax.top_k(merged_scores, k)[1]
+    seqs = _gather(jnp.concatenate([s["seqs"], seqs_BxCxN], axis=1), best_BxK)
+    scores = _gather(merged_scores, best_BxK)
+    finished = _gather(jnp.concatenate([s["finished"], finished_now_BxC], axis=1), best_BxK)
+
+    # Could a running beam still beat the worst finished hypothesis?
+    best_length = jnp.where(
+        never_stop_early & (length_penalty > 0.0), float(n), (i + 1).astype(jnp.float32)
+    )
+    best_possible_Bx1 = running_scores[:, :1] / best_length**length_penalty
+    worst_BxK = jnp.where(finished, jnp.min(scores, axis=1, keepdims=True), _DEAD)
+    improvable = s["improvable"] & jnp.any(best_possible_Bx1 > worst_BxK, axis=-1, keepdims=True)
+    keep_going = (
+        jnp.any(improvable)
+        & ~(jnp.all(finished) & stop_when_full)
+        & ~jnp.all(stops_BxC)
+    )
+
+    tokens_R = running_seqs[:, :, i].reshape(-1)
+    logits, cache = decoder_step(kv.take_rows(s["cache"], axes, rows_R), tokens_R)
+    return dict(
+        i=i + 1, logits=logits, cache=cache, running_seqs=running_seqs,
+        running_scores=running_scores, seqs=seqs, scores=scores, finished=finished,
+        improvable=improvable, keep_going=keep_going,
+    )
+
+  running_scores = jnp.full((b, k), _DEAD, jnp.float32).at[:, 0].set(0.0)
+  state = dict(
+      i=jnp.array(0, jnp.int32),
+      logits=logits_RxV,
+      cache=cache,
+      running_seqs=jnp.full((b, k, n), pad_id, jnp.int32),
+      running_scores=running_scores,
+      seqs=jnp.full((b, k, n), pad_id, jnp.int32),
+      scores=jnp.full((b, k), _DEAD, jnp.float32),
+      finished=jnp.zeros((b, k), bool),
+      improvable=jnp.ones((b, 1), bool),
+      keep_going=jnp.array(True),
+  )
+  return jax.lax.while_loop(cond, body, state)["seqs"][:, 0]
