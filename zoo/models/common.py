@@ -114,6 +114,10 @@ class TokenEmbedding(nn.Module):
 
   def attend(self, x: Array) -> Array:
     """``[B, L, D]`` -> ``[B, L, V]`` float32 logits against the same table."""
+    # A head's own dense layer can leave D sharded over "tensor" here; with the table's D on
+    # "fsdp", XLA's partitioner produced wrong gradients on data x fsdp x tensor meshes
+    # (tests/test_train_loop.py, gradient accumulation on (2, 2, 2)). D replicated is right.
+    x = nn.with_logical_constraint(x, (sh.ACT_BATCH, sh.ACT_LENGTH, sh.ACT_EMBED))
     return jnp.einsum(
         "BLD,VD->BLV",
         x.astype(self.dtype),

@@ -1,0 +1,44 @@
+"""GPT language modelling (task ``lm``).
+
+``--config configs/gpt.py:<arg>`` with ``<arg>`` one of:
+
+* a GPT preset (``gpt2-small`` ... ``gpt2-xl``, ``gpt3-small`` ... ``gpt3-175b``): the
+  paper's model, trained from scratch with a nanoGPT-style recipe (AdamW, b2 0.95, weight
+  decay 0.1, warm-up + cosine, clipping at 1);
+* ``demo``: a 4-layer GPT that learns Python source text on a CPU in a few minutes and
+  prints a sample (``make demo``);
+* ``smoke``: seconds on a CPU (tests).
+
+Data: the offline default is the standard library's Python source (byte tokenizer);
+``--config.data.source=tfds`` switches to ``--config.data.tfds_name`` (tiny_shakespeare).
+"""
+
+from zoo.training.config import base_config, choose
+
+
+def get_config(arg=None):
+  arg = choose(arg, "gpt", "gpt2-small", ("demo", "smoke"))
+  preset = "gpt2-small" if arg in ("demo", "smoke") else arg
+  c = base_config("lm", preset)
+  c.optim.update(lr=6e-4, b2=0.95, weight_decay=0.1, warmup_steps=2000, clip_norm=1.0)
+  c.train.update(batch_size=64, num_steps=100_000)
+  c.data.seq_len = 1024
+  c.sample.update(prompt="def ", num_tokens=256)
+
+  if arg == "demo":
+    c.model.overrides.update(d_model=128, num_heads=4, num_layers=4, mlp_dim=512, max_len=128)
+    c.data.seq_len = 128
+    c.train.update(batch_size=32, num_steps=1500, log_every=50, checkpoint_every=500)
+    c.optim.update(lr=3e-3, warmup_steps=100, weight_decay=0.1)
+    c.eval.update(every=500, num_batches=10)
+    c.sample.update(prompt="def ", num_tokens=120)
+  elif arg == "smoke":
+    c.model.overrides.update(d_model=32, num_heads=4, num_layers=2, mlp_dim=64, max_len=32)
+    c.data.seq_len = 32
+    c.train.update(batch_size=8, num_steps=30, log_every=10, checkpoint_every=10)
+    c.optim.update(lr=5e-3, warmup_steps=3)
+    c.eval.update(every=0, num_batches=2)
+    c.sample.update(num_tokens=0)
+  else:
+    c.model.overrides.update(max_len=c.data.seq_len)
+  return c

@@ -1,0 +1,38 @@
+"""Encoder-decoder translation (task ``translation``), Vaswani et al. 2017.
+
+``--config configs/transformer.py:<arg>``: ``transformer-base`` / ``transformer-big`` (the
+paper's recipe: Adam b2 0.98, eps 1e-9, the inverse-square-root schedule with 4000 warm-up
+steps and peak ``d_model**-0.5 * 4000**-0.5``, label smoothing 0.1) or ``smoke``.
+
+Data: offline, numbers written out in English -> French (num2words); ``--config.data.source=tfds``
+reads ``wmt14_translate/de-en``.
+"""
+
+from zoo.training.config import base_config, choose
+
+
+def get_config(arg=None):
+  arg = choose(arg, "transformer", "transformer-base", ("smoke",))
+  preset = "transformer-base" if arg == "smoke" else arg
+  c = base_config("translation", preset)
+  d_model = {"transformer-base": 512, "transformer-big": 1024}[preset]
+  warmup = 4000
+  c.label_smoothing = 0.1
+  c.optim.update(
+      name="adam", lr=d_model**-0.5 * warmup**-0.5, schedule="inverse_sqrt",
+      warmup_steps=warmup, b1=0.9, b2=0.98, eps=1e-9, weight_decay=0.0, clip_norm=0.0,
+  )
+  c.train.update(batch_size=256, num_steps=100_000)
+  c.data.update(src_len=64, tgt_len=64)
+  c.model.overrides.update(max_len=64)
+
+  if arg == "smoke":
+    c.model.overrides.update(
+        d_model=32, num_heads=4, num_encoder_layers=1, num_decoder_layers=1, mlp_dim=64,
+        max_len=48, dropout_rate=0.0,
+    )
+    c.data.update(tokenizer="byte", src_len=48, tgt_len=48)
+    c.train.update(batch_size=8, num_steps=30, log_every=10, checkpoint_every=10)
+    c.optim.update(lr=1e-2, warmup_steps=5, clip_norm=1.0)
+    c.eval.update(every=0, num_batches=2)
+  return c

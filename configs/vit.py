@@ -1,0 +1,31 @@
+"""ViT image classification (task ``image_classification``), Dosovitskiy et al. 2021.
+
+``--config configs/vit.py:<arg>``: ``vit-b16`` / ``vit-l16`` / ``vit-h14`` (the paper's
+from-scratch recipe: Adam b2 0.999 with decoupled weight decay 0.1, 10k warm-up steps, cosine,
+clipping at 1; images resized to the preset's 224 px) or ``smoke``.
+
+Data: offline, scikit-learn's 8x8 handwritten digits; ``--config.data.source=tfds`` reads
+``cifar10`` (any TFDS image dataset via ``--config.data.tfds_name``).
+"""
+
+from zoo.training.config import base_config, choose
+
+
+def get_config(arg=None):
+  arg = choose(arg, "vit", "vit-b16", ("smoke",))
+  preset = "vit-b16" if arg == "smoke" else arg
+  c = base_config("image_classification", preset)
+  c.optim.update(lr=3e-3, schedule="cosine", end_lr_ratio=0.0, warmup_steps=10_000,
+                 b2=0.999, weight_decay=0.1, clip_norm=1.0)
+  c.train.update(batch_size=512, num_steps=100_000)
+  c.data.image_size = 224
+  c.eval.num_batches = 0  # the whole validation split
+
+  if arg == "smoke":
+    c.model.overrides.update(patch_size=4, d_model=32, num_heads=4, num_layers=2, mlp_dim=64)
+    # Random resized crops of 8x8 digits leave too little to learn from in 60 steps.
+    c.data.update(image_size=8, augment=False)
+    c.train.update(batch_size=16, num_steps=60, log_every=10, checkpoint_every=20)
+    c.optim.update(lr=3e-3, warmup_steps=3, weight_decay=0.0)
+    c.eval.update(every=0, num_batches=2)
+  return c
