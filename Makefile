@@ -16,7 +16,13 @@ install: $(VENV)/.installed
 test: install
 	$(PY) -m pytest -n $(WORKERS) -q
 
+# The main job: a 4-layer GPT learns the Python standard library's own source text (offline,
+# CPU, a few minutes), evaluates, saves Orbax checkpoints in runs/demo, and prints a sample.
+# Running it again resumes from the last checkpoint.
+demo: install
+	$(PY) train.py --config configs/gpt.py:demo --workdir runs/demo
+
 lint: install
 	$(VENV)/bin/ruff check .
 
-.PHONY: install test lint
+.PHONY: install test demo lint
