@@ -28,9 +28,9 @@ def get_config(arg=None):
   if arg == "demo":
     c.model.overrides.update(d_model=128, num_heads=4, num_layers=4, mlp_dim=512, max_len=128)
     c.data.seq_len = 128
-    c.train.update(batch_size=32, num_steps=1500, log_every=50, checkpoint_every=500)
-    c.optim.update(lr=3e-3, warmup_steps=100, weight_decay=0.1)
-    c.eval.update(every=500, num_batches=10)
+    c.train.update(batch_size=16, num_steps=600, log_every=50, checkpoint_every=200)
+    c.optim.update(lr=3e-3, warmup_steps=50, weight_decay=0.1)
+    c.eval.update(every=300, num_batches=5)
     c.sample.update(prompt="def ", num_tokens=120)
   elif arg == "smoke":
     c.model.overrides.update(d_model=32, num_heads=4, num_layers=2, mlp_dim=64, max_len=32)
