@@ -5,8 +5,8 @@
 * a GPT preset (``gpt2-small`` ... ``gpt2-xl``, ``gpt3-small`` ... ``gpt3-175b``): the
   paper's model, trained from scratch with a nanoGPT-style recipe (AdamW, b2 0.95, weight
   decay 0.1, warm-up + cosine, clipping at 1);
-* ``demo``: a 4-layer GPT that learns Python source text on a CPU in a few minutes and
-  prints a sample (``make demo``);
+* ``demo``: a 4-layer byte-level GPT that learns Python source on a CPU in a few minutes and
+  ends by printing a sample (``make demo``);
 * ``smoke``: seconds on a CPU (tests).
 
 Data: the offline default is the standard library's Python source (byte tokenizer);

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -337,6 +338,10 @@ def train(
   context.enter_context(nn.logical_axis_rules(rules))
   stop = context.enter_context(_StopSignals())
 
+  if jax.process_index() == 0:  # the run config next to its checkpoints (zoo.generate reads it)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
   writer = metrics_lib.MetricWriter(
       workdir,
       total_steps=end,
@@ -407,8 +412,9 @@ def train(
         else:
           writer.count(_units(task, local) * jax.process_count())
         final = done
+        stopping = stop.received  # read once: a signal arriving later is seen next step
         evaluating = do_eval and config.eval.every > 0 and done % config.eval.every == 0
-        saving = bool(done % ckpt.every == 0 or done == end or stop.received)
+        saving = bool(done % ckpt.every == 0 or done == end or stopping)
         logging_now = done % tc.log_every == 0 or done == end
         if pending is not None and (evaluating or saving or logging_now):
           fetch(pending)  # a checkpoint is only written after its step's loss is known finite
@@ -424,9 +430,9 @@ def train(
           writer.reset_clock(done)
         if saving:
           ckpt.save(done, state, rng=rng, data_state=train_ds.get_state(), force=True)
-        if stop.received:
+        if stopping:
           writer.message(
-              f"{stop.received}: saved step {done} in {ckpt.directory}; run the same command "
+              f"{stopping}: saved step {done} in {ckpt.directory}; run the same command "
               "again to resume."
           )
           break

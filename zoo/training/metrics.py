@@ -92,18 +92,16 @@ class MetricWriter:
       start_step: int,
       unit: str,
       progress_bar: bool = True,
-      flops_per_step: float | None = None,
   ):
     self.workdir = workdir
     self.active = jax.process_index() == 0
     self.unit = unit
     self.total_steps = total_steps
-    self.flops_per_step = flops_per_step
-    self.peak = None
-    if flops_per_step:
-      peak = peak_flops()
-      self.peak = peak * jax.device_count() if peak else None
+    # Set by the loop once a batch shape is known: FLOPs of one step, summed peak FLOP/s.
+    self.flops_per_step: float | None = None
+    self.peak: float | None = None
     self._bar = None
+    self._postfix: dict[str, str] = {}
     self._tb = None
     self._jsonl = None
     self._window_start = (start_step, time.perf_counter(), 0)
@@ -154,13 +152,18 @@ class MetricWriter:
       for k, v in clean.items():
         self._tb.add_scalar(f"{split}/{k}", v, step)
       self._tb.flush()
+    if split == "train":
+      speed = {k: clean[k] for k in (f"{self.unit}_per_sec", "mfu") if k in clean}
+      self.progress(step, speed)
     shown = {k: v for k, v in clean.items() if k != "learning_rate"}
     self.message(f"{split} @ {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
 
   def progress(self, step: int, postfix: dict[str, float]) -> None:
+    """Move the bar to ``step``; ``postfix`` values are shown next to it until replaced."""
     if self._bar is not None:
+      self._postfix.update({k: f"{v:.4g}" for k, v in postfix.items()})
       self._bar.n = step
-      self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=True)
+      self._bar.set_postfix(self._postfix, refresh=True)
 
   def message(self, text: str) -> None:
     if not self.active:

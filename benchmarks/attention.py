@@ -1,0 +1,141 @@
+"""Attention backends: ``dot_product_attention`` with implementation "xla" vs "cudnn".
+
+``python -m benchmarks.attention [--lengths 512,1024,...] [--smoke] [--out attention.json]``.
+Causal self-attention, 12 heads of 64 (GPT-2 small's), the batch sized to keep B*T constant;
+forward, and forward + backward (gradients of q, k, v). cuDNN flash attention needs an NVIDIA
+GPU and bf16/fp16 inputs: on a CPU only "xla" is timed, and the table says so.
+
+FLOPs: 4·B·N·T²·H forward (q.k and weights.v) and 3x that forward + backward, printed in full
+and with the causal half (what a causal kernel actually has to do).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import common
+from zoo.layers import attention as attn
+
+HEADS, HEAD_DIM = 12, 64
+
+
+def lengths_for(args) -> list[int]:
+  if args.lengths:
+    return common.parse_ints("--lengths", args.lengths)
+  if args.smoke:
+    return [16, 32]
+  return [512, 1024, 2048, 4096, 8192] if common.on_gpu() else [128, 256, 512, 1024]
+
+
+def batch_for(args, length: int) -> int:
+  if args.batch_size:
+    return args.batch_size
+  if args.smoke:
+    return 2
+  tokens = 16384 if common.on_gpu() else 1024
+  return max(tokens // length, 1)
+
+
+def measure(impl: str, b: int, t: int, dtype, args) -> dict[str, Any]:
+  key = jax.random.PRNGKey(t)
+  q, k, v = (jax.random.normal(kk, (b, t, HEADS, HEAD_DIM), dtype) for kk in jax.random.split(key, 3))
+  mask = attn.causal_mask(t)
+
+  def fwd(q, k, v):
+    return attn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+
+  def loss(q, k, v):
+    return jnp.sum(fwd(q, k, v).astype(jnp.float32))
+
+  out: dict[str, Any] = {"implementation": impl, "batch": b, "length": t}
+  flops_fwd = 4.0 * b * HEADS * t * t * HEAD_DIM
+  for name, fn, flops in (
+      ("forward", jax.jit(fwd), flops_fwd),
+      ("forward_backward", jax.jit(jax.grad(loss, argnums=(0, 1, 2))), 3 * flops_fwd),
+  ):
+    t0 = time.perf_counter()
+    compiled = fn.lower(q, k, v).compile(common.compiler_options(args))
+    compile_s = time.perf_counter() - t0
+    timing = common.timed(lambda c=compiled: jax.block_until_ready(c(q, k, v)), args.warmup, args.steps)
+    out[name] = {
+        "step_s": timing["step_s"],
+        "times_s": timing["times_s"],
+        "compile_s": compile_s,
+        "tokens_per_s": b * t / timing["step_s"],
+        "tflops_per_s": {"full": flops / timing["step_s"] / 1e12,
+                         "causal_half": flops / 2 / timing["step_s"] / 1e12},
+    }
+  return out
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+  cols = ["T", "B", "implementation", "fwd (ms)", "fwd+bwd (ms)", "fwd+bwd tokens/s",
+          "fwd+bwd TFLOP/s (full / causal ½)", "xla ÷ this (fwd+bwd time)"]
+  lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  xla = {r["length"]: r for r in rows if r["implementation"] == "xla" and "forward" in r}
+  for r in rows:
+    if "error" in r:
+      lines.append(f"| {r['length']} | {r['batch']} | {r['implementation']} | {r['error']} |"
+                   + " |" * (len(cols) - 4))
+      continue
+    fb = r["forward_backward"]
+    ref = xla.get(r["length"])
+    speedup = "—" if r["implementation"] == "xla" or not ref else (
+        f"{ref['forward_backward']['step_s'] / fb['step_s']:.2f}×")
+    lines.append("| " + " | ".join([
+        str(r["length"]), str(r["batch"]), r["implementation"],
+        f"{1e3 * r['forward']['step_s']:.3g}", f"{1e3 * fb['step_s']:.3g}",
+        f"{fb['tokens_per_s']:,.0f}",
+        f"{fb['tflops_per_s']['full']:.3g} / {fb['tflops_per_s']['causal_half']:.3g}",
+        speedup,
+    ]) + " |")
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+  p = common.parser(__doc__.splitlines()[0])
+  p.add_argument("--lengths", default=None, help="comma list of sequence lengths")
+  args = common.parse(p, argv)
+  env = common.environment(args)
+  dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+  notes = []
+  impls = ["xla"]
+  if common.on_gpu():
+    impls.append("cudnn")
+  else:
+    notes.append("cuDNN flash attention needs an NVIDIA GPU: timing xla only.")
+  print(f"attention: {env['device']}, {args.dtype}", file=sys.stderr)
+  for note in notes:
+    print(note, file=sys.stderr)
+  rows = []
+  for t in lengths_for(args):
+    b = batch_for(args, t)
+    for impl in impls:
+      print(f"  T={t} B={b}: {impl} ...", file=sys.stderr, flush=True)
+      try:
+        rows.append(measure(impl, b, t, dtype, args))
+      except Exception as err:  # noqa: BLE001 - e.g. cuDNN refusing a shape: report it
+        rows.append({"implementation": impl, "batch": b, "length": t, "error": common.short_error(err)})
+  if hasattr(os, "getloadavg"):
+    env["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+  report = {
+      "benchmark": f"Attention backends (causal, {HEADS} heads x {HEAD_DIM}, {args.dtype})",
+      "environment": env,
+      "notes": notes,
+      "attention": rows,
+      "table": table(rows),
+  }
+  text = common.markdown(report)
+  print(text)
+  common.write_outputs(report, text, args)
+  return report
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,99 @@
+"""BERT-base pretraining (masked LM + next sentence) at T=128 and T=512 next to Hugging Face.
+
+``python -m benchmarks.bert [--lengths 128,512] [--batch-size B] [--smoke] [--out bert.json]``.
+Both sides: ``BertForPreTraining`` layout (12 post-LN layers, d=768, tied MLM decoder, pooler
+and NSP head), dropout 0.1 on hidden states and attention weights (BERT's), 15% of the
+positions carry an MLM label (the rest are ignored), every row is full (no padding).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks import common
+
+SMOKE = dict(vocab_size=211, max_len=32, d_model=64, num_heads=4, num_layers=1, mlp_dim=128)
+LENGTHS = (128, 512)
+SMOKE_LENGTHS = (16, 32)
+
+
+def default_batch(length: int, smoke: bool) -> int:
+  if smoke:
+    return 2
+  if common.on_gpu():
+    return 128 if length <= 128 else 32
+  return max(512 // length, 1)  # 512 tokens per step: a few seconds on two CPU cores
+
+
+def case(args, length: int) -> common.Case:
+  import zoo
+
+  preset = "bert-base"
+  overrides = dict(SMOKE) if args.smoke else {}
+  cfg = zoo.get_config(preset, head="pretraining", **overrides, **common.zoo_overrides(args))
+  if length > cfg.max_len:
+    raise ValueError(f"length {length} is longer than the model's max_len {cfg.max_len}.")
+  b = args.batch_size or default_batch(length, args.smoke)
+  r = common.rng(length)
+  ids = r.randint(1, cfg.vocab_size, (b, length)).astype("int32")
+  types = (np.arange(length)[None] >= length // 2).repeat(b, 0).astype("int32")  # A then B
+  selected = r.rand(b, length) < 0.15
+  selected[:, 0] = True  # at least one label per row
+  mlm_targets = r.randint(1, cfg.vocab_size, (b, length)).astype("int32")
+  mlm_targets[~selected] = -100
+  nsp = r.randint(0, 2, (b,)).astype("int32")
+  mask = ids * 0 + 1
+
+  model = zoo.build(cfg)
+  params = common.param_tree(model, (ids[:1],), {})
+  emb = params["embeddings"]
+  per_row = common.count(params["pooler"]) + common.count(params["nsp"])
+  lookups = common.count(emb["position_embeddings"]) + common.count(emb["token_type_embeddings"])
+  n = common.count(params) - per_row - lookups
+  flops = common.train_flops(
+      [(n, b * length), (per_row, b)], [(cfg.num_layers, cfg.d_model, b * length, length, False)]
+  )
+
+  def zoo_work():
+    batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
+             "mlm_targets": mlm_targets, "nsp_labels": nsp}
+    return common.ZooWork(model, "mlm_nsp", batch)
+
+  def hf_work():
+    import transformers
+
+    hf_cfg = transformers.BertConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, intermediate_size=cfg.mlp_dim, hidden_act="gelu",
+        hidden_dropout_prob=cfg.dropout_rate, attention_probs_dropout_prob=cfg.attention_dropout_rate,
+        max_position_embeddings=cfg.max_len, type_vocab_size=cfg.type_vocab_size,
+        layer_norm_eps=cfg.norm_eps, pad_token_id=cfg.pad_id,
+    )
+    inputs = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+    train = {**inputs, "labels": mlm_targets, "next_sentence_label": nsp}
+    return common.TorchWork(transformers.BertForPreTraining(hf_cfg), train, inputs)
+
+  return common.Case(
+      model=preset + (" (smoke)" if args.smoke else ""),
+      shape=f"B={b} T={length}",
+      unit="tokens",
+      units=b * length,
+      flops=flops,
+      zoo=zoo_work,
+      peers={"hf": hf_work},
+  )
+
+
+def main(argv: list[str] | None = None) -> dict:
+  p = common.parser(__doc__.splitlines()[0])
+  p.add_argument("--lengths", default=None, help="comma list of sequence lengths (default 128,512)")
+  args = common.parse(p, argv)
+  if args.lengths:
+    lengths = common.parse_ints("--lengths", args.lengths)
+  else:
+    lengths = SMOKE_LENGTHS if args.smoke else LENGTHS
+  return common.run("BERT-base (bert-base, pretraining heads)", [case(args, n) for n in lengths], args)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,67 @@
+"""GPT-2 124M (``gpt2-small``) at T=1024 next to Hugging Face ``GPT2LMHeadModel``.
+
+``python -m benchmarks.gpt [--batch-size B] [--smoke] [--out gpt.json]``. Both sides: 12
+layers, d=768, 12 heads, GELU (tanh), tied output projection, no dropout (the zoo preset's,
+set on the Hugging Face config too), next-token cross entropy over the whole row.
+"""
+
+from __future__ import annotations
+
+from benchmarks import common
+
+SMOKE = dict(vocab_size=257, max_len=32, d_model=64, num_heads=4, num_layers=1, mlp_dim=128)
+
+
+def case(args) -> common.Case:
+  import zoo
+
+  preset = "gpt2-small"
+  overrides = dict(SMOKE) if args.smoke else {}
+  cfg = zoo.get_config(preset, **overrides, **common.zoo_overrides(args))
+  b = args.batch_size or (2 if args.smoke else 8 if common.on_gpu() else 1)
+  t = cfg.max_len
+  ids = common.rng().randint(0, cfg.vocab_size, (b, t + 1)).astype("int32")
+  inputs, targets = ids[:, :-1], ids[:, 1:]
+
+  model = zoo.build(cfg)
+  params = common.param_tree(model, (inputs[:1],), {})
+  n = common.count(params) - common.count(params["wpe"])  # position lookups are no matmul
+  flops = common.train_flops([(n, b * t)], [(cfg.num_layers, cfg.d_model, b * t, t, True)])
+
+  def zoo_work():
+    batch = {"input_ids": inputs, "targets": targets, "weights": (targets * 0 + 1).astype("float32")}
+    return common.ZooWork(model, "lm", batch)
+
+  def hf_work():
+    import transformers
+
+    hf_cfg = transformers.GPT2Config(
+        vocab_size=cfg.vocab_size, n_positions=cfg.max_len, n_embd=cfg.d_model,
+        n_layer=cfg.num_layers, n_head=cfg.num_heads, n_inner=cfg.mlp_dim,
+        activation_function="gelu_new", resid_pdrop=cfg.dropout_rate, embd_pdrop=cfg.dropout_rate,
+        attn_pdrop=cfg.attention_dropout_rate, layer_norm_epsilon=cfg.norm_eps, use_cache=False,
+    )
+    model_hf = transformers.GPT2LMHeadModel(hf_cfg)
+    # Hugging Face shifts labels inside the model: labels = the inputs themselves.
+    return common.TorchWork(
+        model_hf, {"input_ids": inputs, "labels": inputs}, {"input_ids": inputs}
+    )
+
+  return common.Case(
+      model=preset + (" (smoke)" if args.smoke else ""),
+      shape=f"B={b} T={t}",
+      unit="tokens",
+      units=b * t,
+      flops=flops,
+      zoo=zoo_work,
+      peers={"hf": hf_work},
+  )
+
+
+def main(argv: list[str] | None = None) -> dict:
+  args = common.parse(common.parser(__doc__.splitlines()[0]), argv)
+  return common.run("GPT-2 124M (gpt2-small)", [case(args)], args)
+
+
+if __name__ == "__main__":
+  main()

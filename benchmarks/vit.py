@@ -1,0 +1,89 @@
+"""ViT-B/16 at 224 px (1000 classes) next to Hugging Face ``ViTForImageClassification``.
+
+``python -m benchmarks.vit [--batch-size B] [--smoke] [--out vit.json]``; on a GPU also timm's
+``vit_base_patch16_224`` (when timm is installed). All sides: 12 pre-LN layers, d=768, 12
+heads, exact GELU, class-token head, no dropout, softmax cross entropy on random labels.
+Throughput is in images/s; FLOPs count the 197 tokens of each image.
+"""
+
+from __future__ import annotations
+
+from benchmarks import common
+
+SMOKE = dict(image_size=32, patch_size=8, d_model=64, num_heads=4, num_layers=1, mlp_dim=128,
+             num_classes=10)
+
+
+def case(args) -> common.Case:
+  import zoo
+
+  preset = "vit-b16"
+  overrides = dict(SMOKE) if args.smoke else {}
+  cfg = zoo.get_config(preset, **overrides, **common.zoo_overrides(args))
+  b = args.batch_size or (2 if args.smoke else 128 if common.on_gpu() else 2)
+  r = common.rng()
+  images = r.randn(b, cfg.image_size, cfg.image_size, cfg.num_channels).astype("float32")
+  labels = r.randint(0, cfg.num_classes, (b,)).astype("int32")
+  pixels = images.transpose(0, 3, 1, 2).copy()  # PyTorch is channels-first
+  tokens = cfg.num_tokens
+
+  model = zoo.build(cfg)
+  params = common.param_tree(model, (images[:1],), {})
+  per_row = common.count(params["head"])  # one class token per image reaches the head
+  lookups = common.count(params["pos_embedding"]) + common.count(params["cls"])
+  n = common.count(params) - per_row - lookups
+  flops = common.train_flops(
+      [(n, b * tokens), (per_row, b)], [(cfg.num_layers, cfg.d_model, b * tokens, tokens, False)]
+  )
+
+  def zoo_work():
+    return common.ZooWork(model, "image_classification", {"images": images, "labels": labels})
+
+  def hf_work():
+    import transformers
+
+    hf_cfg = transformers.ViTConfig(
+        hidden_size=cfg.d_model, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.mlp_dim, hidden_act="gelu", hidden_dropout_prob=cfg.dropout_rate,
+        attention_probs_dropout_prob=cfg.attention_dropout_rate, layer_norm_eps=cfg.norm_eps,
+        image_size=cfg.image_size, patch_size=cfg.patch_size, num_channels=cfg.num_channels,
+        num_labels=cfg.num_classes,
+    )
+    model_hf = transformers.ViTForImageClassification(hf_cfg)
+    return common.TorchWork(
+        model_hf, {"pixel_values": pixels, "labels": labels}, {"pixel_values": pixels}
+    )
+
+  def timm_work():
+    import timm
+    import torch.nn.functional as F
+
+    model_timm = timm.create_model(
+        "vit_base_patch16_224", pretrained=False, num_classes=cfg.num_classes,
+        img_size=cfg.image_size, patch_size=cfg.patch_size, embed_dim=cfg.d_model,
+        depth=cfg.num_layers, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_dim / cfg.d_model,
+    )
+    return common.TorchWork(
+        model_timm, {"x": pixels, "labels": labels}, {"x": pixels},
+        loss=lambda m, inputs: F.cross_entropy(m(inputs["x"]), inputs["labels"]),
+    )
+
+  return common.Case(
+      model=preset + (" (smoke)" if args.smoke else ""),
+      shape=f"B={b} {cfg.image_size}px ({tokens} tokens/image)",
+      unit="images",
+      units=b,
+      flops=flops,
+      zoo=zoo_work,
+      peers={"hf": hf_work, "timm": timm_work},
+  )
+
+
+def main(argv: list[str] | None = None) -> dict:
+  args = common.parse(common.parser(__doc__.splitlines()[0]), argv)
+  report_case = case(args)
+  return common.run("ViT-B/16 (vit-b16)", [report_case], args)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,153 @@
+"""Benchmarks: every script's smoke mode runs and reports what it promises (no timing asserted).
+
+The scripts run in this process (one set of jax / torch imports), zoo against Hugging Face
+eager only: ``torch.compile`` takes minutes on a CPU. What can fail here: a script crashing,
+a missing column or field, ratios that are not zoo / peer, FLOP conventions that disagree with
+the formula, a JSON file that does not round-trip, a failing peer that takes the run down.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import all as bench_all
+from benchmarks import attention, bert, common, gpt, transformer, vit
+
+SMOKE = ["--smoke", "--peers", "eager"]
+FAMILIES = {
+    "gpt": (gpt, []),
+    "bert": (bert, ["--lengths", "16"]),
+    "vit": (vit, ["--schedule", "sequential"]),  # the GPU default; the others interleave
+    "transformer": (transformer, []),
+}
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+  out = {}
+  tmp = tmp_path_factory.mktemp("bench")
+  for name, (module, extra) in FAMILIES.items():
+    path = tmp / f"{name}.json"
+    md = tmp / f"{name}.md"
+    report = module.main([*SMOKE, *extra, "--out", str(path), "--markdown", str(md)])
+    out[name] = (report, json.loads(path.read_text()), md.read_text())
+  return out
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_family_report_structure(reports, name):
+  report, loaded, md = reports[name]
+  assert loaded["benchmark"] == report["benchmark"]
+  env = loaded["environment"]
+  for key in ("date", "device", "versions", "peak_source", "dtype", "steps"):
+    assert key in env, key
+  assert {"jax", "flax", "torch", "transformers"} <= set(env["versions"])
+  assert env["peak_flops"] is None and "unknown" in env["peak_source"]  # CPU, no flag
+  (case,) = loaded["cases"]
+  assert case["unit"] == ("images" if name == "vit" else "tokens")
+  frameworks = [r["framework"] for r in case["results"]]
+  assert frameworks == ["zoo", "hf eager"], frameworks
+  for r in case["results"]:
+    assert "error" not in r, r.get("error")
+    train, fwd = r["train"], r["forward"]
+    assert len(train["times_s"]) == 2 and train["step_s"] > 0
+    np.testing.assert_allclose(train["units_per_s"], case["units_per_step"] / train["step_s"])
+    assert set(train["mfu"]) == set(common.CONVENTIONS) and train["mfu"]["full"] is None
+    assert train["memory"]["bytes"] is not None
+    assert np.isfinite(train["loss_first"])
+    assert fwd["units_per_s"] > 0
+  zoo = case["results"][0]
+  assert zoo["train"]["compile_s"] > 0 and zoo["forward"]["compile_s"] > 0
+  ratio, peer = case["ratios"]["hf eager"], case["results"][1]
+  np.testing.assert_allclose(
+      ratio["train"], zoo["train"]["units_per_s"] / peer["train"]["units_per_s"]
+  )
+  np.testing.assert_allclose(ratio["forward_best"], peer["forward"]["min_s"] / zoo["forward"]["min_s"])
+  assert env["schedule"] == ("sequential" if name == "vit" else "interleaved")
+  # Same architecture, same random-label task: both start near log(V) (or log(classes)).
+  z, h = zoo["train"]["loss_first"], case["results"][1]["train"]["loss_first"]
+  assert abs(z - h) < 0.1 * max(z, h), (z, h)
+  for header in ("| framework |", "| zoo |", "| hf eager |", "MFU 6N+12·L·d·T", "causal ½"):
+    assert header in md, header
+
+
+def test_flop_conventions(reports):
+  # Causal attention is halved only where it is causal: GPT (all) and the Transformer's
+  # decoder self-attention; the encoders (BERT, ViT) give the same number twice.
+  flops = {name: reports[name][1]["cases"][0]["flops_per_step"] for name in FAMILIES}
+  for name in ("bert", "vit"):
+    assert flops[name]["full"] == flops[name]["causal_half"]
+  for name in ("gpt", "transformer"):
+    assert flops[name]["causal_half"] < flops[name]["full"]
+  # GPT: exactly 6 N T + 12 L d T^2 per row, N without the position table.
+  cfg = gpt.SMOKE
+  b, t = 2, cfg["max_len"]
+  import zoo
+
+  model = zoo.build("gpt2-small", **cfg)
+  params = common.param_tree(model, (np.zeros((1, t), np.int32),), {})
+  n = common.count(params) - common.count(params["wpe"])
+  attn = 12 * cfg["num_layers"] * cfg["d_model"] * t * b * t
+  assert flops["gpt"]["full"] == pytest.approx(6 * n * b * t + attn)
+  assert flops["gpt"]["causal_half"] == pytest.approx(6 * n * b * t + attn / 2)
+
+
+def test_mfu_uses_the_given_peak():
+  case = common.Case("m", "s", "tokens", 100, {"full": 2e12, "causal_half": 1e12}, None, {})
+  rates = common._rates(case, 2.0, peak=1e12)
+  assert rates["mfu"] == {"full": 1.0, "causal_half": 0.5}
+  assert rates["units_per_s"] == 50
+
+
+def test_failing_peer_is_reported_not_fatal():
+  args = common.parse(common.parser("t"), SMOKE)
+
+  def broken():
+    raise RuntimeError("no such kernel\nsecond line")
+
+  case = common.Case("m", "s", "tokens", 4, {"full": 1.0, "causal_half": 1.0}, None,
+                     {"hf": broken})
+  prepared = common.prepare_torch(case, "hf", "compile", args)
+  result = prepared.result
+  assert result == {"framework": "hf torch.compile",
+                    "error": "failed: RuntimeError: no such kernel"}
+  assert prepared.train is None and prepared.forward is None
+  common.time_steps([prepared], "train", 2)  # skipped, not crashed
+  fake_zoo = {"framework": "zoo", "train": {"step_s": 1.0, "min_s": 1.0}}
+  row = common.case_markdown({
+      "model": "m", "shape": "s", "unit": "tokens", "units_per_step": 4,
+      "flops_per_step": case.flops, "results": [result], "ratios": common.ratios([fake_zoo, result]),
+  })
+  assert "| hf torch.compile | failed: RuntimeError: no such kernel |" in row
+
+
+def test_bad_flags():
+  with pytest.raises(ValueError, match="--peers"):
+    common.parse(common.parser("t"), ["--peers", "eager,jit"])
+  with pytest.raises(ValueError, match="--only"):
+    bench_all.main(["--only", "gpt,resnet"])
+
+
+def test_attention_and_all_merge(reports, tmp_path):
+  out, md = tmp_path / "all.json", tmp_path / "all.md"
+  combined = bench_all.main([
+      "--only", "attention", "--in-process", "--smoke", "--lengths", "16",
+      "--out", str(out), "--markdown", str(md),
+  ])
+  (att,) = combined["benchmarks"]
+  rows = att["attention"]
+  assert [r["implementation"] for r in rows] == ["xla"]  # CPU: no cuDNN
+  assert "needs an NVIDIA GPU" in att["notes"][0]
+  assert rows[0]["forward_backward"]["step_s"] > 0
+  assert json.loads(out.read_text())["benchmarks"][0]["attention"][0]["length"] == 16
+  # The merged table over the family reports: one summary row per case, ratios included.
+  merged, text = bench_all.merge([reports[n][1] for n in FAMILIES] + [att])
+  summary = text.split("### Summary")[1].split("###")[0]
+  for name in FAMILIES:
+    model = reports[name][1]["cases"][0]["model"]
+    assert f"| {model} |" in summary
+  assert "zoo ÷ hf eager: train (best) / fwd (best)" in summary
+  assert "Attention backends" in text and "## Results" in md.read_text()
+  with pytest.raises(ValueError, match="--lengths"):
+    attention.main(["--smoke", "--lengths", "x"])

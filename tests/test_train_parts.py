@@ -1,0 +1,199 @@
+"""Pieces of zoo.training against formulas: losses, schedules, decay mask, mesh, configs."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from zoo.training import config as config_lib
+from zoo.training import mesh as mesh_lib
+from zoo.training import metrics as metrics_lib
+from zoo.training import optimizer as opt_lib
+from zoo.training import tasks
+
+IGNORE = tasks.IGNORE_INDEX
+
+
+def np_log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_cross_entropy_matches_numpy_with_label_smoothing():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(3, 5, 7)).astype(np.float32)
+  labels = rng.integers(0, 7, (3, 5))
+  labels[0, :2] = IGNORE
+  eps = 0.1
+  loss, nll, correct = tasks.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), eps)
+  logp = np_log_softmax(logits.astype(np.float64))
+  safe = np.where(labels == IGNORE, 0, labels)
+  want_nll = -np.take_along_axis(logp, safe[..., None], -1)[..., 0]
+  target = (1 - eps) * np.eye(7)[safe] + eps / 7  # Szegedy et al.: mix with uniform
+  want_loss = -(target * logp).sum(-1)
+  np.testing.assert_allclose(nll, want_nll, rtol=1e-5)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+  np.testing.assert_array_equal(correct, (logits.argmax(-1) == safe).astype(np.float32))
+
+
+def test_padding_aware_means_ignore_padded_rows():
+  """A batch padded with rows of IGNORE labels has the same statistics as the real rows."""
+  task = tasks.get_task("tagging")
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 4, (3, 6)).astype(np.int32)
+  labels[:, 4:] = IGNORE  # padding positions
+  batch = {"input_ids": np.ones((3, 6), np.int32), "labels": labels}
+  logits = rng.normal(size=(3, 6, 4)).astype(np.float32)
+  stats = task.stats({"logits": jnp.asarray(logits)}, batch)
+  padded = tasks.pad_batch(batch, 5)
+  assert (padded["labels"][3:] == IGNORE).all() and (padded["input_ids"][3:] == 0).all()
+  logits5 = np.concatenate([logits, rng.normal(size=(2, 6, 4)).astype(np.float32)])
+  stats5 = task.stats({"logits": jnp.asarray(logits5)}, padded)
+  for k in stats:
+    np.testing.assert_allclose(stats5[k][0], stats[k][0], rtol=1e-6)
+    np.testing.assert_allclose(stats5[k][1], stats[k][1])
+  assert float(stats["loss"][1]) == 12  # 3 rows x 4 real positions
+  logp = np_log_softmax(logits.astype(np.float64))
+  real = labels != IGNORE
+  want = -np.take_along_axis(logp, np.where(real, labels, 0)[..., None], -1)[..., 0][real].mean()
+  assert tasks.means(jax.device_get(stats))["loss"] == pytest.approx(want, rel=1e-5)
+
+
+def test_lm_weights_and_perplexity():
+  task = tasks.get_task("lm")
+  logits = jnp.zeros((2, 3, 10))  # uniform: nll = log(10) everywhere
+  batch = {
+      "input_ids": np.zeros((2, 3), np.int32),
+      "targets": np.array([[1, 2, 3], [4, IGNORE, 5]], np.int32),
+      "weights": np.array([[1, 1, 0], [1, 1, 1]], np.float32),
+  }
+  stats = jax.device_get(task.stats(logits, batch))
+  assert float(stats["loss"][1]) == 4  # weight 0 and IGNORE_INDEX both drop out
+  m = tasks.means(stats)
+  assert m["loss"] == pytest.approx(math.log(10), rel=1e-6)
+  assert m["perplexity"] == pytest.approx(10, rel=1e-5)
+
+
+def test_mlm_nsp_loss_is_the_sum_of_two_means():
+  task = tasks.get_task("mlm_nsp")
+  assert task.loss_terms == ("mlm_loss", "nsp_loss")
+  w = task.loss_weights({"mlm_targets": np.array([[IGNORE, 3, 4]]), "nsp_labels": np.array([1])})
+  np.testing.assert_array_equal(w["mlm_loss"], [[0, 1, 1]])
+  np.testing.assert_array_equal(w["nsp_loss"], [1])
+  assert tasks.get_task("image_classification").unit == "images"
+  with pytest.raises(ValueError, match="unknown task 'cls'"):
+    tasks.get_task("cls")
+
+
+def _optim(**kw):
+  c = config_lib.base_config("lm", "gpt2-small").optim
+  c.update(kw)
+  return c
+
+
+def test_schedules_follow_their_formulas():
+  lr, warm, total = 1e-3, 10, 100
+  cos = opt_lib.make_schedule(lr, "cosine", total, warm, end_lr_ratio=0.1)
+  assert float(cos(0)) == pytest.approx(lr / warm)  # update 1 of the ramp
+  assert float(cos(warm - 1)) == pytest.approx(lr)
+  mid = warm + (total - warm) // 2 - 1
+  assert float(cos(mid)) == pytest.approx(lr * (0.1 + 0.9 * 0.5), rel=1e-5)
+  assert float(cos(total - 1)) == pytest.approx(lr * 0.1, rel=1e-5)
+  lin = opt_lib.make_schedule(lr, "linear", total, warm, end_lr_ratio=0.0)
+  assert float(lin(total - 1)) == pytest.approx(0.0, abs=1e-9)
+  # Vaswani et al. 2017 eq. 3 with d_model = 512, warmup = 4000.
+  d, w = 512, 4000
+  inv = opt_lib.make_schedule(d**-0.5 * w**-0.5, "inverse_sqrt", 10**6, w)
+  for step in (1, 100, 4000, 10_000, 250_000):
+    want = d**-0.5 * min(step**-0.5, step * w**-1.5)
+    assert float(inv(step - 1)) == pytest.approx(want, rel=1e-5)
+  with pytest.raises(ValueError, match="optim.schedule must be one of"):
+    opt_lib.make_schedule(lr, "cosin", total)
+
+
+def test_weight_decay_only_on_kernels():
+  params = {
+      "wte": {"embedding": jnp.ones((5, 4))},
+      "layer": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones(4)},
+      "ln": {"scale": jnp.ones(4), "bias": jnp.ones(4)},
+      "scanned": {"kernel": jnp.ones((2, 4, 4)), "scale": jnp.ones((2, 4))},
+  }
+  tx, _ = opt_lib.make_optimizer(
+      _optim(lr=0.1, schedule="constant", warmup_steps=0, weight_decay=0.5, clip_norm=0.0), 10
+  )
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  # With zero gradients only decoupled weight decay moves a parameter: -lr * wd * p.
+  np.testing.assert_allclose(updates["layer"]["kernel"], -0.05 * np.ones((4, 4)), rtol=1e-6)
+  np.testing.assert_allclose(updates["scanned"]["kernel"], -0.05 * np.ones((2, 4, 4)), rtol=1e-6)
+  for leaf in (updates["wte"]["embedding"], updates["layer"]["bias"], updates["ln"]["scale"],
+               updates["scanned"]["scale"]):
+    np.testing.assert_array_equal(leaf, 0.0)
+
+
+def test_gradient_clipping_caps_the_global_norm():
+  tx, _ = opt_lib.make_optimizer(
+      _optim(name="sgd", momentum=0.0, lr=1.0, schedule="constant", warmup_steps=0,
+             weight_decay=0.0, clip_norm=1.0), 10)
+  grads = {"a": jnp.full((3,), 10.0)}
+  updates, _ = tx.update(grads, tx.init(grads), grads)
+  assert float(optax.tree.norm(updates)) == pytest.approx(1.0, rel=1e-6)
+  with pytest.raises(ValueError, match="use optim.name='adamw'"):
+    opt_lib.make_optimizer(_optim(name="adam", weight_decay=0.1), 10)
+
+
+def test_mesh_shape_fills_minus_one_and_explains_mismatches():
+  assert mesh_lib.mesh_shape(dict(data=-1, fsdp=2, tensor=1), 8) == dict(data=4, fsdp=2, tensor=1)
+  assert mesh_lib.mesh_shape(dict(data=2, fsdp=-1, tensor=2), 8) == dict(data=2, fsdp=2, tensor=2)
+  with pytest.raises(ValueError, match="does not divide the 8 available"):
+    mesh_lib.mesh_shape(dict(data=-1, fsdp=3, tensor=1), 8)
+  with pytest.raises(ValueError, match="needs 4 devices but 8 are in use"):
+    mesh_lib.mesh_shape(dict(data=2, fsdp=2, tensor=1), 8)
+  mesh = mesh_lib.make_mesh(dict(data=2, fsdp=2, tensor=2))
+  assert dict(mesh.shape) == dict(data=2, fsdp=2, tensor=2)
+  assert mesh_lib.data_parallel_size(mesh) == 4
+
+
+def test_place_batch_splits_rows_over_data_and_fsdp():
+  mesh = mesh_lib.make_mesh(dict(data=2, fsdp=2, tensor=2))
+  batch = {"x": np.arange(8 * 3).reshape(8, 3)}
+  placed = mesh_lib.place_batch(batch, mesh)["x"]
+  np.testing.assert_array_equal(np.asarray(placed), batch["x"])
+  assert placed.sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"))
+  assert {s.data.shape for s in placed.addressable_shards} == {(2, 3)}
+
+
+def test_rules_from_config_reject_unknown_mesh_axes():
+  c = ml_collections.ConfigDict({"sharding_rules": (("embed", "model"),)})
+  with pytest.raises(ValueError, match="names mesh axis 'model'"):
+    mesh_lib.rules_from_config(c)
+
+
+def test_config_arguments_and_fingerprint():
+  with pytest.raises(ValueError, match="Did you mean gpt2-small"):
+    config_lib.choose("gpt2-smal", "gpt", "gpt2-small", ("smoke",))
+  c = config_lib.base_config("lm", "gpt2-small")
+  c.model.overrides.d_modle = 3
+  with pytest.raises(ValueError, match="no field 'd_modle'. Did you mean d_model"):
+    config_lib.model_config(c, {"vocab_size": 100})
+  a = config_lib.fingerprint(config_lib.model_config(config_lib.base_config("lm", "gpt2-small")), "lm")
+  b = dict(a, **{"model.num_layers": 6})
+  assert config_lib.fingerprint_diff(a, b) == ["model.num_layers: checkpoint 12, this run 6"]
+  assert "model.dtype" not in a and "model.dropout_rate" not in a  # may change on resume
+
+
+def test_peak_flops_table():
+  class Dev:
+    def __init__(self, kind):
+      self.device_kind = kind
+
+  assert metrics_lib.peak_flops(Dev("NVIDIA H100 80GB HBM3")) == 989e12
+  assert metrics_lib.peak_flops(Dev("NVIDIA H100 PCIe")) == 756e12
+  assert metrics_lib.peak_flops(Dev("TPU v5 lite")) == 197e12
+  assert metrics_lib.peak_flops(Dev("cpu")) is None
+  # 6 N per token + attention: 12 * layers * d_model * seq per token.
+  assert metrics_lib.train_flops_per_step(100, 10, 2, 8, 4) == 10 * (600 + 12 * 2 * 8 * 4)
