@@ -37,7 +37,7 @@ def tiny(task: str, preset: str, **model):
   model = {"dropout_rate": 0.1, **model}
   c.model.overrides.update(d_model=32, num_heads=4, num_layers=1, mlp_dim=64, max_len=16, **model)
   c.data.seq_len = 16
-  c.train.update(batch_size=8, num_steps=12, log_every=1, checkpoint_every=3, keep_checkpoints=5,
+  c.train.update(batch_size=8, num_steps=12, log_every=1, checkpoint_every=3, keep_checkpoints=3,
                  progress_bar=False, plot=False)
   # LLVM at -O0 compiles these tiny programs about twice as fast; results stay comparable
   # because every run of a test uses the same options.
@@ -134,8 +134,8 @@ def test_stop_and_resume_is_bitwise_identical(gpt_runs):
 
 def test_keeps_last_k_checkpoints(gpt_runs):
   _, root, *_ = gpt_runs
-  ckpt = Checkpointer(root / "full", every=3, keep=5, fingerprint={})
-  assert ckpt.all_steps() == [3, 6, 9, 12]
+  ckpt = Checkpointer(root / "full", every=3, keep=3, fingerprint={})
+  assert ckpt.all_steps() == [6, 9, 12]  # saved at 3, 6, 9, 12; the oldest was deleted
   ckpt.close()
 
 

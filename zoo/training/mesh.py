@@ -29,8 +29,10 @@ BATCH_AXES = (sh.DATA, sh.FSDP)  # the global batch is split over both
 def maybe_initialize_distributed() -> bool:
   """``jax.distributed.initialize()`` when launched as one of several processes.
 
-  Detects the usual launchers (an explicit coordinator address, SLURM, Open MPI, multi-host
-  TPU slices). Must run before any other JAX call; single-process runs are untouched.
+  Detects the usual launchers (SLURM, Open MPI, multi-host TPU slices: JAX reads their
+  environment) and a manual launch with ``JAX_COORDINATOR_ADDRESS=host:port``,
+  ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` set on every process. Must run before any
+  other JAX call; single-process runs are untouched.
   """
   env = os.environ
   multi = (
@@ -39,11 +41,16 @@ def maybe_initialize_distributed() -> bool:
       or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
       or "," in env.get("TPU_WORKER_HOSTNAMES", "")
   )
-  if multi and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
-    log.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
-    return True
-  return False
+  if not multi or jax.distributed.is_initialized():
+    return False
+  kwargs = {}
+  if "JAX_NUM_PROCESSES" in env:
+    kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
+  if "JAX_PROCESS_ID" in env:
+    kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
+  jax.distributed.initialize(**kwargs)
+  log.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+  return True
 
 
 def mesh_shape(mesh_cfg: Any, num_devices: int) -> dict[str, int]:

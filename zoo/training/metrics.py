@@ -188,7 +188,9 @@ def read_jsonl(workdir: str) -> list[dict[str, Any]]:
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = f.read().split("\n")
+  # The last piece is "" after a complete file, or a row still being written: skip it.
+  return [json.loads(line) for line in lines[:-1] if line.strip()]
 
 
 def plot_losses(workdir: str) -> str | None:
