@@ -475,6 +475,7 @@ class Prepared:
   result: dict[str, Any]
   train: Callable[[], Any] | None = None
   forward: Callable[[], Any] | None = None
+  compiled: Any = None  # zoo: the compiled train step (benchmarks.profile reads its HLO)
   set_mode: Callable[[str], Any] = lambda mode: None
 
 
@@ -521,7 +522,7 @@ def prepare_zoo(case: Case, args) -> Prepared:
     train["memory"] = {"bytes": _jax_device_peak(), "how": "device peak_bytes_in_use (process-wide)"}
   else:
     train["memory"] = host.peak()
-  prepared = Prepared({"framework": "zoo", "train": train}, train=train_step)
+  prepared = Prepared({"framework": "zoo", "train": train}, train=train_step, compiled=compiled)
 
   if not args.no_forward:
     fwd = jax.jit(lambda p, b: task.apply(model.apply, p, b, rng=None, train=False))

@@ -151,3 +151,21 @@ def test_attention_and_all_merge(reports, tmp_path):
   assert "Attention backends" in text and "## Results" in md.read_text()
   with pytest.raises(ValueError, match="--lengths"):
     attention.main(["--smoke", "--lengths", "x"])
+
+
+def test_profile_attributes_the_step_to_passes_and_modules(tmp_path):
+  from benchmarks import profile
+
+  out = tmp_path / "prof.json"
+  report = profile.main(["gpt", "--smoke", "--top", "5", "--out", str(out)])
+  groups = report["groups"]
+  passes = {g["pass"] for g in groups}
+  assert {"forward", "backward", "update"} <= passes
+  modules = {g["module"] for g in groups}
+  assert any(m.startswith("decoder/layers_*/") for m in modules)  # layers folded together
+  assert not any("layers_0" in m for m in modules)
+  assert abs(sum(g["share"] for g in groups) - 1) < 1e-6
+  assert report["op_s"] > 0 and json.loads(out.read_text())["groups"][0]["ms"] > 0
+  assert profile.classify("jit(f)/transpose(jvp(GPT))/decoder/layers_3/attn/BTD,DH->BTH/dot_general") \
+      == ("backward", "decoder/layers_*/attn")
+  assert profile.classify("jit(f)/jvp(jit(log_softmax))/reduce_max")[0] == "forward"

@@ -40,6 +40,40 @@ def test_cross_entropy_matches_numpy_with_label_smoothing():
   np.testing.assert_array_equal(correct, (logits.argmax(-1) == safe).astype(np.float32))
 
 
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_cross_entropy_gradient_is_softmax_minus_target(eps):
+  """The hand-written backward against the textbook gradient, for loss and nll cotangents
+  together, with ignored labels; and against autodiff of the log_softmax formula."""
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(2, 4, 9)).astype(np.float32) * 3
+  labels = rng.integers(0, 9, (2, 4))
+  labels[1, 3] = IGNORE
+  a, b = rng.normal(size=(2, 4)), rng.normal(size=(2, 4))  # cotangents of loss and nll
+
+  def f(z):
+    loss, nll, _ = tasks.cross_entropy(z, jnp.asarray(labels), eps)
+    return jnp.sum(loss * a) + jnp.sum(nll * b)
+
+  got = jax.grad(f)(jnp.asarray(logits))
+  x = logits.astype(np.float64)
+  p = np.exp(np_log_softmax(x))
+  hot = np.eye(9)[np.where(labels == IGNORE, 0, labels)]
+  want = (p - ((1 - eps) * hot + eps / 9)) * a[..., None] + (p - hot) * b[..., None]
+  np.testing.assert_allclose(got, want, atol=1e-6)
+
+  def plain(z):
+    logp = jax.nn.log_softmax(z)
+    nll = -jnp.take_along_axis(logp, jnp.asarray(np.where(labels == IGNORE, 0, labels))[..., None], -1)[..., 0]
+    loss = (1 - eps) * nll - eps * logp.mean(-1)
+    return jnp.sum(loss * a) + jnp.sum(nll * b)
+
+  np.testing.assert_allclose(got, jax.grad(plain)(jnp.asarray(logits)), atol=1e-6)
+  # bf16 logits: computed in float32, gradient returned in the input dtype.
+  g16 = jax.grad(f)(jnp.asarray(logits, jnp.bfloat16))
+  assert g16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(g16, np.float32), want, atol=2e-2)
+
+
 def test_padding_aware_means_ignore_padded_rows():
   """A batch padded with rows of IGNORE labels has the same statistics as the real rows."""
   task = tasks.get_task("tagging")

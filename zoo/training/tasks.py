@@ -12,6 +12,7 @@ Shapes: B batch, L length, S source length, T target length, V vocabulary, C cla
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, ClassVar
 
@@ -45,14 +46,48 @@ def cross_entropy(
     negative log-likelihood of the label, and whether the argmax is the label.
   """
   logits = logits.astype(jnp.float32)
-  safe = jnp.where(labels == IGNORE_INDEX, 0, labels)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
-  loss = nll
-  if label_smoothing:
-    loss = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, axis=-1)
+  safe = jnp.where(labels == IGNORE_INDEX, 0, labels).astype(jnp.int32)
+  loss, nll = _smoothed_nll(logits, safe, float(label_smoothing))
   correct = (jnp.argmax(logits, axis=-1) == safe).astype(jnp.float32)
   return loss, nll, correct
+
+
+# The gradient written out, ``softmax - target``, is one element-wise pass over the [..., V]
+# logits. Left to autodiff, log_softmax + take_along_axis backpropagates through a full
+# [..., V] log-probability array plus a scatter, which XLA:CPU lowers to transposed copies of
+# the logits: with GPT-2's 50k vocabulary that was a fifth of the train step
+# (benchmarks/profile.py).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _smoothed_nll(logits: Array, labels: Array, eps: float) -> tuple[Array, Array]:
+  return _smoothed_nll_fwd(logits, labels, eps)[0]
+
+
+def _smoothed_nll_fwd(logits, labels, eps):
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  label_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+  nll = lse - label_logit
+  loss = nll
+  if eps:  # -mean(log p) = lse - mean(logits)
+    loss = (1.0 - eps) * nll + eps * (lse - jnp.mean(logits, axis=-1))
+  return (loss, nll), (logits, labels, lse)
+
+
+def _smoothed_nll_bwd(eps, res, cotangents):
+  logits, labels, lse = res
+  g_loss, g_nll = cotangents
+  g_loss = jnp.zeros_like(lse) if g_loss is None else g_loss
+  g_nll = jnp.zeros_like(lse) if g_nll is None else g_nll
+  probs = jnp.exp(logits - lse[..., None])
+  one_hot = jnp.arange(logits.shape[-1], dtype=labels.dtype) == labels[..., None]
+  # d loss = softmax - (1 - eps) one_hot - eps / V;  d nll = softmax - one_hot.
+  g_total, g_hot = g_loss + g_nll, (1.0 - eps) * g_loss + g_nll
+  d = probs * g_total[..., None] - jnp.where(one_hot, g_hot[..., None], 0.0)
+  if eps:
+    d = d - (eps / logits.shape[-1]) * g_loss[..., None]
+  return d, None
+
+
+_smoothed_nll.defvjp(_smoothed_nll_fwd, _smoothed_nll_bwd)
 
 
 def weighted(values: Array, weights: Array) -> tuple[Array, Array]:
