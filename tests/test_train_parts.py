@@ -231,3 +231,19 @@ def test_peak_flops_table():
   assert metrics_lib.peak_flops(Dev("cpu")) is None
   # 6 N per token + attention: 12 * layers * d_model * seq per token.
   assert metrics_lib.train_flops_per_step(100, 10, 2, 8, 4) == 10 * (600 + 12 * 2 * 8 * 4)
+
+
+def test_distributed_initialize_only_when_launched_as_several_processes(monkeypatch):
+  calls = []
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  for var in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"):
+    monkeypatch.delenv(var, raising=False)
+  assert mesh_lib.maybe_initialize_distributed() is False and calls == []
+  monkeypatch.setenv("SLURM_NTASKS", "1")  # one task: not distributed
+  assert mesh_lib.maybe_initialize_distributed() is False and calls == []
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+  monkeypatch.setenv("JAX_PROCESS_ID", "2")
+  assert mesh_lib.maybe_initialize_distributed() is True
+  assert calls == [{"num_processes": 4, "process_id": 2}]
