@@ -71,7 +71,7 @@ def _model_fields(config) -> set[str]:
   import zoo  # noqa: PLC0415
   from zoo.training.config import family_of_preset  # noqa: PLC0415
 
-  cfg_cls, _ = zoo.family_classes(family_of_preset(config.model.name))
+  cfg_cls = zoo.registry.get(family_of_preset(config.model.name)).config_cls
   return {f.name for f in dataclasses.fields(cfg_cls)}
 
 

@@ -351,6 +351,7 @@ def test_cli_workdir_checkpoint_and_missing_tokenizer(gpt, tmp_path, capsys):
   optax = pytest.importorskip("optax")
   import ml_collections
 
+  import zoo
   import zoo.data
   from zoo.generate import cli
   from zoo.training import config as config_lib
@@ -358,12 +359,13 @@ def test_cli_workdir_checkpoint_and_missing_tokenizer(gpt, tmp_path, capsys):
   from zoo.training.state import TrainState
 
   model, params = gpt
-  # A train.py workdir: an Orbax checkpoint with the model's fingerprint (byte tokenizer).
+  # A train.py workdir: an Orbax checkpoint with the model's config (byte tokenizer).
   tx = optax.sgd(0.1)
   state = TrainState(step=jnp.array(3), params=params, opt_state=tx.init(params),
                      apply_fn=model.apply, tx=tx)
   ckpt = Checkpointer(str(tmp_path), every=1, keep=1,
-                      fingerprint=config_lib.fingerprint(model.config, "lm"))
+                      fingerprint=config_lib.fingerprint(model.config, "lm"),
+                      model_config=zoo.registry.config_to_json(model.config))
   ckpt.save(3, state, rng=jax.random.PRNGKey(0), force=True)
   ckpt.close()
   run = ml_collections.ConfigDict({"data": zoo.data.default_config("lm")})
@@ -381,7 +383,7 @@ def test_cli_workdir_checkpoint_and_missing_tokenizer(gpt, tmp_path, capsys):
     cli.complete(loaded, "", max_new_tokens=2)
   with pytest.raises(ValueError, match="context is 32"):
     cli.complete(loaded, "(" * 40, max_new_tokens=2)  # byte ids must stay < 61
-  with pytest.raises(ValueError, match="needs a Transformer"):
+  with pytest.raises(ValueError, match="needs an encoder-decoder"):
     cli.translate(loaded, "x")
   # Without the run config there is no tokenizer: text is refused, ids work.
   assert cli.main(["--checkpoint", str(tmp_path), "--prompt", "hello"]) == 2

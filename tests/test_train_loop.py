@@ -89,8 +89,7 @@ def _abstract(config, mesh):
   """``(abstract_state, shardings)`` of a run config on ``mesh``, and the pieces used."""
   model_cfg = _model_cfg(config)
   tx, _ = make_optimizer(config.optim, config.train.num_steps)
-  module = zoo.family_module(config_lib.family_of_preset(config.model.name))
-  args, kwargs = module.dummy_inputs(model_cfg)
+  args, kwargs = zoo.registry.family_of(model_cfg).dummy_inputs(model_cfg)
   return state_lib.abstract_state(
       zoo.build(model_cfg), tx, args, kwargs, mesh, mesh_lib.rules_from_config(config)
   )

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from zoo.models.common import train_flops
 from zoo.training import config as config_lib
 from zoo.training import mesh as mesh_lib
 from zoo.training import metrics as metrics_lib
@@ -229,8 +230,10 @@ def test_peak_flops_table():
   assert metrics_lib.peak_flops(Dev("NVIDIA H100 PCIe")) == 756e12
   assert metrics_lib.peak_flops(Dev("TPU v5 lite")) == 197e12
   assert metrics_lib.peak_flops(Dev("cpu")) is None
-  # 6 N per token + attention: 12 * layers * d_model * seq per token.
-  assert metrics_lib.train_flops_per_step(100, 10, 2, 8, 4) == 10 * (600 + 12 * 2 * 8 * 4)
+  # 6 N per token + attention: 12 * layers * d_model * seq per token; causal halves attention.
+  flops = train_flops([(100, 10)], [(2, 8, 10, 4, True)])
+  assert flops["full"] == 10 * (600 + 12 * 2 * 8 * 4)
+  assert flops["causal_half"] == 10 * (600 + 6 * 2 * 8 * 4)
 
 
 def test_distributed_initialize_only_when_launched_as_several_processes(monkeypatch):

@@ -1,19 +1,11 @@
 """The published size tables, in one place.
 
-Each preset is ``name -> (family, config fields)``; the rest of a config comes from the
-family's dataclass defaults. ``PUBLISHED_PARAMS`` holds the parameter counts the papers
+Each preset is ``name -> (family name, config fields)``, the family as registered in
+``zoo.registry``; the rest of a config comes from the family's dataclass defaults. ``PUBLISHED_PARAMS`` holds the parameter counts the papers
 report, which ``tests/test_presets.py`` checks ``zoo.param_count`` against.
 """
 
 from __future__ import annotations
-
-# family -> (module, config class, model class)
-FAMILIES: dict[str, tuple[str, str, str]] = {
-    "transformer": ("zoo.models.transformer", "TransformerConfig", "Transformer"),
-    "gpt": ("zoo.models.gpt", "GPTConfig", "GPT"),
-    "bert": ("zoo.models.bert", "BertConfig", "Bert"),
-    "vit": ("zoo.models.vit", "ViTConfig", "ViT"),
-}
 
 
 def _gpt2(d_model: int, num_layers: int, num_heads: int) -> tuple[str, dict]:

@@ -49,10 +49,11 @@ class Loaded:
   length_penalty: float = 1.0
 
   @property
-  def family(self) -> str:
-    import zoo
+  def family(self):
+    """The model's :class:`zoo.registry.Family`."""
+    from zoo import registry
 
-    return zoo.family_of(self.model)
+    return registry.family_of(self.model)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,23 +82,16 @@ def load_run_config(spec: str):
   return module.get_config(arg or None)
 
 
-def _model_from_fingerprint(fingerprint: dict[str, Any], where: str):
-  """The model a train.py checkpoint holds, from the architecture fingerprint saved with it."""
-  import zoo
-  from zoo.presets import FAMILIES
+def _model_from_meta(meta: dict[str, Any], where: str):
+  """The model a train.py checkpoint holds, rebuilt from the model config saved with it."""
+  from zoo import registry
 
-  family = next((f for f, (_, cls, _) in FAMILIES.items() if cls == fingerprint.get("model")), None)
-  if family is None:
-    raise ValueError(f"{where}: the checkpoint's fingerprint names no zoo model: {fingerprint}.")
-  cfg_cls, model_cls = zoo.family_classes(family)
-  known = {f.name for f in dataclasses.fields(cfg_cls)}
-  fields = {}
-  for key, value in fingerprint.items():
-    name = key.removeprefix("model.")
-    # Non-JSON values (param_dtype) were saved as strings; their defaults serve inference.
-    if key.startswith("model.") and name in known and not (isinstance(value, str) and "<" in value):
-      fields[name] = value
-  return model_cls(cfg_cls(**fields))
+  if "model_config" not in meta:
+    raise ValueError(
+        f"{where}: the checkpoint has no saved model config (it was written by an older zoo); "
+        "export it with that version, or retrain."
+    )
+  return registry.build(registry.config_from_json(meta["model_config"], f"{where} model_config"))
 
 
 def load_workdir(workdir: str, config=None, step: int | None = None) -> Loaded:
@@ -119,7 +113,7 @@ def load_workdir(workdir: str, config=None, step: int | None = None) -> Loaded:
   if step is None:
     raise ValueError(f"{workdir} holds no checkpoint under {ckpt.directory}.")
   meta = ckpt.read_meta(step)
-  model = _model_from_fingerprint(meta.get("fingerprint", {}), workdir)
+  model = _model_from_meta(meta, workdir)
   # Restore onto this host's first device whatever mesh saved it (a GPU run read on a laptop).
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(
@@ -223,8 +217,11 @@ def complete(loaded: Loaded, prompt: str | list[int], *, max_new_tokens: int = 6
     **sampling: ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``seed`` of
       :func:`zoo.generate.generate`.
   """
-  if loaded.family != "gpt":
-    raise ValueError(f"{loaded.where} is a {loaded.family} model; --prompt needs a GPT (use --source).")
+  if "lm" not in loaded.family.tasks:
+    raise ValueError(
+        f"{loaded.where} holds a {loaded.family.name} model; --prompt needs a decoder-only "
+        "language model (GPT). For a translation model use --source."
+    )
   ids = _encode(loaded, prompt, "prompt")
   if isinstance(prompt, str) and not loaded.specials_in_encode and loaded.bos_id is not None:
     ids = [loaded.bos_id] + ids  # zoo LM documents start with BOS
@@ -250,8 +247,11 @@ def translate(
     length_penalty: float | None = None,
 ):
   """The encoder-decoder's translation of ``source`` (beam search; greedy with one beam)."""
-  if loaded.family != "transformer":
-    raise ValueError(f"{loaded.where} is a {loaded.family} model; --source needs a Transformer.")
+  if "translation" not in loaded.family.tasks:
+    raise ValueError(
+        f"{loaded.where} holds a {loaded.family.name} model; --source needs an encoder-decoder "
+        "translation model (Transformer / Marian). For a GPT use --prompt."
+    )
   ids = _encode(loaded, source, "source")
   if isinstance(source, str) and not loaded.specials_in_encode and loaded.eos_id is not None:
     ids = ids + [loaded.eos_id]  # zoo translation sources end with EOS

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from zoo import registry
 from zoo import sharding as sh
 from zoo.layers import attention as attn
 from zoo.layers.blocks import ACTIVATIONS, Activation, EncoderBlock, NormPosition, make_norm
@@ -327,3 +328,31 @@ class Bert(nn.Module):
 def dummy_inputs(config: BertConfig, batch_size: int = 1, length: int = 1):
   """``(args, kwargs)`` for ``Bert(config).init`` (shapes only matter)."""
   return (jnp.zeros((batch_size, length), jnp.int32),), {}
+
+
+def train_flops(config: BertConfig, params, shapes) -> dict[str, float]:
+  """Training FLOPs of a step on ``input_ids`` of ``shapes["input_ids"] = (B, L)``."""
+  b, length = shapes["input_ids"]
+  emb = params["embeddings"]
+  lookups = sum(common.count(emb.get(k, {})) for k in ("position_embeddings", "token_type_embeddings"))
+  # The pooler, NSP and sequence-classifier heads see one [CLS] vector per row.
+  per_row = common.count(params.get("pooler", {})) + common.count(params.get("nsp", {}))
+  if config.head == "sequence_classification":
+    per_row += common.count(params.get("classifier", {}))
+  n = common.count(params) - per_row - lookups
+  heads_width = config.num_heads * (config.d_model // config.num_heads)
+  return common.train_flops(
+      [(n, b * length), (per_row, b)],
+      [(config.num_layers, heads_width, b * length, length, False)],
+  )
+
+
+registry.register(registry.Family(
+    name="bert",
+    config_cls=BertConfig,
+    model_cls=Bert,
+    dummy_inputs=dummy_inputs,
+    train_flops=train_flops,
+    tasks=("mlm_nsp", "classification", "tagging"),
+    converters=("zoo.pretrained.bert",),
+))

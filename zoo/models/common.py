@@ -124,3 +124,37 @@ class TokenEmbedding(nn.Module):
         self.embedding.astype(self.dtype),
         preferred_element_type=jnp.float32,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# FLOPs.
+
+
+def count(tree: Any) -> int:
+  """Number of elements in a tree of arrays or shapes."""
+  return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(nn.unbox(tree))))
+
+
+def train_flops(
+    matmuls: list[tuple[int, int]], attention: list[tuple[int, int, int, int, bool]]
+) -> dict[str, float]:
+  """Training FLOPs of one step under two conventions (forward + backward = 3 x forward).
+
+  Args:
+    matmuls: ``(params, tokens)`` pairs: ``6 * params`` FLOPs for each token the params see
+      (Kaplan et al. 2020; PaLM appendix B). Lookup-only tables (positions, segments) are left
+      out by the caller; a tied output projection is counted once, as the matmul it is.
+    attention: ``(layers, d, query_tokens, key_length, causal)``: ``12 * layers * d *
+      key_length`` FLOPs per query token for q.k and weights.v.
+
+  Returns:
+    ``{"full": 6N + 12·L·d·T, "causal_half": the same with causal attention halved}``, summed
+    over the batch. For encoders (no causal attention) the two are equal.
+  """
+  dense = sum(6.0 * p * t for p, t in matmuls)
+  full = half = dense
+  for layers, d, q_tokens, key_len, causal in attention:
+    a = 12.0 * layers * d * key_len * q_tokens
+    full += a
+    half += a / 2 if causal else a
+  return {"full": full, "causal_half": half}

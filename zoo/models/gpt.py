@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from zoo import registry
 from zoo import sharding as sh
 from zoo.layers import attention as attn
 from zoo.layers.blocks import Activation, DecoderBlock, NormKind, make_norm
@@ -167,3 +168,24 @@ class GPT(nn.Module):
 def dummy_inputs(config: GPTConfig, batch_size: int = 1, length: int = 1):
   """``(args, kwargs)`` for ``GPT(config).init`` (shapes only matter)."""
   return (jnp.zeros((batch_size, length), jnp.int32),), {}
+
+
+def train_flops(config: GPTConfig, params, shapes) -> dict[str, float]:
+  """Training FLOPs of a step on ``input_ids`` of ``shapes["input_ids"] = (B, L)``."""
+  b, length = shapes["input_ids"]
+  heads_width = config.num_heads * (config.head_dim or config.d_model // config.num_heads)
+  n = common.count(params) - common.count(params.get("wpe", {}))  # position lookups: no matmul
+  return common.train_flops(
+      [(n, b * length)], [(config.num_layers, heads_width, b * length, length, True)]
+  )
+
+
+registry.register(registry.Family(
+    name="gpt",
+    config_cls=GPTConfig,
+    model_cls=GPT,
+    dummy_inputs=dummy_inputs,
+    train_flops=train_flops,
+    tasks=("lm",),
+    converters=("zoo.pretrained.gpt2",),
+))

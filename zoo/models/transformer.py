@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from zoo import registry
 from zoo import sharding as sh
 from zoo.layers import attention as attn
 from zoo.layers.blocks import Activation, DecoderBlock, EncoderBlock, NormKind, make_norm
@@ -424,3 +425,32 @@ def init_cache(config: TransformerConfig, batch_size: int, max_decode_len: int) 
       )
   )
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+
+
+def train_flops(config: TransformerConfig, params, shapes) -> dict[str, float]:
+  """Training FLOPs of a step on ``src_ids`` ``(B, S)`` and ``tgt_in_ids`` ``(B, T)``."""
+  b, s = shapes["src_ids"]
+  t = shapes["tgt_in_ids"][1]
+  enc = sum(common.count(v) for k, v in params.items() if k.startswith("encoder"))
+  dec = sum(common.count(v) for k, v in params.items() if k.startswith("decoder"))
+  out = common.count(params) - enc - dec  # token tables / output projection: target tokens
+  d = config.d_model
+  return common.train_flops(
+      [(enc, b * s), (dec, b * t), (out, b * t)],
+      [
+          (config.num_encoder_layers, d, b * s, s, False),
+          (config.num_decoder_layers, d, b * t, t, True),
+          (config.num_decoder_layers, d, b * t, s, False),  # cross-attention
+      ],
+  )
+
+
+registry.register(registry.Family(
+    name="transformer",
+    config_cls=TransformerConfig,
+    model_cls=Transformer,
+    dummy_inputs=dummy_inputs,
+    train_flops=train_flops,
+    tasks=("translation",),
+    converters=("zoo.pretrained.marian",),
+))

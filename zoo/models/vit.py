@@ -56,6 +56,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from zoo import registry
 from zoo import sharding as sh
 from zoo.layers import attention as attn
 from zoo.layers.blocks import Activation, EncoderBlock, make_norm
@@ -309,3 +310,27 @@ def num_params_formula(config: ViTConfig) -> int:
   if config.num_classes:
     total += width * config.num_classes + config.num_classes
   return int(total)
+
+
+def train_flops(config: ViTConfig, params, shapes) -> dict[str, float]:
+  """Training FLOPs of a step on ``images`` of ``shapes["images"] = (B, H, W, C)``."""
+  b, h, w = shapes["images"][:3]
+  tokens = (h // config.patch_size) * (w // config.patch_size) + int(config.class_token)
+  per_row = common.count(params.get("head", {})) + common.count(params.get("pre_logits", {}))
+  lookups = common.count(params.get("pos_embedding", {})) + common.count(params.get("cls", {}))
+  n = common.count(params) - per_row - lookups
+  return common.train_flops(
+      [(n, b * tokens), (per_row, b)],
+      [(config.num_layers, config.d_model, b * tokens, tokens, False)],
+  )
+
+
+registry.register(registry.Family(
+    name="vit",
+    config_cls=ViTConfig,
+    model_cls=ViT,
+    dummy_inputs=dummy_inputs,
+    train_flops=train_flops,
+    tasks=("image_classification",),
+    converters=("zoo.pretrained.vit",),
+))

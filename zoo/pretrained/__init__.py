@@ -11,11 +11,11 @@ zoo.pretrained convert IN OUT``.
 from zoo.pretrained.api import (
     from_pretrained,
     load_zoo,
-    param_shardings,
     save_pretrained,
     save_zoo,
     supported_architectures,
 )
+from zoo.pretrained.assemble import param_shardings
 from zoo.pretrained.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = [

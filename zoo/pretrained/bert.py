@@ -28,9 +28,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from zoo.models.bert import BertConfig
 from zoo.pretrained import keymap as km
 
-FAMILY = "bert"
+CONFIG = BertConfig  # the zoo family this converter reads and writes
 MODEL_TYPE = "bert"
 ARCHITECTURES = (
     "BertModel",

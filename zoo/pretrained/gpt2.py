@@ -26,9 +26,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from zoo.models.gpt import GPTConfig
 from zoo.pretrained import keymap as km
 
-FAMILY = "gpt"
+CONFIG = GPTConfig  # the zoo family this converter reads and writes
 MODEL_TYPE = "gpt2"
 ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
 PREFIX = "transformer."

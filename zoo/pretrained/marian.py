@@ -29,9 +29,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from zoo.models.transformer import TransformerConfig
 from zoo.pretrained import keymap as km
 
-FAMILY = "transformer"
+CONFIG = TransformerConfig  # the zoo family this converter reads and writes
 MODEL_TYPE = "marian"
 ARCHITECTURES = ("MarianMTModel",)
 PREFIX = "model."

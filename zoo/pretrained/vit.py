@@ -34,9 +34,10 @@ from typing import Any
 import numpy as np
 
 from zoo.layers.positional import bicubic_matrix
+from zoo.models.vit import ViTConfig
 from zoo.pretrained import keymap as km
 
-FAMILY = "vit"
+CONFIG = ViTConfig  # the zoo family this converter reads and writes
 MODEL_TYPE = "vit"
 ARCHITECTURES = ("ViTModel", "ViTForImageClassification")
 PREFIX = "vit."

@@ -30,8 +30,11 @@ import re
 
 import numpy as np
 
-import zoo
+from zoo import registry
+from zoo.models.vit import ViT, ViTConfig
+from zoo.pretrained import assemble
 from zoo.pretrained import keymap as km
+from zoo.pretrained import vit as vit_hf
 
 _BLOCK = "Transformer/encoderblock_{}/"
 _RENAMES = (  # big_vision -> vision_transformer names inside an encoder block
@@ -160,20 +163,17 @@ def entries(cfg) -> list[km.Entry]:
 
 def load(path: str, *, dtype=None, mesh=None, rules=None, strict=True, **overrides):
   """A ViT ``.npz`` -> ``(model, params)``; ``image_size=`` resizes the position table."""
-  from zoo.pretrained import api
-  from zoo.pretrained import vit as vit_hf
-
   store = NpzStore(path)
   fields = config_fields(store, path)
-  cfg_cls, model_cls = zoo.family_classes("vit")
+  family = registry.family_of(ViTConfig)
   native_over = {k: v for k, v in overrides.items() if k != "image_size"}
-  native = api._config_fields(cfg_cls, fields, dtype, {**native_over, "scan_layers": False}, path)
-  config = api._config_fields(cfg_cls, fields, dtype, overrides, path)
-  shapes, _ = km.abstract_params(model_cls(native), zoo.family_module("vit"))
+  native = assemble.make_config(family, fields, dtype, {**native_over, "scan_layers": False}, path)
+  config = assemble.make_config(family, fields, dtype, overrides, path)
+  shapes, _ = assemble.param_shapes(ViT(native))
   flat, _ = km.load_entries(
       entries(native), store, shapes, strict=strict, what=path,
       describe=f"the shapes of embedding/kernel and encoderblock_0 ({vit_hf.describe(native)})",
   )
   flat = vit_hf.resize(flat, native, config)
-  model = model_cls(config)
-  return model, api._finish(model, flat, mesh, rules)
+  model = ViT(config)
+  return model, assemble.finish(model, flat, mesh, rules)

@@ -1,11 +1,12 @@
 """Orbax checkpoints of a run: state, data-iterator position, RNG and a config fingerprint.
 
-``<workdir>/checkpoints/<step>/`` holds three items:
+``<workdir>/checkpoints/<step>/`` holds two items:
 
 * ``state``: step, parameters, optimizer state (restored straight into the shardings of the
   current mesh, whatever mesh or device count saved it);
-* ``meta``: JSON with the base RNG key, the data iterator state (``Dataset.get_state()``) and
-  the fingerprint of the model config, checked before anything else is restored.
+* ``meta``: JSON with the base RNG key, the data iterator state (``Dataset.get_state()``),
+  the model config (``zoo.registry.config_to_json``) and its fingerprint, checked before
+  anything else is restored.
 
 Orbax writes into a temporary directory and renames it when complete, so a run killed
 mid-save leaves the previous checkpoint as the latest.
@@ -63,11 +64,22 @@ class Checkpointer:
     every: save interval in steps.
     keep: how many checkpoints to keep (oldest deleted first).
     fingerprint: JSON-able description of the model; a checkpoint with another one is refused.
+    model_config: ``zoo.registry.config_to_json`` of the model, saved so that readers
+      (``zoo.generate``, export) rebuild the model from the checkpoint alone.
   """
 
-  def __init__(self, workdir: str, *, every: int, keep: int, fingerprint: dict[str, Any]):
+  def __init__(
+      self,
+      workdir: str,
+      *,
+      every: int,
+      keep: int,
+      fingerprint: dict[str, Any],
+      model_config: dict[str, Any] | None = None,
+  ):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.fingerprint = fingerprint
+    self.model_config = model_config
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(int(every), 1),
         max_to_keep=max(int(keep), 1),
@@ -149,6 +161,7 @@ class Checkpointer:
         "rng": np.asarray(jax.device_get(rng)).tolist(),
         "data": data_state,
         "fingerprint": self.fingerprint,
+        "model_config": self.model_config,
     }
     saved = self.manager.save(
         step,

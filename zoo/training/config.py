@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 import zoo
+from zoo import registry
 from zoo import sharding as sh
 from zoo.presets import PRESETS
 from zoo.training import tasks as tasks_lib
@@ -127,8 +128,7 @@ def family_of_preset(name: str) -> str:
 def model_config(config: ml_collections.ConfigDict, info: dict | None = None) -> Any:
   """The frozen model dataclass of a run: preset < task/data facts < explicit overrides."""
   name = config.model.name
-  family = family_of_preset(name)
-  cfg_cls, _ = zoo.family_classes(family)
+  cfg_cls = registry.get(family_of_preset(name)).config_cls
   fields = _field_names(cfg_cls)
   values: dict[str, Any] = {}
   if config.model.match_data and info is not None:

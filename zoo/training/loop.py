@@ -27,7 +27,7 @@ import optax
 from flax import linen as nn
 from jax.sharding import PartitionSpec
 
-import zoo
+from zoo import registry
 from zoo.training import checkpoint as ckpt_lib
 from zoo.training import config as config_lib
 from zoo.training import mesh as mesh_lib
@@ -168,22 +168,9 @@ def _units(task, batch) -> int:
   return task.units({k: tuple(np.shape(v)) for k, v in batch.items()})
 
 
-def _flops_per_step(model_cfg, family: str, task, batch, num_params: int) -> float:
+def _flops_per_step(model_cfg, batch, params) -> float:
   shapes = {k: tuple(np.shape(v)) for k, v in batch.items()}
-  d_model = model_cfg.d_model
-  if family == "vit":
-    b = shapes["images"][0]
-    seq = (model_cfg.image_size // model_cfg.patch_size) ** 2 + 1
-    tokens, layers = b * seq, model_cfg.num_layers
-  elif family == "transformer":
-    (b, s), (_, t) = shapes["src_ids"], shapes["tgt_in_ids"]
-    # Encoder params see S tokens, decoder params T: half the params each, roughly.
-    tokens, seq = b * (s + t) // 2, (s + t) // 2
-    layers = model_cfg.num_encoder_layers + model_cfg.num_decoder_layers
-  else:
-    b, seq = shapes["input_ids"]
-    tokens, layers = b * seq, model_cfg.num_layers
-  return metrics_lib.train_flops_per_step(num_params, tokens, layers, d_model, seq)
+  return registry.family_of(model_cfg).train_flops(model_cfg, params, shapes)["full"]
 
 
 def _finite(x) -> bool:
@@ -233,9 +220,9 @@ def program(
   one process compile once. ``step`` and ``eval`` have explicit in/out shardings (the state's
   and the batch's) and ``step`` donates the state.
   """
-  model = zoo.build(model_cfg)
+  model = registry.build(model_cfg)
   tx, schedule = make_optimizer(ml_collections.ConfigDict(dict(optim)), num_steps)
-  init_args, init_kwargs = zoo.family_module(zoo.family_of(model_cfg)).dummy_inputs(model_cfg)
+  init_args, init_kwargs = registry.family_of(model_cfg).dummy_inputs(model_cfg)
   abstract, shardings = state_lib.abstract_state(model, tx, init_args, init_kwargs, mesh, rules)
   batch_sh = mesh_lib.batch_sharding(mesh)
   rep = mesh_lib.replicated(mesh)
@@ -306,7 +293,7 @@ def train(
   info = dict(train_ds.info)
 
   model_cfg = config_lib.model_config(config, info)
-  family = zoo.family_of(model_cfg)
+  family = registry.family_of(model_cfg).name
   task = tasks_lib.get_task(config.task, config.label_smoothing)
   optim = tuple(sorted(config.optim.to_dict().items()))
   xla = tuple(sorted(tc.compiler_options.to_dict().items()))
@@ -319,6 +306,7 @@ def train(
       every=tc.checkpoint_every,
       keep=tc.keep_checkpoints,
       fingerprint=config_lib.fingerprint(model_cfg, config.task),
+      model_config=registry.config_to_json(model_cfg),
   )
   rng = jax.random.PRNGKey(config.seed)
   if ckpt.latest_step() is not None:
@@ -406,7 +394,7 @@ def train(
           pending = None
           writer.reset_clock(done)
           if flops is None and peak:
-            flops = _flops_per_step(model_cfg, family, task, local, num_params)
+            flops = _flops_per_step(model_cfg, local, state_shapes.params)
             flops *= jax.process_count()
             writer.flops_per_step, writer.peak = flops, peak * mesh.size
         else:

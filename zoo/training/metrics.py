@@ -52,18 +52,6 @@ def peak_flops(device: jax.Device | None = None) -> float | None:
   return None
 
 
-def train_flops_per_step(
-    num_params: int, tokens: int, num_layers: int, d_model: int, seq_len: int
-) -> float:
-  """Approximate training FLOPs of one step (PaLM, Chowdhery et al. 2022, appendix B).
-
-  ``6 * N`` per token for the matmuls forward and backward, plus ``12 * layers * d_model *
-  seq_len`` per token for attention scores and values. Embedding lookups are counted as
-  matmuls, which slightly overstates small-vocabulary models.
-  """
-  return float(tokens) * (6.0 * num_params + 12.0 * num_layers * d_model * seq_len)
-
-
 def _summary_writer(logdir: str):
   """``tensorboardX.SummaryWriter`` without importing torch.
 

@@ -1,0 +1,115 @@
+"""What every checkpoint reader shares: the config from a checkpoint's fields, the parameter
+shapes a config implies, and placing host arrays on one device or straight into a mesh.
+
+``api.py`` (Hugging Face folders, zoo checkpoints) and ``vit_npz.py`` (big_vision ``.npz``)
+both build their models through these functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from flax import traverse_util
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from zoo import registry
+from zoo import sharding as sh
+from zoo.layers.stack import scan_params
+from zoo.pretrained import keymap as km
+
+
+def make_config(
+    family: registry.Family, fields: Mapping[str, Any], dtype: Any, overrides: Mapping[str, Any],
+    where: str,
+) -> Any:
+  """The family's config from a checkpoint's ``fields``, ``dtype`` and user ``overrides``.
+
+  Fields the config class does not have are dropped (converters may report extra facts);
+  an override that names no field is an error listing the closest field names.
+  """
+  known = set(registry.field_names(family.config_cls))
+  for key in overrides:
+    if key not in known:
+      raise registry.unknown(key, known, f"{family.config_cls.__name__} field (from_pretrained override)")
+  values = {k: v for k, v in fields.items() if k in known}
+  if dtype is not None:
+    values["dtype"] = values["param_dtype"] = jnp.dtype(dtype)
+  values.update(overrides)
+  return registry.make_config(family, values, where)
+
+
+def loop_model(model: nn.Module) -> nn.Module:
+  """The same model with looped layers: key maps name ``layers_i``."""
+  if getattr(model.config, "scan_layers", False):
+    return type(model)(dataclasses.replace(model.config, scan_layers=False))
+  return model
+
+
+def param_shapes(model: nn.Module) -> tuple[dict, dict]:
+  """``(shapes, logical specs)`` of ``model``'s parameters, flattened by ``/``, from shapes only."""
+  return km.abstract_params(model, registry.family_of(model))
+
+
+def _fit_rules(rules: Sequence, mesh: Mesh):
+  """Drop mesh axes the mesh does not have, so the default rules work on any mesh."""
+  fitted = []
+  for logical, axes in rules:
+    if axes is not None:
+      axes = tuple(a for a in ((axes,) if isinstance(axes, str) else axes) if a in mesh.shape)
+      axes = axes or None
+    fitted.append((logical, axes))
+  return tuple(fitted)
+
+
+def param_shardings(model: nn.Module, mesh: Mesh, rules: Sequence | None = None) -> dict:
+  """``NamedSharding`` per parameter of ``model`` from its logical axis names and ``rules``.
+
+  A dimension that the mesh axes do not divide evenly is replicated instead (JAX arrays
+  cannot be sharded unevenly), e.g. GPT-2's 50257-row embedding over an even ``tensor`` axis.
+  """
+  rules = _fit_rules(sh.DEFAULT_RULES if rules is None else rules, mesh)
+  shapes, specs = param_shapes(model)
+  out = {}
+  for path, logical in specs.items():
+    mesh_spec = nn.logical_to_mesh_axes(logical, rules)
+    dims = []
+    for dim, axes in zip(shapes[path], tuple(mesh_spec) + (None,) * len(shapes[path])):
+      names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+      size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+      dims.append(axes if names and dim % size == 0 else None)
+    out[path] = NamedSharding(mesh, PartitionSpec(*dims))
+  return traverse_util.unflatten_dict(out, sep="/")
+
+
+def place(params: dict, model: nn.Module, mesh: Mesh | None, rules: Sequence | None = None):
+  """Host arrays -> device arrays: one device, or each straight into its mesh sharding."""
+  if mesh is None:
+    return jax.tree.map(jnp.asarray, params)
+  return jax.device_put(params, param_shardings(model, mesh, rules))
+
+
+def finish(model: nn.Module, flat: dict[str, np.ndarray], mesh, rules) -> dict:
+  """Flat loop-layout host arrays -> the model's (possibly scanned) placed param tree."""
+  cfg = model.config
+  param_dtype = jnp.dtype(getattr(cfg, "param_dtype", jnp.float32))
+  tree = traverse_util.unflatten_dict(
+      {k: np.asarray(v).astype(param_dtype) for k, v in flat.items()}, sep="/"
+  )
+  if getattr(cfg, "scan_layers", False):
+    tree = jax.tree.map(np.asarray, scan_params(tree))
+  return place(tree, model, mesh, rules)
+
+
+def host_flat(params) -> dict[str, np.ndarray]:
+  """A (boxed, device, possibly ``{"params": ...}``-wrapped) tree -> flat ``/`` host arrays."""
+  params = nn.unbox(params)
+  if "params" in params and len(params) == 1:
+    params = params["params"]
+  params = jax.device_get(params)
+  return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
