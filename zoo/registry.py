@@ -121,9 +121,10 @@ def build(config: Any):
   return family_of(config).model_cls(config)
 
 
-def converter_modules() -> list[types.ModuleType]:
-  """Every family's ``zoo.pretrained`` converter modules, imported."""
-  return [importlib.import_module(m) for f in families() for m in f.converters]
+def converter_modules(family: Family | None = None) -> list[types.ModuleType]:
+  """The ``zoo.pretrained`` converter modules of ``family`` (default: of every family), imported."""
+  chosen = families() if family is None else [family]
+  return [importlib.import_module(m) for f in chosen for m in f.converters]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,10 +22,10 @@ or number) falls in the lowest ``offline_eval_fraction`` of the hash range, else
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import pathlib
 import re
+import sys
 import sysconfig
 import zlib
 from collections.abc import Callable, Sequence
@@ -259,10 +259,10 @@ def sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
   Read straight from the ``digits.csv.gz`` the wheel ships (importing sklearn takes seconds).
   Pixel values are 0..16 counts of set bits in 4x4 blocks; they are stretched to 0..255.
   """
-  spec = importlib.util.find_spec("sklearn")
-  if spec is None or not spec.submodule_search_locations:
+  relative = pathlib.Path("sklearn", "datasets", "data", "digits.csv.gz")
+  path = next((pathlib.Path(p, relative) for p in sys.path if pathlib.Path(p, relative).is_file()), None)
+  if path is None:
     raise ValueError("the offline image dataset needs scikit-learn: `pip install scikit-learn`.")
-  path = pathlib.Path(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
   data = np.loadtxt(path, delimiter=",")
   images = np.round(data[:, :-1].reshape(-1, 8, 8, 1) * (255 / 16)).astype(np.uint8)
   return images, data[:, -1].astype(np.int64)

@@ -10,7 +10,6 @@ follow the same conventions (``Text`` fields, a ``ClassLabel`` ``label``, an ``I
 from __future__ import annotations
 
 import difflib
-import importlib
 import pathlib
 from typing import Any
 
@@ -95,7 +94,7 @@ def builder(cfg):
     pass
   for pkg in _LEGACY_PACKAGES:
     try:
-      importlib.import_module(f"tensorflow_datasets.{pkg}")
+      __import__(f"tensorflow_datasets.{pkg}")  # registers the package's builders
     except ImportError:
       pass
   try:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
+import runpy
 import sys
 from typing import Any
 
@@ -76,10 +76,7 @@ def load_run_config(spec: str):
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise ValueError(f"--config {spec!r}: {path} is not a file (expected configs/<name>.py[:arg]).")
-  module_spec = importlib.util.spec_from_file_location("_zoo_run_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return runpy.run_path(path)["get_config"](arg or None)
 
 
 def _model_from_meta(meta: dict[str, Any], where: str):
@@ -149,10 +146,10 @@ def load_workdir(workdir: str, config=None, step: int | None = None) -> Loaded:
 
 def load_pretrained(path: str) -> Loaded:
   """A Hugging Face or zoo checkpoint folder -> :class:`Loaded` (generation settings included)."""
-  import zoo
+  from zoo import pretrained
 
-  model, params = zoo.from_pretrained(path)
-  tokenizer = zoo.load_tokenizer(path)
+  model, params = pretrained.from_pretrained(path)
+  tokenizer = pretrained.load_tokenizer(path)
   hf = {**_read_json(os.path.join(path, "config.json")),
         **_read_json(os.path.join(path, "generation_config.json"))}
   eos = _first(hf.get("eos_token_id"))

@@ -11,7 +11,6 @@ shardings on a mesh).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import warnings
@@ -119,7 +118,7 @@ def save_hf(model: nn.Module, params, path: str) -> None:
   family = registry.family_of(model)
   if not family.converters:
     raise ValueError(f"{family.config_cls.__name__} has no Hugging Face format to export to.")
-  conv = importlib.import_module(family.converters[0])
+  conv = registry.converter_modules(family)[0]
   cfg = model.config
   hf = conv.config_to_hf(cfg)
   arch = hf["architectures"][0]
