@@ -593,3 +593,21 @@ def test_one_activation_table_exports_each_models_own_names():
     assert _exported_activation(conv, family, hf, "silu") == silu, conv.__name__
     assert _exported_activation(conv, family, hf, "gelu") == "gelu", conv.__name__
 
+
+def test_read_json_names_the_file_line_and_column(tmp_path):
+  (tmp_path / "config.json").write_text('{"a": 1}')
+  assert checkpoint_io.read_json(tmp_path / "config.json") == {"a": 1}
+  with pytest.raises(FileNotFoundError, match="missing.json does not exist"):
+    checkpoint_io.read_json(tmp_path / "missing.json")
+  assert checkpoint_io.read_json(str(tmp_path / "missing.json"), missing_ok=True) == {}
+  (tmp_path / "bad.json").write_text('{\n  "a": 1,\n  "b": \n}')
+  where = r"bad\.json is not valid JSON: Expecting value at line 4, column 1"
+  with pytest.raises(ValueError, match=where):
+    checkpoint_io.read_json(tmp_path / "bad.json")
+  # The tokenizer's optional files go through it too: a broken one is named, not skipped.
+  (tmp_path / "tok").mkdir()
+  (tmp_path / "tok" / "vocab.txt").write_text("[PAD]\n[UNK]\nhello\n")
+  (tmp_path / "tok" / "tokenizer_config.json").write_text('{"do_lower_case": tru}')
+  where = r"tokenizer_config\.json is not valid JSON: .* at line 1, column 19"
+  with pytest.raises(ValueError, match=where):
+    zoo.load_tokenizer(tmp_path / "tok")
