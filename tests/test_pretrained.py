@@ -19,8 +19,9 @@ from flax import traverse_util  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import zoo  # noqa: E402
+from zoo.layers.positional import interpolate_table  # noqa: E402
 from zoo.pretrained import api, checkpoint_io  # noqa: E402
-from zoo.pretrained import vit as vit_conv  # noqa: E402
+from zoo.pretrained import keymap as km  # noqa: E402
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -277,7 +278,7 @@ def test_torch_bicubic_resize_matches_torch():
     grid = torch.tensor(table[0, 1:].reshape(1, 4, 4, 8)).permute(0, 3, 1, 2)
     ref = torch.nn.functional.interpolate(grid, size=new, mode="bicubic", align_corners=False)
     ref = ref.permute(0, 2, 3, 1).reshape(-1, 8).numpy()
-    out = vit_conv.resize_positions(table, (4, 4), new)
+    out = interpolate_table(table, (4, 4), new, num_prefix=1)
     np.testing.assert_allclose(out[0, 1:], ref, atol=1e-5)
     np.testing.assert_array_equal(out[0, :1], table[0, :1])
 
@@ -556,3 +557,57 @@ def test_supported_architectures_cover_the_issue():
       "BertForSequenceClassification", "BertForTokenClassification", "ViTModel",
       "ViTForImageClassification", "MarianMTModel",
   }
+
+
+def _exported_activation(conv, family, hf, activation):
+  cfg_cls, _ = zoo.family_classes(family)
+  fields = conv.config_from_hf(hf, conv.ARCHITECTURES[0])
+  out = conv.config_to_hf(cfg_cls(**{**fields, "activation": activation}))
+  return out.get("hidden_act", out.get("activation_function"))
+
+
+def test_one_activation_table_exports_each_models_own_names():
+  from zoo.pretrained import bert, gpt2, marian, vit
+
+  for name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+    assert km.activation_from_hf(name) == "gelu_tanh"
+  assert km.activation_from_hf("swish") == km.activation_from_hf("silu") == "silu"
+  bert_hf = dict(vocab_size=V, hidden_size=D, num_attention_heads=N, num_hidden_layers=1,
+                 intermediate_size=F)
+  with pytest.raises(ValueError, match=r"hidden_act 'tanh' is not supported; known: .*gelu_new"):
+    bert.config_from_hf({**bert_hf, "hidden_act": "tanh"}, "BertModel")
+  with pytest.raises(ValueError, match=r"'swiglu' is not supported; known: \['gelu', 'gelu_tanh'"):
+    km.activation_to_hf("swiglu")
+  marian_hf = dict(vocab_size=V, d_model=D, encoder_attention_heads=N, decoder_attention_heads=N,
+                   encoder_layers=1, decoder_layers=1, encoder_ffn_dim=F, decoder_ffn_dim=F)
+  gpt2_hf = dict(vocab_size=V, n_positions=16, n_embd=D, n_head=N, n_layer=1)
+  # The names transformers writes for each model: ViT's configs say "gelu_pytorch_tanh" where
+  # BERT and GPT-2 say "gelu_new", and Marian's say "swish" for SiLU.
+  for conv, family, hf, gelu_tanh, silu in (
+      (bert, "bert", bert_hf, "gelu_new", "silu"),
+      (vit, "vit", {}, "gelu_pytorch_tanh", "silu"),
+      (gpt2, "gpt", gpt2_hf, "gelu_new", "silu"),
+      (marian, "transformer", marian_hf, "gelu_new", "swish"),
+  ):
+    assert _exported_activation(conv, family, hf, "gelu_tanh") == gelu_tanh, conv.__name__
+    assert _exported_activation(conv, family, hf, "silu") == silu, conv.__name__
+    assert _exported_activation(conv, family, hf, "gelu") == "gelu", conv.__name__
+
+
+def test_read_json_names_the_file_line_and_column(tmp_path):
+  (tmp_path / "config.json").write_text('{"a": 1}')
+  assert checkpoint_io.read_json(tmp_path / "config.json") == {"a": 1}
+  with pytest.raises(FileNotFoundError, match="missing.json does not exist"):
+    checkpoint_io.read_json(tmp_path / "missing.json")
+  assert checkpoint_io.read_json(str(tmp_path / "missing.json"), missing_ok=True) == {}
+  (tmp_path / "bad.json").write_text('{\n  "a": 1,\n  "b": \n}')
+  where = r"bad\.json is not valid JSON: Expecting value at line 4, column 1"
+  with pytest.raises(ValueError, match=where):
+    checkpoint_io.read_json(tmp_path / "bad.json")
+  # The tokenizer's optional files go through it too: a broken one is named, not skipped.
+  (tmp_path / "tok").mkdir()
+  (tmp_path / "tok" / "vocab.txt").write_text("[PAD]\n[UNK]\nhello\n")
+  (tmp_path / "tok" / "tokenizer_config.json").write_text('{"do_lower_case": tru}')
+  where = r"tokenizer_config\.json is not valid JSON: .* at line 1, column 19"
+  with pytest.raises(ValueError, match=where):
+    zoo.load_tokenizer(tmp_path / "tok")

@@ -13,7 +13,8 @@ Kinds (the ``tokenizer`` key of a data config):
     model trained on the training split and cached on disk; ids 0 [PAD], 1 [BOS], 2 [EOS],
     3 [UNK] (BPE adds 4 [CLS], 5 [SEP], 6 [MASK]).
   a path: ``tokenizer.json`` (any Hugging Face tokenizer), ``vocab.txt`` (BERT WordPiece),
-    ``*.model`` (SentencePiece), or a folder holding one of them.
+    ``*.model`` (SentencePiece), or a folder holding one of them. ``tokenizer.json`` and
+    ``vocab.txt`` are read by :mod:`zoo.pretrained.tokenizer`, as for a checkpoint's tokenizer.
 """
 
 from __future__ import annotations
@@ -91,13 +92,19 @@ class ByteTokenizer:
 
 
 class HFTokenizer:
-  """A ``tokenizers.Tokenizer`` (``tokenizer.json``, ``vocab.txt`` or trained BPE)."""
+  """A ``tokenizer.json``, ``vocab.txt`` or trained BPE, read by :mod:`zoo.pretrained.tokenizer`.
+
+  Args:
+    tok: the :class:`zoo.pretrained.tokenizer.Tokenizer` read from the file.
+    name: the file, for messages.
+  """
 
   def __init__(self, tok, name: str):
     self._tok = tok
     self.name = name
-    self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
-    ids = {role: _first_id(tok.token_to_id, cands) for role, cands in _SPECIAL_CANDIDATES.items()}
+    backend = tok.backend
+    self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+    ids = {role: _first_id(backend.token_to_id, c) for role, c in _SPECIAL_CANDIDATES.items()}
     self.bos_id, self.eos_id = ids["bos"], ids["eos"]
     self.cls_id, self.sep_id = ids["cls"], ids["sep"]
     self.mask_id, self.unk_id = ids["mask"], ids["unk"]
@@ -105,14 +112,14 @@ class HFTokenizer:
     pad = ids["pad"] if ids["pad"] is not None else self.eos_id
     self.pad_id = 0 if pad is None else pad
     self.extra_special_ids = tuple(
-        i for i, t in tok.get_added_tokens_decoder().items() if t.special
+        i for i, t in backend.get_added_tokens_decoder().items() if t.special
     )
 
   def encode(self, text: str) -> list[int]:
-    return self._tok.encode(text, add_special_tokens=False).ids
+    return self._tok.encode(text, add_special_tokens=False)
 
   def decode(self, ids: Iterable[int]) -> str:
-    return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+    return self._tok.decode(ids, skip_special_tokens=True)
 
 
 class SentencePieceTokenizer:
@@ -174,12 +181,16 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         f"tokenizer file {str(p)!r} does not exist: give a tokenizer.json, vocab.txt or "
         "SentencePiece .model path, or tokenizer='byte' (no file needed)."
     )
-  if p.suffix == ".json":
-    from tokenizers import Tokenizer as _HF
+  # Imported here: zoo.pretrained loads the model families, which byte-level data never needs.
+  from zoo.pretrained import tokenizer as pretrained_tokenizer
 
-    return HFTokenizer(_HF.from_file(str(p)), name=str(p))
+  if p.suffix == ".json":
+    return HFTokenizer(pretrained_tokenizer.read_tokenizer_json(p), name=str(p))
   if p.suffix == ".txt":
-    return HFTokenizer(_wordpiece_from_vocab(p), name=str(p))
+    # A bare vocab.txt has no tokenizer_config.json to say whether it is cased: read it off
+    # the vocabulary (bert-base-cased has capitals, uncased vocabularies have none).
+    config = {"do_lower_case": not _vocab_is_cased(p)}
+    return HFTokenizer(pretrained_tokenizer.read_vocab_txt(p, config), name=str(p))
   if p.suffix == ".model":
     return SentencePieceTokenizer(p.read_bytes(), name=str(p))
   raise ValueError(
@@ -188,20 +199,10 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
   )
 
 
-def _wordpiece_from_vocab(path: pathlib.Path):
-  """BERT's WordPiece from a ``vocab.txt``; lower-cases when the vocabulary has no capitals."""
-  from tokenizers import Tokenizer as _HF
-  from tokenizers import decoders, models, normalizers, pre_tokenizers
-
+def _vocab_is_cased(path: pathlib.Path) -> bool:
+  """Whether a ``vocab.txt`` has capitals outside its ``[SPECIAL]`` tokens."""
   words = path.read_text(encoding="utf-8").splitlines()
-  cased = any(w.lower() != w for w in words if not (w.startswith("[") and w.endswith("]")))
-  tok = _HF(models.WordPiece.from_file(str(path), unk_token="[UNK]"))
-  tok.normalizer = normalizers.BertNormalizer(lowercase=not cased, strip_accents=not cased)
-  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-  tok.decoder = decoders.WordPiece()
-  specials = [w for w in words if w in {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}]
-  tok.add_special_tokens(specials)
-  return tok
+  return any(w.lower() != w for w in words if not (w.startswith("[") and w.endswith("]")))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Position information: fixed sinusoidal tables, learned tables, rotary embeddings (RoPE).
+"""Position information: fixed sinusoidal tables, learned tables, rotary embeddings (RoPE), and
+the PyTorch-exact bicubic resize of a learned patch table (:func:`interpolate_table`).
 
 Every function takes explicit positions where it can, so packed sequences (positions restart
 per segment) and cached decoding (positions continue from the cache index) work unchanged.
@@ -155,13 +156,42 @@ def bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
   return w
 
 
-def interpolate_table(table: Array | np.ndarray, old_grid: tuple[int, int], new_grid: tuple[int, int]):
-  """Resize a ``[h*w, D]`` grid of position embeddings to ``new_grid`` (PyTorch/timm bicubic)."""
+def interpolate_table(
+    table: Array | np.ndarray,
+    old_grid: tuple[int, int],
+    new_grid: tuple[int, int],
+    *,
+    num_prefix: int = 0,
+):
+  """Resize the patch grid of a position table to ``new_grid`` (PyTorch/timm bicubic).
+
+  Args:
+    table: ``[..., num_prefix + h*w, D]``: ``num_prefix`` rows that belong to no patch (a
+      class token's), then the ``h x w`` grid, row-major.
+    old_grid: ``(h, w)`` of ``table``.
+    new_grid: the ``(h', w')`` to resize to.
+    num_prefix: leading rows kept as they are.
+
+  Returns:
+    ``[..., num_prefix + h'*w', D]`` in ``table``'s dtype (``table`` itself when the grids
+    agree): a NumPy array for a NumPy table, else a JAX array.
+  """
   if tuple(old_grid) == tuple(new_grid):
     return table
-  d = table.shape[-1]
-  rows = jnp.asarray(bicubic_matrix(old_grid[0], new_grid[0]), jnp.float32)
-  cols = jnp.asarray(bicubic_matrix(old_grid[1], new_grid[1]), jnp.float32)
-  grid = jnp.asarray(table, jnp.float32).reshape(*old_grid, d)
-  resized = jnp.einsum("ah,bw,hwd->abd", rows, cols, grid, precision="highest")
-  return resized.reshape(new_grid[0] * new_grid[1], d).astype(jnp.asarray(table).dtype)
+  # A NumPy table is a checkpoint being converted on the host: resize it in float64 NumPy (no
+  # device, no rounding beyond the final cast). Anything else runs inside a model, usually
+  # under jit: float32 with precision="highest", since TPUs would otherwise multiply in bf16.
+  if isinstance(table, np.ndarray):
+    xp, compute, kwargs = np, np.float64, {}
+  else:
+    xp, compute, kwargs = jnp, jnp.float32, {"precision": "highest"}
+  lead, d = table.shape[:-2], table.shape[-1]
+  rows = xp.asarray(bicubic_matrix(old_grid[0], new_grid[0]), compute)
+  cols = xp.asarray(bicubic_matrix(old_grid[1], new_grid[1]), compute)
+  grid = xp.asarray(table[..., num_prefix:, :], compute).reshape(*lead, *old_grid, d)
+  resized = xp.einsum("ah,bw,...hwd->...abd", rows, cols, grid, **kwargs)
+  resized = resized.reshape(*lead, new_grid[0] * new_grid[1], d)
+  if num_prefix:
+    prefix = xp.asarray(table[..., :num_prefix, :], compute)
+    resized = xp.concatenate([prefix, resized], axis=-2)
+  return resized.astype(table.dtype)

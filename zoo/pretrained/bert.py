@@ -51,9 +51,15 @@ _HEADS = {
 }
 _ARCH = {head: arch for arch, head in _HEADS.items()}
 _NO_POOLER = ("BertForMaskedLM", "BertForTokenClassification")  # add_pooling_layer=False
-_ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-                "relu": "relu", "silu": "silu", "swish": "silu"}
-_ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+_LAYER = km.LayerNames(
+    attention="attention",
+    qkv=("self.query", "self.key", "self.value"),
+    out="output.dense",
+    attn_norm="attention.output.LayerNorm",
+    mlp_in="intermediate.dense",
+    mlp_out="output.dense",
+    mlp_norm="output.LayerNorm",
+)
 
 
 def _num_labels(hf: dict[str, Any]) -> int:
@@ -64,9 +70,7 @@ def _num_labels(hf: dict[str, Any]) -> int:
 
 def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
   """BERT ``config.json`` -> :class:`BertConfig` fields."""
-  act = hf.get("hidden_act", "gelu")
-  if act not in _ACT_FROM_HF:
-    raise ValueError(f"BERT hidden_act {act!r} is not supported; known: {sorted(_ACT_FROM_HF)}.")
+  activation = km.activation_from_hf(hf.get("hidden_act", "gelu"), "BERT hidden_act")
   pos = hf.get("position_embedding_type", "absolute")
   if pos != "absolute":
     raise ValueError(f"BERT position_embedding_type={pos!r} is not supported (only 'absolute').")
@@ -82,7 +86,7 @@ def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
       num_heads=hf["num_attention_heads"],
       num_layers=hf["num_hidden_layers"],
       mlp_dim=hf["intermediate_size"],
-      activation=_ACT_FROM_HF[act],
+      activation=activation,
       norm_eps=hf.get("layer_norm_eps", 1e-12),
       dropout_rate=hf.get("hidden_dropout_prob", 0.1),
       attention_dropout_rate=hf.get("attention_probs_dropout_prob", 0.1),
@@ -123,7 +127,7 @@ def config_to_hf(cfg) -> dict[str, Any]:
       "num_attention_heads": cfg.num_heads,
       "num_hidden_layers": cfg.num_layers,
       "intermediate_size": cfg.mlp_dim,
-      "hidden_act": _ACT_TO_HF[cfg.activation],
+      "hidden_act": km.activation_to_hf(cfg.activation, what="BERT activation"),
       "layer_norm_eps": cfg.norm_eps,
       "hidden_dropout_prob": cfg.dropout_rate,
       "attention_probs_dropout_prob": cfg.attention_dropout_rate,
@@ -149,14 +153,6 @@ def ignore(hf: dict[str, Any], arch: str) -> tuple[str, ...]:
   return tuple(patterns)
 
 
-def _dense(src: str, dst: str) -> list[km.Entry]:
-  return [km.linear(f"{src}.weight", f"{dst}/kernel"), km.same(f"{src}.bias", f"{dst}/bias")]
-
-
-def _norm(src: str, dst: str) -> list[km.Entry]:
-  return [km.same(f"{src}.weight", f"{dst}/scale"), km.same(f"{src}.bias", f"{dst}/bias")]
-
-
 def entries(cfg, arch: str) -> list[km.Entry]:
   """The key map for ``cfg`` (names as ``arch`` saves them)."""
   n, h = cfg.num_heads, cfg.d_model // cfg.num_heads
@@ -166,35 +162,22 @@ def entries(cfg, arch: str) -> list[km.Entry]:
       km.same(f"{e}word_embeddings.weight", "embeddings/word_embeddings/embedding"),
       km.same(f"{e}position_embeddings.weight", "embeddings/position_embeddings/embedding"),
       km.same(f"{e}token_type_embeddings.weight", "embeddings/token_type_embeddings/embedding"),
-      *_norm(f"{e}LayerNorm", "embeddings/norm"),
+      *km.norm(f"{e}LayerNorm", "embeddings/norm"),
   ]
   for i in range(cfg.num_layers):
-    s, z = f"{p}encoder.layer.{i}.", f"encoder/layers_{i}/"
-    for name in ("query", "key", "value"):
-      out += [
-          km.linear_to_heads(f"{s}attention.self.{name}.weight", f"{z}attn/{name}/kernel", n, h),
-          km.heads_bias(f"{s}attention.self.{name}.bias", f"{z}attn/{name}/bias", n, h),
-      ]
-    out += [
-        km.linear_from_heads(f"{s}attention.output.dense.weight", f"{z}attn/out/kernel", n, h),
-        km.same(f"{s}attention.output.dense.bias", f"{z}attn/out/bias"),
-        *_norm(f"{s}attention.output.LayerNorm", f"{z}attn_norm"),
-        *_dense(f"{s}intermediate.dense", f"{z}mlp/wi"),
-        *_dense(f"{s}output.dense", f"{z}mlp/wo"),
-        *_norm(f"{s}output.LayerNorm", f"{z}mlp_norm"),
-    ]
+    out += km.encoder_layer(_LAYER, f"{p}encoder.layer.{i}.", f"encoder/layers_{i}/", n, h)
   if cfg.pooler:
-    out += _dense(f"{p}pooler.dense", "pooler")
+    out += km.dense(f"{p}pooler.dense", "pooler")
   if cfg.head in ("pretraining", "mlm"):
     out += [
-        *_dense("cls.predictions.transform.dense", "mlm/transform"),
-        *_norm("cls.predictions.transform.LayerNorm", "mlm/norm"),
+        *km.dense("cls.predictions.transform.dense", "mlm/transform"),
+        *km.norm("cls.predictions.transform.LayerNorm", "mlm/norm"),
         km.same("cls.predictions.bias", "mlm/bias"),
     ]
   if cfg.head == "pretraining":
-    out += _dense("cls.seq_relationship", "nsp")
+    out += km.dense("cls.seq_relationship", "nsp")
   if cfg.head in ("sequence_classification", "token_classification"):
-    out += _dense("classifier", "classifier")
+    out += km.dense("classifier", "classifier")
   return out
 
 

@@ -1,4 +1,5 @@
-"""Reading and writing tensor files: safetensors (without torch), PyTorch ``.bin``, ``.npz``.
+"""Reading and writing tensor files: safetensors (without torch), PyTorch ``.bin``, ``.npz``;
+the JSON files next to them (:func:`read_json`).
 
 Safetensors are read lazily through ``safetensors.safe_open(..., framework="numpy")``; dtypes
 numpy itself lacks (bfloat16, float8) are read straight from the file's JSON header and byte
@@ -38,6 +39,33 @@ SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PT_BIN = "pytorch_model.bin"
 PT_BIN_INDEX = "pytorch_model.bin.index.json"
+
+
+def read_json(path: str | os.PathLike, *, missing_ok: bool = False) -> Any:
+  """The parsed contents of a JSON file (``config.json``, ``tokenizer_config.json``, ...).
+
+  Args:
+    path: the file.
+    missing_ok: return ``{}`` for a file that does not exist (optional files such as
+      ``special_tokens_map.json``) instead of raising.
+
+  Raises:
+    FileNotFoundError: ``path`` does not exist (and not ``missing_ok``); the message names it.
+    ValueError: the file is not valid JSON; the message names the file, line and column.
+  """
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    if missing_ok:
+      return {}
+    raise FileNotFoundError(f"{path} does not exist.")
+  with open(path, encoding="utf-8") as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      # json's own message omits the file, which is what a user needs to go and fix it.
+      raise ValueError(
+          f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}."
+      ) from e
 
 
 class _SafetensorsFile:
@@ -106,8 +134,7 @@ class TensorStore:
       )
 
   def _shards(self, index_path: str) -> list[str]:
-    with open(index_path) as f:
-      files = sorted(set(json.load(f)["weight_map"].values()))
+    files = sorted(set(read_json(index_path)["weight_map"].values()))
     return [os.path.join(self.folder, name) for name in files]
 
   def _add_safetensors(self, paths):

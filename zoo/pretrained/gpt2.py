@@ -34,23 +34,12 @@ MODEL_TYPE = "gpt2"
 ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
 PREFIX = "transformer."
 
-_ACT_FROM_HF = {
-    "gelu_new": "gelu_tanh",
-    "gelu_pytorch_tanh": "gelu_tanh",
-    "gelu_fast": "gelu_tanh",
-    "gelu": "gelu",
-    "relu": "relu",
-    "silu": "silu",
-    "swish": "silu",
-}
-_ACT_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
-
 
 def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
   """GPT-2 ``config.json`` -> :class:`GPTConfig` fields."""
-  act = hf.get("activation_function", "gelu_new")
-  if act not in _ACT_FROM_HF:
-    raise ValueError(f"GPT-2 activation_function {act!r} is not supported; known: {sorted(_ACT_FROM_HF)}.")
+  activation = km.activation_from_hf(
+      hf.get("activation_function", "gelu_new"), "GPT-2 activation_function"
+  )
   for key, unsupported in (
       ("scale_attn_by_inverse_layer_idx", True),
       ("scale_attn_weights", False),
@@ -66,7 +55,7 @@ def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
       num_heads=hf["n_head"],
       num_layers=hf["n_layer"],
       mlp_dim=hf.get("n_inner") or 4 * d,
-      activation=_ACT_FROM_HF[act],
+      activation=activation,
       norm_eps=hf.get("layer_norm_epsilon", 1e-5),
       tie_embeddings=hf.get("tie_word_embeddings", True) if arch != "GPT2Model" else True,
       dropout_rate=hf.get("resid_pdrop", 0.1),
@@ -100,7 +89,7 @@ def config_to_hf(cfg) -> dict[str, Any]:
       "n_layer": cfg.num_layers,
       "n_head": cfg.num_heads,
       "n_inner": cfg.mlp_dim,
-      "activation_function": _ACT_TO_HF[cfg.activation],
+      "activation_function": km.activation_to_hf(cfg.activation, what="GPT-2 activation"),
       "layer_norm_epsilon": cfg.norm_eps,
       "resid_pdrop": cfg.dropout_rate,
       "embd_pdrop": cfg.dropout_rate,
@@ -127,15 +116,13 @@ def entries(cfg, arch: str) -> list[km.Entry]:
   out = [
       km.same(f"{p}wte.weight", "wte/embedding"),
       km.same(f"{p}wpe.weight", "wpe/embedding"),
-      km.same(f"{p}ln_f.weight", "ln_f/scale"),
-      km.same(f"{p}ln_f.bias", "ln_f/bias"),
+      *km.norm(f"{p}ln_f", "ln_f"),
   ]
   for i in range(cfg.num_layers):
     s, z = f"{p}h.{i}.", f"decoder/layers_{i}/"
     qkv = [f"{z}attn/{name}" for name in ("query", "key", "value")]
     out += [
-        km.same(f"{s}ln_1.weight", f"{z}attn_norm/scale"),
-        km.same(f"{s}ln_1.bias", f"{z}attn_norm/bias"),
+        *km.norm(f"{s}ln_1", f"{z}attn_norm"),
         # Conv1D [D, 3D]: columns are [q | k | v], each [D, N*H] with heads outermost.
         km.fused(f"{s}attn.c_attn.weight", [f"{q}/kernel" for q in qkv], 1,
                  lambda w: w.reshape(-1, n, h), lambda k: k.reshape(k.shape[0], -1)),
@@ -144,8 +131,7 @@ def entries(cfg, arch: str) -> list[km.Entry]:
         km.tensor(f"{s}attn.c_proj.weight", f"{z}attn/out/kernel",
                   lambda w: w.reshape(n, h, -1), lambda k: k.reshape(n * h, -1)),
         km.same(f"{s}attn.c_proj.bias", f"{z}attn/out/bias"),
-        km.same(f"{s}ln_2.weight", f"{z}mlp_norm/scale"),
-        km.same(f"{s}ln_2.bias", f"{z}mlp_norm/bias"),
+        *km.norm(f"{s}ln_2", f"{z}mlp_norm"),
         km.same(f"{s}mlp.c_fc.weight", f"{z}mlp/wi/kernel"),
         km.same(f"{s}mlp.c_fc.bias", f"{z}mlp/wi/bias"),
         km.same(f"{s}mlp.c_proj.weight", f"{z}mlp/wo/kernel"),

@@ -7,6 +7,10 @@ directions, so export is the exact inverse of import. The engine checks every te
 against the shape the zoo config implies *before* transforming it, and reports missing and
 unused tensors by name.
 
+Converters build their lists from the shared groups below (:func:`dense`, :func:`norm`,
+:func:`attention`, :func:`encoder_layer`) and read activation names from one table
+(:func:`activation_from_hf`, :func:`activation_to_hf`).
+
 Shapes: D width, N heads, H head dim, F mlp width, V vocabulary.
 """
 
@@ -87,6 +91,133 @@ def fused(src: str, dsts: Sequence[str], axis: int, to_part, from_part) -> Entry
       lambda xs: [to_part(p) for p in np.split(xs[0], k, axis=axis)],
       lambda ps: [np.concatenate([from_part(p) for p in ps], axis=axis)],
   )
+
+
+# ----------------------------------------------------------------------------------------------
+# Builders: the entry groups Hugging Face's PyTorch modules share, named once.
+
+
+def dense(src: str, dst: str) -> list[Entry]:
+  """``nn.Linear`` ``{src}.weight`` / ``.bias`` <-> flax ``Dense`` ``{dst}/kernel`` / ``/bias``."""
+  return [linear(f"{src}.weight", f"{dst}/kernel"), same(f"{src}.bias", f"{dst}/bias")]
+
+
+def norm(src: str, dst: str) -> list[Entry]:
+  """``nn.LayerNorm`` ``{src}.weight`` / ``.bias`` <-> flax ``{dst}/scale`` / ``/bias``."""
+  return [same(f"{src}.weight", f"{dst}/scale"), same(f"{src}.bias", f"{dst}/bias")]
+
+
+def attention(
+    src: str, dst: str, n: int, h: int, *, qkv: tuple[str, str, str], out: str
+) -> list[Entry]:
+  """Separate q/k/v/out ``nn.Linear`` layers <-> zoo ``{dst}/{query,key,value,out}``.
+
+  Args:
+    src: the checkpoint prefix of the block (``"encoder.layer.0.attention"``).
+    dst: the zoo attention module (``"encoder/layers_0/attn"``).
+    n: number of heads N.
+    h: head dim H.
+    qkv: the query, key and value layer names under ``src`` (``("self.query", ...)``).
+    out: the output projection's name under ``src`` (``"output.dense"``).
+
+  Returns:
+    Entries for q/k/v ``[N*H, D]`` -> ``[D, N, H]`` (biases ``[N, H]``) and out ``[D, N*H]``
+    -> ``[N, H, D]``.
+  """
+  entries = []
+  for hf_name, zoo_name in zip(qkv, ("query", "key", "value")):
+    entries += [
+        linear_to_heads(f"{src}.{hf_name}.weight", f"{dst}/{zoo_name}/kernel", n, h),
+        heads_bias(f"{src}.{hf_name}.bias", f"{dst}/{zoo_name}/bias", n, h),
+    ]
+  entries += [
+      linear_from_heads(f"{src}.{out}.weight", f"{dst}/out/kernel", n, h),
+      same(f"{src}.{out}.bias", f"{dst}/out/bias"),
+  ]
+  return entries
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LayerNames:
+  """Where one Hugging Face encoder layer keeps its parts, relative to the layer's prefix.
+
+  Every zoo encoder layer (BERT, ViT and the Transformer's encoder and decoder) has the same
+  parts: ``attn`` (q/k/v/out), ``attn_norm``, ``mlp/wi``, ``mlp/wo`` and ``mlp_norm``; only the
+  checkpoint names differ.
+  """
+
+  attention: str  # the attention block (``"attention"``, ``"self_attn"``)
+  qkv: tuple[str, str, str]  # q/k/v layers under ``attention``
+  out: str  # the output projection under ``attention``
+  attn_norm: str  # the LayerNorm around attention
+  mlp_in: str  # the first feed-forward layer [F, D]
+  mlp_out: str  # the second feed-forward layer [D, F]
+  mlp_norm: str  # the LayerNorm around the feed-forward block
+
+
+def encoder_layer(names: LayerNames, src: str, dst: str, n: int, h: int) -> list[Entry]:
+  """One encoder layer: ``src`` (``"encoder.layer.0."``) <-> ``dst`` (``"encoder/layers_0/"``).
+
+  Both prefixes end with their separator, as in the converters' per-layer loops.
+  """
+  return [
+      *attention(f"{src}{names.attention}", f"{dst}attn", n, h, qkv=names.qkv, out=names.out),
+      *norm(f"{src}{names.attn_norm}", f"{dst}attn_norm"),
+      *dense(f"{src}{names.mlp_in}", f"{dst}mlp/wi"),
+      *dense(f"{src}{names.mlp_out}", f"{dst}mlp/wo"),
+      *norm(f"{src}{names.mlp_norm}", f"{dst}mlp_norm"),
+  ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Activation names.
+
+# Hugging Face ``hidden_act`` / ``activation_function`` -> zoo activation. "gelu_new",
+# "gelu_pytorch_tanh" and "gelu_fast" are one function (the tanh approximation) under three
+# names; "swish" is transformers' older name for SiLU.
+ACT_FROM_HF = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
+# zoo activation -> the name written on export; converters override an entry where their
+# model's own configs use another name for the same function (ViT "gelu_pytorch_tanh",
+# Marian "swish"), so exported config.json files read like the ones transformers writes.
+ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+
+
+def _lookup(table: dict[str, str], value: str, what: str) -> str:
+  if value not in table:
+    raise ValueError(f"{what} {value!r} is not supported; known: {sorted(table)}.")
+  return table[value]
+
+
+def activation_from_hf(value: str, what: str = "activation") -> str:
+  """The zoo activation for a Hugging Face activation name.
+
+  Args:
+    value: the config's ``hidden_act`` / ``activation_function``.
+    what: how to name the field in the error (``"BERT hidden_act"``).
+
+  Raises:
+    ValueError: ``value`` is not in :data:`ACT_FROM_HF` (the message lists the known names).
+  """
+  return _lookup(ACT_FROM_HF, value, what)
+
+
+def activation_to_hf(
+    value: str, overrides: dict[str, str] | None = None, what: str = "activation"
+) -> str:
+  """The Hugging Face name written for a zoo activation (``overrides`` take precedence).
+
+  Raises:
+    ValueError: the activation has no Hugging Face name.
+  """
+  return _lookup({**ACT_TO_HF, **(overrides or {})}, value, what)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -37,16 +37,24 @@ MODEL_TYPE = "marian"
 ARCHITECTURES = ("MarianMTModel",)
 PREFIX = "model."
 
-_ACT_FROM_HF = {"swish": "silu", "silu": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
-                "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
-_ACT_TO_HF = {"silu": "swish", "gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
+# Opus-MT configs call SiLU "swish": exports keep that name.
+_ACT_TO_HF = {"silu": "swish"}
+_LAYER = km.LayerNames(  # the same names in encoder and decoder layers
+    attention="self_attn",
+    qkv=("q_proj", "k_proj", "v_proj"),
+    out="out_proj",
+    attn_norm="self_attn_layer_norm",
+    mlp_in="fc1",
+    mlp_out="fc2",
+    mlp_norm="final_layer_norm",
+)
 
 
 def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
   """Marian ``config.json`` -> :class:`TransformerConfig` fields."""
-  act = hf.get("activation_function", "swish")
-  if act not in _ACT_FROM_HF:
-    raise ValueError(f"Marian activation_function {act!r} is not supported; known: {sorted(_ACT_FROM_HF)}.")
+  activation = km.activation_from_hf(
+      hf.get("activation_function", "swish"), "Marian activation_function"
+  )
   for a, b in (("encoder_attention_heads", "decoder_attention_heads"),
                ("encoder_ffn_dim", "decoder_ffn_dim")):
     if hf.get(a) != hf.get(b):
@@ -73,7 +81,7 @@ def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
       scale_embeddings=hf.get("scale_embedding", False),
       final_logits_bias=True,
       norm_position="post",
-      activation=_ACT_FROM_HF[act],
+      activation=activation,
       norm_eps=1e-5,  # torch.nn.LayerNorm's default, which Marian uses
       dropout_rate=hf.get("dropout", 0.1),
       attention_dropout_rate=hf.get("attention_dropout", 0.0),
@@ -119,7 +127,7 @@ def config_to_hf(cfg) -> dict[str, Any]:
       "decoder_ffn_dim": cfg.mlp_dim,
       "max_position_embeddings": cfg.max_len,
       "scale_embedding": cfg.scale_embeddings,
-      "activation_function": _ACT_TO_HF[cfg.activation],
+      "activation_function": km.activation_to_hf(cfg.activation, _ACT_TO_HF, "Marian activation"),
       "dropout": cfg.dropout_rate,
       "attention_dropout": cfg.attention_dropout_rate,
       "activation_dropout": cfg.mlp_dropout_rate,
@@ -140,28 +148,6 @@ def ignore(hf: dict[str, Any], arch: str) -> tuple[str, ...]:
   return tuple(patterns)
 
 
-def _attention(src: str, dst: str, n: int, h: int) -> list[km.Entry]:
-  out = []
-  for hf_name, zoo_name in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value")):
-    out += [
-        km.linear_to_heads(f"{src}.{hf_name}.weight", f"{dst}/{zoo_name}/kernel", n, h),
-        km.heads_bias(f"{src}.{hf_name}.bias", f"{dst}/{zoo_name}/bias", n, h),
-    ]
-  out += [
-      km.linear_from_heads(f"{src}.out_proj.weight", f"{dst}/out/kernel", n, h),
-      km.same(f"{src}.out_proj.bias", f"{dst}/out/bias"),
-  ]
-  return out
-
-
-def _dense(src: str, dst: str) -> list[km.Entry]:
-  return [km.linear(f"{src}.weight", f"{dst}/kernel"), km.same(f"{src}.bias", f"{dst}/bias")]
-
-
-def _norm(src: str, dst: str) -> list[km.Entry]:
-  return [km.same(f"{src}.weight", f"{dst}/scale"), km.same(f"{src}.bias", f"{dst}/bias")]
-
-
 def entries(cfg, arch: str) -> list[km.Entry]:
   """The key map for ``cfg``."""
   n, h = cfg.num_heads, cfg.d_model // cfg.num_heads
@@ -175,17 +161,12 @@ def entries(cfg, arch: str) -> list[km.Entry]:
   for side, count in (("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers)):
     for i in range(count):
       s, z = f"model.{side}.layers.{i}.", f"{side}/layers_{i}/"
-      out += [
-          *_attention(f"{s}self_attn", f"{z}attn", n, h),
-          *_norm(f"{s}self_attn_layer_norm", f"{z}attn_norm"),
-          *_dense(f"{s}fc1", f"{z}mlp/wi"),
-          *_dense(f"{s}fc2", f"{z}mlp/wo"),
-          *_norm(f"{s}final_layer_norm", f"{z}mlp_norm"),
-      ]
+      out += km.encoder_layer(_LAYER, s, z, n, h)
       if side == "decoder":
         out += [
-            *_attention(f"{s}encoder_attn", f"{z}cross_attn", n, h),
-            *_norm(f"{s}encoder_attn_layer_norm", f"{z}cross_norm"),
+            *km.attention(f"{s}encoder_attn", f"{z}cross_attn", n, h, qkv=_LAYER.qkv,
+                          out=_LAYER.out),
+            *km.norm(f"{s}encoder_attn_layer_norm", f"{z}cross_norm"),
         ]
   if cfg.final_logits_bias:
     out.append(km.tensor("final_logits_bias", "final_logits_bias",

@@ -5,23 +5,20 @@ Marian's ``source.spm`` + ``target.spm`` + ``vocab.json``, BERT's ``vocab.txt`` 
 ``vocab.json`` + ``merges.txt``, and wraps what it finds in one small interface:
 ``encode(text) -> list[int]``, ``decode(ids) -> str`` and ``__call__(texts)`` -> padded
 numpy batches (``input_ids``, ``attention_mask``, ``token_type_ids``) that zoo models take.
+
+:func:`read_tokenizer_json` and :func:`read_vocab_txt` read one file of either kind; the data
+pipelines (:func:`zoo.data.tokenizers.load_tokenizer`) read those files through them too.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-
-def _read_json(path: str) -> dict[str, Any]:
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
+from zoo.pretrained.checkpoint_io import read_json
 
 
 def _token(value: Any) -> str | None:
@@ -122,7 +119,7 @@ class _Marian:
 
     self.source = spm.SentencePieceProcessor(model_file=os.path.join(folder, "source.spm"))
     self.target = spm.SentencePieceProcessor(model_file=os.path.join(folder, "target.spm"))
-    self.vocab: dict[str, int] = _read_json(os.path.join(folder, "vocab.json"))
+    self.vocab: dict[str, int] = read_json(os.path.join(folder, "vocab.json"))
     self.pieces = {i: p for p, i in self.vocab.items()}
     self.unk = self.vocab[_token(config.get("unk_token")) or "<unk>"]
     self.eos = self.vocab[_token(config.get("eos_token")) or "</s>"]
@@ -154,44 +151,75 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer | None:
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"{folder} is not a folder.")
   config = {
-      **_read_json(os.path.join(folder, "special_tokens_map.json")),
-      **_read_json(os.path.join(folder, "tokenizer_config.json")),
+      **read_json(os.path.join(folder, "special_tokens_map.json"), missing_ok=True),
+      **read_json(os.path.join(folder, "tokenizer_config.json"), missing_ok=True),
   }
   has = lambda *names: all(os.path.exists(os.path.join(folder, n)) for n in names)  # noqa: E731
-  pad = _token(config.get("pad_token"))
 
   if has("source.spm", "target.spm", "vocab.json"):
     marian = _Marian(folder, config)
     return Tokenizer(None, kind="marian", pad_id=marian.pad, vocab_size=len(marian.vocab), marian=marian)
-
-  import tokenizers
-
   if has("tokenizer.json"):
-    backend = tokenizers.Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
-    kind = "tokenizer.json"
-    if backend.padding:
-      pad = pad or backend.padding.get("pad_token")
-    # Fixed-length padding / truncation saved in the file would apply to every encode();
-    # batches are padded to their longest row in __call__ instead.
-    backend.no_padding()
-    backend.no_truncation()
-  elif has("vocab.txt"):
-    lower = config.get("do_lower_case", True)
-    backend = tokenizers.BertWordPieceTokenizer(
-        os.path.join(folder, "vocab.txt"),
-        lowercase=lower,
-        strip_accents=config.get("strip_accents"),
-        handle_chinese_chars=config.get("tokenize_chinese_chars", True),
-    )
-    kind = "vocab.txt"
-    pad = pad or "[PAD]"
-  elif has("vocab.json", "merges.txt"):
+    return read_tokenizer_json(os.path.join(folder, "tokenizer.json"), config)
+  if has("vocab.txt"):
+    return read_vocab_txt(os.path.join(folder, "vocab.txt"), config)
+  if has("vocab.json", "merges.txt"):
+    import tokenizers
+
     backend = tokenizers.ByteLevelBPETokenizer(
         os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
     )
-    kind = "bpe"
-  else:
-    return None
+    return _wrap(backend, "bpe", _token(config.get("pad_token")))
+  return None
+
+
+def read_tokenizer_json(path: str | os.PathLike, config: dict[str, Any] | None = None) -> Tokenizer:
+  """One ``tokenizer.json`` file (any fast tokenizer, any file name).
+
+  Args:
+    path: the file.
+    config: ``tokenizer_config.json`` / ``special_tokens_map.json`` contents; their
+      ``pad_token`` wins over the one the file's padding settings name.
+
+  Returns:
+    A :class:`Tokenizer` whose ``encode`` never pads or truncates.
+  """
+  import tokenizers
+
+  backend = tokenizers.Tokenizer.from_file(os.fspath(path))
+  pad = _token((config or {}).get("pad_token"))
+  if backend.padding:
+    pad = pad or backend.padding.get("pad_token")
+  # Fixed-length padding / truncation saved in the file (all-MiniLM-L6-v2 pads to 128) would
+  # apply to every encode(); callers pad batches themselves, to their longest row.
+  backend.no_padding()
+  backend.no_truncation()
+  return _wrap(backend, "tokenizer.json", pad)
+
+
+def read_vocab_txt(path: str | os.PathLike, config: dict[str, Any] | None = None) -> Tokenizer:
+  """BERT's WordPiece from one ``vocab.txt``.
+
+  Args:
+    path: the file.
+    config: ``tokenizer_config.json`` contents: ``do_lower_case`` (default True, as in
+      ``transformers.BertTokenizer``), ``strip_accents`` (default: follow lower-casing),
+      ``tokenize_chinese_chars`` and ``pad_token`` (default ``[PAD]``).
+  """
+  import tokenizers
+
+  config = config or {}
+  backend = tokenizers.BertWordPieceTokenizer(
+      os.fspath(path),
+      lowercase=config.get("do_lower_case", True),
+      strip_accents=config.get("strip_accents"),
+      handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+  )
+  return _wrap(backend, "vocab.txt", _token(config.get("pad_token")) or "[PAD]")
+
+
+def _wrap(backend, kind: str, pad: str | None) -> Tokenizer:
+  """A :class:`Tokenizer` over a ``tokenizers`` backend; pad id 0 when ``pad`` is unknown."""
   pad_id = backend.token_to_id(pad) if pad else None
   return Tokenizer(
       backend,

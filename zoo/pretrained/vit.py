@@ -24,7 +24,8 @@ classifier [K, D]                                head [D, K]
 
 Loading at another ``image_size`` (``from_pretrained(path, image_size=384)``) resizes the
 position table the way ``transformers``' ``interpolate_pos_encoding`` and timm do: PyTorch's
-bicubic (a = -0.75, half-pixel centres, clamped borders), see :func:`resize_positions`.
+bicubic (a = -0.75, half-pixel centres, clamped borders), see
+:func:`zoo.layers.positional.interpolate_table`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.layers.positional import bicubic_matrix
+from zoo.layers.positional import interpolate_table
 from zoo.models.vit import ViTConfig
 from zoo.pretrained import keymap as km
 
@@ -43,16 +44,22 @@ ARCHITECTURES = ("ViTModel", "ViTForImageClassification")
 PREFIX = "vit."
 RESIZE_FIELDS = ("image_size",)  # may differ from the checkpoint's: positions are resized
 
-_ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-                "relu": "relu", "silu": "silu", "swish": "silu"}
-_ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu", "silu": "silu"}
+# ViT exports the tanh GELU as "gelu_pytorch_tanh" (BERT, GPT-2: "gelu_new", the same function).
+_ACT_TO_HF = {"gelu_tanh": "gelu_pytorch_tanh"}
+_LAYER = km.LayerNames(
+    attention="attention",
+    qkv=("attention.query", "attention.key", "attention.value"),
+    out="output.dense",
+    attn_norm="layernorm_before",
+    mlp_in="intermediate.dense",
+    mlp_out="output.dense",
+    mlp_norm="layernorm_after",
+)
 
 
 def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
   """ViT ``config.json`` (and the tensor names, for the optional pooler) -> ViTConfig fields."""
-  act = hf.get("hidden_act", "gelu")
-  if act not in _ACT_FROM_HF:
-    raise ValueError(f"ViT hidden_act {act!r} is not supported; known: {sorted(_ACT_FROM_HF)}.")
+  activation = km.activation_from_hf(hf.get("hidden_act", "gelu"), "ViT hidden_act")
   if not hf.get("qkv_bias", True):
     raise ValueError("ViT qkv_bias=false is not supported (zoo's ViT has biases everywhere).")
   if hf.get("pooler_act", "tanh") != "tanh":
@@ -79,7 +86,7 @@ def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
       position="learned",
       class_token=True,
       representation_size=(hf.get("pooler_output_size") or d) if has_pooler and not classify else None,
-      activation=_ACT_FROM_HF[act],
+      activation=activation,
       norm_eps=hf.get("layer_norm_eps", 1e-12),
       dropout_rate=hf.get("hidden_dropout_prob", 0.0),
       attention_dropout_rate=hf.get("attention_probs_dropout_prob", 0.0),
@@ -109,7 +116,7 @@ def config_to_hf(cfg) -> dict[str, Any]:
       "num_attention_heads": cfg.num_heads,
       "num_hidden_layers": cfg.num_layers,
       "intermediate_size": cfg.mlp_dim,
-      "hidden_act": _ACT_TO_HF[cfg.activation],
+      "hidden_act": km.activation_to_hf(cfg.activation, _ACT_TO_HF, "ViT activation"),
       "layer_norm_eps": cfg.norm_eps,
       "hidden_dropout_prob": cfg.dropout_rate,
       "attention_probs_dropout_prob": cfg.attention_dropout_rate,
@@ -140,14 +147,6 @@ def conv_to_torch(k: np.ndarray) -> np.ndarray:
   return k.transpose(3, 2, 0, 1)
 
 
-def _dense(src: str, dst: str) -> list[km.Entry]:
-  return [km.linear(f"{src}.weight", f"{dst}/kernel"), km.same(f"{src}.bias", f"{dst}/bias")]
-
-
-def _norm(src: str, dst: str) -> list[km.Entry]:
-  return [km.same(f"{src}.weight", f"{dst}/scale"), km.same(f"{src}.bias", f"{dst}/bias")]
-
-
 def entries(cfg, arch: str) -> list[km.Entry]:
   """The key map for ``cfg`` (names as ``arch`` saves them)."""
   n, h = cfg.num_heads, cfg.d_model // cfg.num_heads
@@ -159,27 +158,14 @@ def entries(cfg, arch: str) -> list[km.Entry]:
       km.same(f"{e}patch_embeddings.projection.bias", "embedding/bias"),
       km.same(f"{e}cls_token", "cls"),
       km.same(f"{e}position_embeddings", "pos_embedding"),
-      *_norm(f"{p}layernorm", "encoder_norm"),
+      *km.norm(f"{p}layernorm", "encoder_norm"),
   ]
   for i in range(cfg.num_layers):
-    s, z = f"{p}encoder.layer.{i}.", f"encoder/layers_{i}/"
-    for name in ("query", "key", "value"):
-      out += [
-          km.linear_to_heads(f"{s}attention.attention.{name}.weight", f"{z}attn/{name}/kernel", n, h),
-          km.heads_bias(f"{s}attention.attention.{name}.bias", f"{z}attn/{name}/bias", n, h),
-      ]
-    out += [
-        km.linear_from_heads(f"{s}attention.output.dense.weight", f"{z}attn/out/kernel", n, h),
-        km.same(f"{s}attention.output.dense.bias", f"{z}attn/out/bias"),
-        *_norm(f"{s}layernorm_before", f"{z}attn_norm"),
-        *_norm(f"{s}layernorm_after", f"{z}mlp_norm"),
-        *_dense(f"{s}intermediate.dense", f"{z}mlp/wi"),
-        *_dense(f"{s}output.dense", f"{z}mlp/wo"),
-    ]
+    out += km.encoder_layer(_LAYER, f"{p}encoder.layer.{i}.", f"encoder/layers_{i}/", n, h)
   if cfg.representation_size is not None:
-    out += _dense(f"{p}pooler.dense", "pre_logits")
+    out += km.dense(f"{p}pooler.dense", "pre_logits")
   if cfg.num_classes:
-    out += _dense("classifier", "head")
+    out += km.dense("classifier", "head")
   return out
 
 
@@ -195,31 +181,15 @@ def describe(cfg) -> str:
 # Position tables at another resolution.
 
 
-def resize_positions(
-    table: np.ndarray, old_grid: tuple[int, int], new_grid: tuple[int, int], num_prefix: int = 1
-) -> np.ndarray:
-  """Resize a ``[1, prefix + h*w, D]`` position table to another patch grid.
-
-  The first ``num_prefix`` rows (the class token's) are kept; the ``h x w`` grid is resized
-  with PyTorch's bicubic, so a zoo model loaded at a new size computes what
-  ``transformers``' ``interpolate_pos_encoding=True`` (and timm) compute at that size.
-  """
-  if tuple(old_grid) == tuple(new_grid):
-    return table
-  d = table.shape[-1]
-  grid = np.asarray(table[0, num_prefix:], np.float64).reshape(*old_grid, d)
-  rows = bicubic_matrix(old_grid[0], new_grid[0])
-  cols = bicubic_matrix(old_grid[1], new_grid[1])
-  resized = np.einsum("ah,bw,hwd->abd", rows, cols, grid).reshape(1, -1, d)
-  return np.concatenate([np.asarray(table[:, :num_prefix], np.float64), resized], axis=1).astype(
-      table.dtype
-  )
-
-
 def resize(flat: dict[str, np.ndarray], native, cfg) -> dict[str, np.ndarray]:
-  """Adapt params loaded for config ``native`` to ``cfg`` (another ``image_size``)."""
+  """Adapt params loaded for config ``native`` to ``cfg`` (another ``image_size``).
+
+  The class token's row is kept and the patch grid resized with PyTorch's bicubic, so a zoo
+  model loaded at a new size computes what ``transformers``' ``interpolate_pos_encoding=True``
+  (and timm) compute at that size.
+  """
   if "pos_embedding" in flat and native.image_size != cfg.image_size:
     g0, g1 = native.grid_size, cfg.grid_size
-    flat = {**flat, "pos_embedding": resize_positions(
-        flat["pos_embedding"], (g0, g0), (g1, g1), int(native.class_token))}
+    flat = {**flat, "pos_embedding": interpolate_table(
+        flat["pos_embedding"], (g0, g0), (g1, g1), num_prefix=int(native.class_token))}
   return flat
