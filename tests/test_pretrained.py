@@ -559,8 +559,8 @@ def test_supported_architectures_cover_the_issue():
   }
 
 
-def _exported_activation(conv, family, hf, activation):
-  cfg_cls, _ = zoo.family_classes(family)
+def _exported_activation(conv, hf, activation):
+  cfg_cls = conv.CONFIG
   fields = conv.config_from_hf(hf, conv.ARCHITECTURES[0])
   out = conv.config_to_hf(cfg_cls(**{**fields, "activation": activation}))
   return out.get("hidden_act", out.get("activation_function"))
@@ -583,15 +583,15 @@ def test_one_activation_table_exports_each_models_own_names():
   gpt2_hf = dict(vocab_size=V, n_positions=16, n_embd=D, n_head=N, n_layer=1)
   # The names transformers writes for each model: ViT's configs say "gelu_pytorch_tanh" where
   # BERT and GPT-2 say "gelu_new", and Marian's say "swish" for SiLU.
-  for conv, family, hf, gelu_tanh, silu in (
-      (bert, "bert", bert_hf, "gelu_new", "silu"),
-      (vit, "vit", {}, "gelu_pytorch_tanh", "silu"),
-      (gpt2, "gpt", gpt2_hf, "gelu_new", "silu"),
-      (marian, "transformer", marian_hf, "gelu_new", "swish"),
+  for conv, hf, gelu_tanh, silu in (
+      (bert, bert_hf, "gelu_new", "silu"),
+      (vit, {}, "gelu_pytorch_tanh", "silu"),
+      (gpt2, gpt2_hf, "gelu_new", "silu"),
+      (marian, marian_hf, "gelu_new", "swish"),
   ):
-    assert _exported_activation(conv, family, hf, "gelu_tanh") == gelu_tanh, conv.__name__
-    assert _exported_activation(conv, family, hf, "silu") == silu, conv.__name__
-    assert _exported_activation(conv, family, hf, "gelu") == "gelu", conv.__name__
+    assert _exported_activation(conv, hf, "gelu_tanh") == gelu_tanh, conv.__name__
+    assert _exported_activation(conv, hf, "silu") == silu, conv.__name__
+    assert _exported_activation(conv, hf, "gelu") == "gelu", conv.__name__
 
 
 def test_read_json_names_the_file_line_and_column(tmp_path):

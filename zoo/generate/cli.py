@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import runpy
 import sys
@@ -28,6 +27,7 @@ from typing import Any
 import jax
 
 from zoo.generate import decoder, seq2seq
+from zoo.pretrained.checkpoint_io import read_json
 
 
 @dataclasses.dataclass
@@ -58,13 +58,6 @@ class Loaded:
 
 # ----------------------------------------------------------------------------------------------
 # Loading.
-
-
-def _read_json(path: str) -> dict[str, Any]:
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
 
 
 def _first(value):
@@ -128,7 +121,7 @@ def load_workdir(workdir: str, config=None, step: int | None = None) -> Loaded:
   if config is None and os.path.exists(os.path.join(workdir, "config.json")):
     import ml_collections
 
-    config = ml_collections.ConfigDict(_read_json(os.path.join(workdir, "config.json")))
+    config = ml_collections.ConfigDict(read_json(os.path.join(workdir, "config.json")))
   tokenizer = None
   if config is not None:
     import zoo.data
@@ -150,8 +143,8 @@ def load_pretrained(path: str) -> Loaded:
 
   model, params = pretrained.from_pretrained(path)
   tokenizer = pretrained.load_tokenizer(path)
-  hf = {**_read_json(os.path.join(path, "config.json")),
-        **_read_json(os.path.join(path, "generation_config.json"))}
+  hf = {**read_json(os.path.join(path, "config.json"), missing_ok=True),
+        **read_json(os.path.join(path, "generation_config.json"), missing_ok=True)}
   eos = _first(hf.get("eos_token_id"))
   pad = hf.get("pad_token_id")
   pad = pad if pad is not None else (eos if eos is not None else getattr(model.config, "pad_id", 0))

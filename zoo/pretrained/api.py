@@ -28,7 +28,7 @@ from zoo import registry
 from zoo.layers.stack import unscan_params
 from zoo.pretrained import assemble
 from zoo.pretrained import keymap as km
-from zoo.pretrained.checkpoint_io import SAFETENSORS, TensorStore, save_safetensors
+from zoo.pretrained.checkpoint_io import SAFETENSORS, TensorStore, read_json, save_safetensors
 
 ZOO_CONFIG = "zoo_config.json"
 ZOO_PARAMS = "params.msgpack"
@@ -62,11 +62,6 @@ def _pick_converter(hf: dict[str, Any], where: str):
   )
 
 
-def _read_json(path: str) -> dict[str, Any]:
-  with open(path) as f:
-    return json.load(f)
-
-
 # ----------------------------------------------------------------------------------------------
 # Hugging Face folders.
 
@@ -81,7 +76,7 @@ def load_hf(
     **overrides,
 ):
   """A Hugging Face folder -> ``(model, params)``; see :func:`from_pretrained`."""
-  hf = _read_json(os.path.join(path, "config.json"))
+  hf = read_json(os.path.join(path, "config.json"))
   arch, conv = _pick_converter(hf, os.path.join(path, "config.json"))
   store = TensorStore(path)
   family = registry.family_of(conv.CONFIG)
@@ -154,7 +149,7 @@ def save_zoo(model: nn.Module, params, path: str) -> None:
 
 def load_zoo(path: str, *, dtype=None, mesh=None, rules=None, **overrides):
   """A folder written by :func:`save_zoo` -> ``(model, params)``."""
-  data = _read_json(os.path.join(path, ZOO_CONFIG))
+  data = read_json(os.path.join(path, ZOO_CONFIG))
   if dtype is not None:
     overrides = {"dtype": jnp.dtype(dtype), "param_dtype": jnp.dtype(dtype), **overrides}
   config = registry.config_from_json(data, os.path.join(path, ZOO_CONFIG), **overrides)
