@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo.training import eval_metrics
+
 Array = jax.Array
 Batch = dict[str, Array]
 Stats = dict[str, tuple[Array, Array]]
@@ -155,6 +157,14 @@ class Task:
     """Model config fields implied by the task and the data (vocabulary, labels, head)."""
     return {}
 
+  def predictions(self, outputs: Any, batch: Batch) -> dict[str, Array] | None:
+    """Arrays that evaluation collects on the host for :meth:`host_metrics` (None: none)."""
+    return None
+
+  def host_metrics(self, collected: dict[str, np.ndarray], sums: dict[str, Any], info: dict):
+    """Metrics over the whole evaluation from the collected predictions (and stat sums)."""
+    return {}
+
   def _token_stats(self, logits: Array, targets: Array, weights: Array, prefix: str = "") -> Stats:
     loss, nll, correct = cross_entropy(logits, targets, self.label_smoothing)
     out = {f"{prefix}loss": weighted(loss, weights)}
@@ -190,6 +200,16 @@ class LanguageModeling(Task):
 
   def model_overrides(self, info):
     return _vocab(info)
+
+  def predictions(self, outputs, batch):
+    return {"targets": batch["targets"], "weights": self.loss_weights(batch)["loss"]}
+
+  def host_metrics(self, collected, sums, info):
+    tokenizer = info.get("tokenizer")
+    if tokenizer is None or "nll" not in sums:
+      return {}
+    num_bytes = eval_metrics.text_bytes(tokenizer, collected["targets"], collected["weights"])
+    return {"bits_per_byte": eval_metrics.bits_per_byte(float(sums["nll"][0]), num_bytes)}
 
 
 class Translation(Task):
@@ -262,6 +282,14 @@ class Classification(Task):
     del out["nll"]
     return out
 
+  def predictions(self, outputs, batch):
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs
+    return {"labels": batch["labels"], "preds": jnp.argmax(logits, axis=-1).astype(jnp.int32)}
+
+  def host_metrics(self, collected, sums, info):
+    n = _labels(info)
+    return {"macro_f1": eval_metrics.macro_f1(collected["labels"], collected["preds"], n)}
+
   def model_overrides(self, info):
     out = {**_vocab(info), "head": "sequence_classification"}
     if _labels(info):
@@ -303,6 +331,17 @@ class Tagging(Task):
     out = self._token_stats(outputs["logits"], batch["labels"], self.loss_weights(batch)["loss"])
     del out["nll"]
     return out
+
+  def predictions(self, outputs, batch):
+    preds = jnp.argmax(outputs["logits"], axis=-1).astype(jnp.int32)
+    return {"labels": batch["labels"], "preds": preds}
+
+  def host_metrics(self, collected, sums, info):
+    names = info.get("label_names")
+    if not names:
+      return {}
+    gold, pred = eval_metrics.rows_of_labelled(collected["labels"], collected["preds"])
+    return eval_metrics.span_scores(gold, pred, names)
 
   def model_overrides(self, info):
     out = {**_vocab(info), "head": "token_classification"}
