@@ -3,24 +3,29 @@
 Examples::
 
   python train.py --config configs/gpt.py:smoke --workdir /tmp/gpt-smoke
-  python train.py --config configs/gpt.py:gpt2-small --workdir runs/gpt2 \\
-      --config.train.batch_size=128 --config.mesh.fsdp=4 --config.model.compute_dtype=bfloat16
+  python train.py --config configs/gpt.py:gpt2-medium --workdir runs/gpt2 \\
+      --config.train.batch_size=128 --config.mesh.fsdp=4 --config.model.dtype=bfloat16
   python train.py --config configs/vit.py:vit-b16 --workdir runs/vit \\
       --config.data.source=tfds --config.data.tfds_name=cifar100
 
-Any config key can be overridden with ``--config.<path>=<value>``; an unknown key fails with
-the closest matches. ``--config.model.overrides.<field>`` may name any field of the family's
-model config (``zoo.get_config(name)``). Running the same command again resumes from the
-latest checkpoint in ``--workdir``; SIGTERM / Ctrl-C save a checkpoint before exiting.
+The ``:<arg>`` picks the model preset or a variant (``python train.py --help`` lists them).
+The config it returns holds every key, ``config.model`` every field of the family's model
+config, so ``ml_collections.config_flags`` types and checks each ``--config.<path>=<value>``;
+an unknown key fails with the closest matches (``--print_config`` lists them all). Running
+the same command again resumes from the latest checkpoint in ``--workdir``; SIGTERM / Ctrl-C
+save a checkpoint before exiting.
 """
 
 from __future__ import annotations
 
-import ast
-import dataclasses
 import difflib
+import importlib.machinery
+import importlib.util
 import logging
+import os
+import pathlib
 import sys
+import textwrap
 
 from absl import flags
 from ml_collections import config_flags
@@ -28,85 +33,117 @@ from ml_collections import config_flags
 EXIT_USAGE = 2  # bad command line or config
 EXIT_NONFINITE = 3  # loss became NaN / inf
 EXIT_SIGNAL = {"SIGTERM": 143, "SIGINT": 130}  # 128 + signal number, checkpoint saved
+CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 
 
 class UsageError(ValueError):
   pass
 
 
-def _split_overrides(args: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
-  """``--config.a.b=v`` (or ``--config.a.b v``) pairs apart from the other arguments."""
-  rest, overrides = [], []
-  i = 0
-  while i < len(args):
-    arg = args[i]
-    if arg.startswith("--config."):
-      if "=" in arg:
-        path, value = arg[len("--config."):].split("=", 1)
-      elif i + 1 < len(args) and not args[i + 1].startswith("--"):
-        path, value = arg[len("--config."):], args[i + 1]
-        i += 1
-      else:
-        raise UsageError(f"{arg} needs a value: {arg}=<value>.")
-      overrides.append((path, value))
-    else:
-      rest.append(arg)
-    i += 1
-  return rest, overrides
-
-
-def _literal(text: str):
-  """Command-line text -> Python value for keys config_flags cannot type (None, new fields)."""
-  if text.lower() in ("true", "false"):
-    return text.lower() == "true"
-  if text.lower() in ("none", "null"):
-    return None
+def load_config_module(path: str):
+  """The module of a run-config file; ``UsageError`` when it is missing or has no get_config."""
+  if not os.path.isfile(path):
+    known = [str(p.relative_to(CONFIGS.parent)) for p in sorted(CONFIGS.glob("*.py"))]
+    close = difflib.get_close_matches(path, known, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else f" Config files: {', '.join(known)}."
+    raise UsageError(f"config file {path!r} not found.{hint}")
+  # A source loader, as config_flags uses: the file need not end in .py.
+  loader = importlib.machinery.SourceFileLoader("zoo_run_config_" + pathlib.Path(path).stem, path)
+  spec = importlib.util.spec_from_loader(loader.name, loader)
+  module = importlib.util.module_from_spec(spec)
   try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
+    loader.exec_module(module)
+  except Exception as e:  # noqa: BLE001 - any failure of a user's file is a usage error here
+    raise UsageError(f"cannot load config file {path}: {type(e).__name__}: {e}") from None
+  if not callable(getattr(module, "get_config", None)):
+    raise UsageError(f"config file {path} has no get_config(arg=None) function.")
+  return module
 
 
-def _model_fields(config) -> set[str]:
-  import zoo  # noqa: PLC0415
-  from zoo.training.config import family_of_preset  # noqa: PLC0415
+def _check_config_arg(spec: str) -> None:
+  """Fail with one line on a missing file or a bad ``:arg``, before config_flags runs it."""
+  from zoo.training.config import choose  # noqa: PLC0415
 
-  cfg_cls = zoo.registry.get(family_of_preset(config.model.name)).config_cls
-  return {f.name for f in dataclasses.fields(cfg_cls)}
+  path, _, arg = spec.partition(":")
+  module = load_config_module(path)
+  if arg and getattr(module, "ARGS", None):
+    try:
+      choose(arg, module.ARGS)
+    except ValueError as e:
+      raise UsageError(f"{path}: {e}") from None
 
 
-def _check_path(config, path: str) -> str:
-  """``"typed"`` (config_flags parses it), or ``"untyped"`` (None value) / ``"new_model_field"``
-  / ``"new_key"`` (set by us from a literal)."""
+def usage() -> str:
+  """``--help``: the command line, every ``configs/*.py`` with its ``:arg`` choices, keys."""
+  lines = [
+      "usage: python train.py --config configs/<file>.py[:<arg>] --workdir DIR "
+      "[--config.<key>=<value> ...]",
+      "       python train.py --config configs/<file>.py[:<arg>] --print_config",
+      "",
+      "Trains a zoo model; the same command again resumes from the latest checkpoint in DIR.",
+      "",
+      "configs (the first :<arg> is the default):",
+  ]
+  paths = sorted(CONFIGS.glob("*.py"))
+  width = max((len(str(p.relative_to(CONFIGS.parent))) for p in paths), default=0)
+  for path in paths:
+    rel = str(path.relative_to(CONFIGS.parent))
+    try:
+      module = load_config_module(str(path))
+    except UsageError as e:
+      lines.append(f"  {rel}: {e}")
+      continue
+    doc = (module.__doc__ or "").strip().splitlines()
+    lines.append(f"  {rel.ljust(width)}  {doc[0].replace('``', '') if doc else ''}".rstrip())
+    args = ", ".join(getattr(module, "ARGS", ())) or "(get_config takes no :arg list)"
+    lines += textwrap.wrap(args, 96, initial_indent="      ", subsequent_indent="      ")
+  lines += [
+      "",
+      "flags:",
+      "  --config FILE[:ARG]    the run config (required)",
+      "  --workdir DIR          checkpoints, logs, metrics; reused to resume (required to train)",
+      "  --print_config         print the resolved config (every key) and exit",
+      "  --config.<key>=<value> override any key, typed by the config, e.g.",
+      "                         --config.train.batch_size=128 --config.model.num_layers=6",
+      "                         --config.model.dtype=bfloat16 (params stay float32)",
+      "                         --config.train.compiler_options=\"{'xla_backend_optimization_level': 0}\"",
+      "  -h, --help             this message",
+      "",
+      "List the keys: python train.py --config configs/gpt.py:smoke --print_config",
+  ]
+  return "\n".join(lines)
+
+
+def _override_paths(argv: list[str]) -> list[str]:
+  """The ``<path>`` of every ``--config.<path>[=<value>]`` (to name an unknown key)."""
+  prefixes = ("--config.", "-config.")
+  return [a.split("=", 1)[0].split(".", 1)[1] for a in argv if a.startswith(prefixes)]
+
+
+def _unknown_key(config, path: str) -> str | None:
+  """A message for the first part of ``path`` missing in ``config``; None if all exist."""
   parts = path.split(".")
   node = config
   for depth, key in enumerate(parts):
-    here = ".".join(parts[:depth])
     is_dict = hasattr(node, "keys") and not isinstance(node, (str, bytes))
     if is_dict and key in node:
       node = node[key]
       continue
-    if here == "train.compiler_options" and depth == len(parts) - 1:
-      return "new_key"  # XLA option names are XLA's to check
-    if here == "model.overrides" and depth == len(parts) - 1:
-      fields = _model_fields(config)
-      if key in fields:
-        return "new_model_field"
-      close = difflib.get_close_matches(key, sorted(fields), n=3)
-      hint = f" Did you mean {', '.join(close)}?" if close else ""
-      raise UsageError(
-          f"unknown model field --config.{path}: {config.model.name} has no field {key!r}.{hint}"
-      )
-    siblings = sorted(node.keys()) if is_dict else []
-    close = [f"{here}.{c}" if here else c for c in difflib.get_close_matches(key, siblings, n=3)]
-    close += [c for c in difflib.get_close_matches(path, _all_paths(config), n=3) if c not in close]
-    hint = f" Did you mean {', '.join('--config.' + c for c in close)}?" if close else ""
+    here = ".".join(parts[:depth])
     where = f"config.{here}" if here else "the config"
-    raise UsageError(
-        f"unknown config key --config.{path}: {where} has no key {key!r}.{hint}"
-        + (f" Keys there: {', '.join(siblings)}." if siblings else "")
-    )
-  return "untyped" if node is None else "typed"
+    if not is_dict:
+      return f"unknown config key --config.{path}: config.{here} is a value, not a dict."
+    siblings = sorted(node.keys())
+    if not siblings:
+      return (f"unknown config key --config.{path}: {where} is empty; set it whole with a dict, "
+              f"--config.{here}=\"{{'{key}': ...}}\".")
+    close = [f"{here}.{c}" if here else c for c in difflib.get_close_matches(key, siblings, n=3)]
+    if not close:  # a key in the wrong section: --config.batch_size
+      close = difflib.get_close_matches(path, _all_paths(config), n=3)
+    hint = f" Did you mean {', '.join('--config.' + c for c in close)}?" if close else ""
+    return (f"unknown config key --config.{path}: {where} has no key {key!r}.{hint}"
+            f" Keys there: {', '.join(siblings)}.")
+  return None
 
 
 def _all_paths(node, prefix: str = "") -> list[str]:
@@ -120,44 +157,67 @@ def _all_paths(node, prefix: str = "") -> list[str]:
   return out
 
 
-def _set(config, path: str, value) -> None:
-  *parents, key = path.split(".")
-  node = config
-  for p in parents:
-    node = node[p]
-  with config.unlocked():
-    node[key] = value
+def _one_line(message: str) -> str:
+  """config_flags puts a traceback in some messages; its last line says what went wrong."""
+  lines = [line for line in str(message).splitlines() if line.strip()]
+  if len(lines) > 1 and any("Traceback" in line for line in lines):
+    return lines[-1].strip()
+  return " ".join(line.strip() for line in lines)
+
+
+def _flags(argv: list[str]) -> flags.FlagValues:
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file(
+      "config", None, "run config: configs/<file>.py[:<arg>]", flag_values=fv,
+      lock_config=True, sys_argv=argv,
+  )
+  flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs)", flag_values=fv)
+  flags.DEFINE_bool("print_config", False, "print the resolved config and exit", flag_values=fv)
+  flags.DEFINE_bool("help", False, "show the usage and the config files", short_name="h",
+                    flag_values=fv)
+  return fv
 
 
 def parse(argv: list[str]):
-  """``(config, workdir, print_config)`` from a command line; ``UsageError`` when it is wrong."""
-  rest, overrides = _split_overrides(argv[1:])
+  """``(config, workdir, print_config)`` from a command line; ``UsageError`` when it is wrong.
 
-  def load(extra: list[str]):
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file(
-        "config", None, "run config: configs/<file>.py[:<arg>]", flag_values=fv,
-        lock_config=True, sys_argv=[argv[0], *rest, *extra],
+  Returns ``(None, None, False)`` for ``--help``.
+  """
+  # A first pass reads --config and --help alone, so that a missing file or a bad :arg is
+  # one clear line instead of config_flags' traceback, and --help needs no config.
+  pre = flags.FlagValues()
+  flags.DEFINE_string("config", None, "", flag_values=pre)
+  flags.DEFINE_bool("help", False, "", short_name="h", flag_values=pre)
+  try:
+    pre(argv, known_only=True)
+  except flags.Error as e:
+    raise UsageError(_one_line(e)) from None
+  if pre.help:
+    return None, None, False
+  if not pre.config:
+    raise UsageError("--config is required, e.g. --config configs/gpt.py:smoke (see --help).")
+  _check_config_arg(pre.config)
+
+  fv = _flags(argv)
+  try:
+    rest = fv(argv)
+    config = fv.config
+  except (AttributeError, KeyError) as e:  # config_flags' KeyError for an unknown key
+    path, _, arg = pre.config.partition(":")
+    base = load_config_module(path).get_config(*([arg] if arg else []))
+    for p in _override_paths(argv):
+      if message := _unknown_key(base, p):
+        raise UsageError(message) from None
+    raise UsageError(_one_line(e)) from None
+  except (flags.Error, OSError, TypeError, ValueError) as e:
+    raise UsageError(_one_line(e)) from None
+  if len(rest) > 1:  # `--config.train.plot False` sets True and leaves "False" behind
+    raise UsageError(f"unexpected argument {rest[1]!r}; write values as --config.<key>=<value>.")
+  if "model.name" in fv["config"].override_values:
+    raise UsageError(
+        "--config.model.name: the preset is chosen by the config argument "
+        f"(--config {pre.config.partition(':')[0]}:<preset>); see --help."
     )
-    flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs)", flag_values=fv)
-    flags.DEFINE_bool("print_config", False, "print the resolved config and exit", flag_values=fv)
-    try:
-      fv([argv[0], *rest, *extra])
-    except flags.Error as e:
-      raise UsageError(str(e)) from None
-    if fv.config is None:
-      raise UsageError("--config is required, e.g. --config configs/gpt.py:smoke.")
-    return fv
-
-  base = load([]).config
-  typed, special = [], []
-  for path, value in overrides:
-    kind = _check_path(base, path)
-    (typed if kind == "typed" else special).append((path, value))
-  fv = load([f"--config.{p}={v}" for p, v in typed])
-  config = fv.config
-  for path, value in special:
-    _set(config, path, _literal(value))
   if not fv.workdir and not fv.print_config:
     raise UsageError("--workdir is required (checkpoints and logs go there; reused to resume).")
   return config, fv.workdir, fv.print_config
@@ -178,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
   except ValueError as e:
     print(f"train.py: error: {e}", file=sys.stderr)
     return EXIT_USAGE
+  if config is None:
+    print(usage())
+    return 0
   if print_config:
     print(config)
     return 0

@@ -9,11 +9,13 @@ Data: offline, docstring topic (which standard-library package a docstring comes
 ``--config.data.source=tfds`` reads ``glue/sst2``.
 """
 
-from zoo.training.config import base_config, choose
+from zoo.training.config import base_config, choose, config_args
+
+ARGS = config_args("bert", "smoke")  # the `:arg` choices; the first is the default
 
 
 def get_config(arg=None):
-  arg = choose(arg, "bert", "bert-base", ("smoke",))
+  arg = choose(arg, ARGS)
   preset = "bert-base" if arg == "smoke" else arg
   c = base_config("classification", preset)
   c.optim.update(lr=2e-5, schedule="linear", end_lr_ratio=0.0, warmup_steps=600,
@@ -23,8 +25,8 @@ def get_config(arg=None):
   c.eval.num_batches = 0  # the whole validation split
 
   if arg == "smoke":
-    c.model.overrides.update(d_model=32, num_heads=4, num_layers=2, mlp_dim=64, max_len=32,
-                             dropout_rate=0.0)
+    c.model.update(d_model=32, num_heads=4, num_layers=2, mlp_dim=64, max_len=32,
+                   dropout_rate=0.0)
     # Topics show in words: a small BPE vocabulary learns them far sooner than bytes.
     c.data.update(seq_len=32, tokenizer="bpe", vocab_size=1000, tokenizer_train_examples=2000)
     c.train.update(batch_size=16, num_steps=150, log_every=10, checkpoint_every=50)

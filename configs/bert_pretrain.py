@@ -8,11 +8,13 @@ Data: offline, sentence pairs from the standard library's docstrings; ``--config
 tfds`` reads ``wikipedia``.
 """
 
-from zoo.training.config import base_config, choose
+from zoo.training.config import base_config, choose, config_args
+
+ARGS = config_args("bert", "smoke")  # the `:arg` choices; the first is the default
 
 
 def get_config(arg=None):
-  arg = choose(arg, "bert", "bert-base", ("smoke",))
+  arg = choose(arg, ARGS)
   preset = "bert-base" if arg == "smoke" else arg
   c = base_config("mlm_nsp", preset)
   c.optim.update(lr=1e-4, schedule="linear", end_lr_ratio=0.0, warmup_steps=10_000,
@@ -21,8 +23,8 @@ def get_config(arg=None):
   c.data.seq_len = 128
 
   if arg == "smoke":
-    c.model.overrides.update(d_model=32, num_heads=4, num_layers=2, mlp_dim=64, max_len=32,
-                             dropout_rate=0.0)
+    c.model.update(d_model=32, num_heads=4, num_layers=2, mlp_dim=64, max_len=32,
+                   dropout_rate=0.0)
     c.data.seq_len = 32
     c.train.update(batch_size=8, num_steps=30, log_every=10, checkpoint_every=10)
     c.optim.update(lr=5e-3, warmup_steps=3)

@@ -9,11 +9,13 @@ per character);
 ``--config.data.source=tfds`` reads ``conll2003`` (NER).
 """
 
-from zoo.training.config import base_config, choose
+from zoo.training.config import base_config, choose, config_args
+
+ARGS = config_args("bert", "smoke")  # the `:arg` choices; the first is the default
 
 
 def get_config(arg=None):
-  arg = choose(arg, "bert", "bert-base", ("smoke",))
+  arg = choose(arg, ARGS)
   preset = "bert-base" if arg == "smoke" else arg
   c = base_config("tagging", preset)
   c.optim.update(lr=5e-5, schedule="linear", end_lr_ratio=0.0, warmup_steps=300,
@@ -23,8 +25,8 @@ def get_config(arg=None):
   c.eval.num_batches = 0  # the whole validation split
 
   if arg == "smoke":
-    c.model.overrides.update(d_model=32, num_heads=4, num_layers=2, mlp_dim=64, max_len=32,
-                             dropout_rate=0.0)
+    c.model.update(d_model=32, num_heads=4, num_layers=2, mlp_dim=64, max_len=32,
+                   dropout_rate=0.0)
     c.data.seq_len = 32
     c.train.update(batch_size=8, num_steps=30, log_every=10, checkpoint_every=10)
     c.optim.update(lr=3e-3, warmup_steps=3)

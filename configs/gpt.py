@@ -13,11 +13,13 @@ Data: the offline default is the standard library's Python source (byte tokenize
 ``--config.data.source=tfds`` switches to ``--config.data.tfds_name`` (tiny_shakespeare).
 """
 
-from zoo.training.config import base_config, choose
+from zoo.training.config import base_config, choose, config_args
+
+ARGS = config_args("gpt", "demo", "smoke")  # the `:arg` choices; the first is the default
 
 
 def get_config(arg=None):
-  arg = choose(arg, "gpt", "gpt2-small", ("demo", "smoke"))
+  arg = choose(arg, ARGS)
   preset = "gpt2-small" if arg in ("demo", "smoke") else arg
   c = base_config("lm", preset)
   c.optim.update(lr=6e-4, b2=0.95, weight_decay=0.1, warmup_steps=2000, clip_norm=1.0)
@@ -26,19 +28,19 @@ def get_config(arg=None):
   c.sample.update(prompt="def ", num_tokens=256)
 
   if arg == "demo":
-    c.model.overrides.update(d_model=128, num_heads=4, num_layers=4, mlp_dim=512, max_len=128)
+    c.model.update(d_model=128, num_heads=4, num_layers=4, mlp_dim=512, max_len=128)
     c.data.seq_len = 128
     c.train.update(batch_size=16, num_steps=600, log_every=50, checkpoint_every=200)
     c.optim.update(lr=3e-3, warmup_steps=50, weight_decay=0.1)
     c.eval.update(every=300, num_batches=5)
     c.sample.update(prompt="def ", num_tokens=120)
   elif arg == "smoke":
-    c.model.overrides.update(d_model=32, num_heads=4, num_layers=2, mlp_dim=64, max_len=32)
+    c.model.update(d_model=32, num_heads=4, num_layers=2, mlp_dim=64, max_len=32)
     c.data.seq_len = 32
     c.train.update(batch_size=8, num_steps=30, log_every=10, checkpoint_every=10)
     c.optim.update(lr=5e-3, warmup_steps=3)
     c.eval.update(every=0, num_batches=2)
     c.sample.update(num_tokens=0)
   else:
-    c.model.overrides.update(max_len=c.data.seq_len)
+    c.model.max_len = c.data.seq_len
   return c

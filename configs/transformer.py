@@ -8,11 +8,13 @@ Data: offline, numbers written out in English -> French (num2words); ``--config.
 reads ``wmt14_translate/de-en``.
 """
 
-from zoo.training.config import base_config, choose
+from zoo.training.config import base_config, choose, config_args
+
+ARGS = config_args("transformer", "smoke")  # the `:arg` choices; the first is the default
 
 
 def get_config(arg=None):
-  arg = choose(arg, "transformer", "transformer-base", ("smoke",))
+  arg = choose(arg, ARGS)
   preset = "transformer-base" if arg == "smoke" else arg
   c = base_config("translation", preset)
   d_model = {"transformer-base": 512, "transformer-big": 1024}[preset]
@@ -24,10 +26,10 @@ def get_config(arg=None):
   )
   c.train.update(batch_size=256, num_steps=100_000)
   c.data.update(src_len=64, tgt_len=64)
-  c.model.overrides.update(max_len=64)
+  c.model.max_len = 64
 
   if arg == "smoke":
-    c.model.overrides.update(
+    c.model.update(
         d_model=32, num_heads=4, num_encoder_layers=1, num_decoder_layers=1, mlp_dim=64,
         max_len=48, dropout_rate=0.0,
     )

@@ -8,11 +8,13 @@ Data: offline, scikit-learn's 8x8 handwritten digits; ``--config.data.source=tfd
 ``cifar10`` (any TFDS image dataset via ``--config.data.tfds_name``).
 """
 
-from zoo.training.config import base_config, choose
+from zoo.training.config import base_config, choose, config_args
+
+ARGS = config_args("vit", "smoke")  # the `:arg` choices; the first is the default
 
 
 def get_config(arg=None):
-  arg = choose(arg, "vit", "vit-b16", ("smoke",))
+  arg = choose(arg, ARGS)
   preset = "vit-b16" if arg == "smoke" else arg
   c = base_config("image_classification", preset)
   c.optim.update(lr=3e-3, schedule="cosine", end_lr_ratio=0.0, warmup_steps=10_000,
@@ -22,7 +24,7 @@ def get_config(arg=None):
   c.eval.num_batches = 0  # the whole validation split
 
   if arg == "smoke":
-    c.model.overrides.update(patch_size=4, d_model=32, num_heads=4, num_layers=2, mlp_dim=64)
+    c.model.update(patch_size=4, d_model=32, num_heads=4, num_layers=2, mlp_dim=64)
     # Random resized crops of 8x8 digits leave too little to learn from in 60 steps.
     c.data.update(image_size=8, augment=False)
     c.train.update(batch_size=16, num_steps=60, log_every=10, checkpoint_every=20)

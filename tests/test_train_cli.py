@@ -9,9 +9,13 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import zoo
+from zoo.models.vit import ViTConfig
+from zoo.training import config as config_lib
 from zoo.training import loop
 from zoo.training.checkpoint import Checkpointer
 from zoo.training.metrics import read_jsonl
@@ -76,7 +80,8 @@ def test_sigterm_saves_and_resume_matches_uninterrupted_run(tmp_path):
       sys.executable, str(ROOT / "train.py"), "--config", "configs/gpt.py:smoke",
       "--workdir", str(work), "--config.train.num_steps=100000", "--config.train.log_every=1",
       "--config.train.checkpoint_every=100000", "--config.train.plot=False",
-      "--config.eval.every=-1", "--config.train.compiler_options.xla_backend_optimization_level=0",
+      "--config.eval.every=-1",
+      "--config.train.compiler_options={'xla_backend_optimization_level': 0}",
   ]
   # One device there and here (devices=[cpu:0]): both compile the same program.
   proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(1, False), stdout=subprocess.PIPE,
@@ -118,8 +123,15 @@ def test_unknown_config_key_fails_fast_with_close_matches(capsys):
   assert "unknown config key --config.nonexistent" in err and "Keys there: data, eval" in err
   assert cli.main(argv + ["--config.train.batchsize=4"]) == cli.EXIT_USAGE
   assert "Did you mean --config.train.batch_size" in capsys.readouterr().err
-  assert cli.main(argv + ["--config.model.overrides.d_modle=4"]) == cli.EXIT_USAGE
-  assert "Did you mean d_model?" in capsys.readouterr().err
+  assert cli.main(argv + ["--config.model.d_modle=4"]) == cli.EXIT_USAGE
+  err = capsys.readouterr().err
+  assert "Did you mean --config.model.d_model?" in err and len(err.strip().splitlines()) == 1
+  # A free-form dict (XLA options) is set whole; the message says how.
+  assert cli.main(argv + ["--config.train.compiler_options.xla_cpu_foo=1"]) == cli.EXIT_USAGE
+  assert "--config.train.compiler_options=\"{'xla_cpu_foo': ...}\"" in capsys.readouterr().err
+  # The preset is the config argument: renaming it would not refill config.model.
+  assert cli.main(argv + ["--config.model.name=gpt2-medium"]) == cli.EXIT_USAGE
+  assert "chosen by the config argument" in capsys.readouterr().err
   assert cli.main(["train.py", "--config", f"{ROOT}/configs/gpt.py:gpt2-smal", "--workdir", "w"]) == 2
   assert "Did you mean gpt2-small" in capsys.readouterr().err
   assert not pathlib.Path("/nonexistent/w").exists()
@@ -128,13 +140,79 @@ def test_unknown_config_key_fails_fast_with_close_matches(capsys):
 def test_command_line_overrides_reach_the_config():
   config, workdir, _ = cli.parse([
       "train.py", "--config", str(ROOT / "configs/gpt.py:smoke"), "--workdir", "w",
-      "--config.train.batch_size=16", "--config.model.overrides.d_model=48",
-      "--config.model.overrides.position", "rope", "--config.data.data_dir=/data",
-      "--config.optim.lr=1e-3",
+      "--config.train.batch_size=16", "--config.model.d_model=48",
+      "--config.model.position", "rope", "--config.data.data_dir=/data",
+      "--config.optim.lr=1e-3", "--config.train.plot=false",
+      "--config.train.compiler_options={'xla_backend_optimization_level': 0}",
   ])
   assert workdir == "w" and config.train.batch_size == 16 and config.optim.lr == 1e-3
-  assert config.model.overrides.d_model == 48 and config.model.overrides.position == "rope"
-  assert config.data.data_dir == "/data"
+  assert config.model.d_model == 48 and config.model.position == "rope"
+  assert config.data.data_dir == "/data" and config.train.plot is False
+  assert config.train.compiler_options.to_dict() == {"xla_backend_optimization_level": 0}
+
+
+def test_typed_model_overrides_reach_the_model_config():
+  config, _, _ = cli.parse([
+      "train.py", "--config", str(ROOT / "configs/gpt.py:smoke"), "--workdir", "w",
+      "--config.model.num_layers=3", "--config.model.head_dim=16",  # head_dim: None default
+      "--config.model.dtype=bfloat16", "--config.model.rope_base=5e5",
+  ])
+  model_cfg = config_lib.model_config(config, {"vocab_size": 259})
+  assert (model_cfg.num_layers, model_cfg.head_dim, model_cfg.rope_base) == (3, 16, 5e5)
+  assert model_cfg.dtype == jnp.bfloat16 and model_cfg.param_dtype == jnp.float32
+  assert model_cfg.vocab_size == 259  # the preset's 50257 gives way to the data's
+
+
+def test_config_model_holds_every_field_of_the_preset():
+  config = _load(ROOT / "configs" / "vit.py", "zoo_vit_config").get_config("vit-l16")
+  assert set(config.model) == {*zoo.registry.field_names(ViTConfig), "name", "match_data"}
+  assert (config.model.name, config.model.d_model, config.model.num_layers) == ("vit-l16", 1024, 24)
+  assert config.model.dtype == "float32" and config.model.representation_size is None
+  assert config_lib.model_config(config) == zoo.get_config("vit-l16")
+
+
+def test_wrong_type_fails_with_one_line_naming_the_key(capsys):
+  argv = ["train.py", "--config", f"{ROOT}/configs/gpt.py:smoke", "--workdir", "w"]
+  assert cli.main(argv + ["--config.model.num_layers=abc"]) == cli.EXIT_USAGE
+  err = capsys.readouterr().err.strip()
+  assert "--config.model.num_layers=abc" in err and len(err.splitlines()) == 1
+  assert cli.main(argv + ["--config.model.head_dim=abc"]) == cli.EXIT_USAGE  # a None field too
+  assert "--config.model.head_dim=abc" in capsys.readouterr().err
+  assert cli.main(argv + ["--config.train.plot", "False"]) == cli.EXIT_USAGE
+  assert "unexpected argument 'False'" in capsys.readouterr().err
+
+
+def test_print_config_lists_every_key(capsys):
+  argv = ["train.py", "--config", f"{ROOT}/configs/gpt.py:smoke", "--print_config"]
+  assert cli.main(argv + ["--config.model.num_layers=5"]) == 0
+  out = capsys.readouterr().out
+  assert "num_layers: 5" in out and "head_dim: null" in out and "batch_size: 8" in out
+
+
+def test_help_lists_every_config_file_and_its_args():
+  proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], cwd=ROOT,
+                        env=_env(1, False), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.startswith("usage:") and "--print_config" in proc.stdout
+  for path in sorted((ROOT / "configs").glob("*.py")):
+    assert f"configs/{path.name}" in proc.stdout
+    for arg in _load(path, f"zoo_{path.stem}_config").ARGS:
+      assert arg in proc.stdout, (path.name, arg)
+  assert cli.main(["train.py", "-h"]) == 0  # the short form, in-process
+
+
+@pytest.mark.parametrize("config", ["configs/nonexistent.py", "configs/gpt.py:gpt2-smal",
+                                    "NO_GET_CONFIG"])
+def test_bad_config_argument_is_one_line_without_traceback(tmp_path, config):
+  if config == "NO_GET_CONFIG":
+    config = str(tmp_path / "empty.py")
+    (tmp_path / "empty.py").write_text("X = 1\n")
+  cmd = [sys.executable, str(ROOT / "train.py"), "--config", config, "--workdir", str(tmp_path)]
+  proc = subprocess.run(cmd, cwd=ROOT, env=_env(1, False), capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == cli.EXIT_USAGE
+  assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  assert proc.stderr.startswith("train.py: error: ")
 
 
 def test_indivisible_batch_fails_fast_naming_the_fix(capsys, tmp_path):

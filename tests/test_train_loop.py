@@ -35,7 +35,7 @@ def tiny(task: str, preset: str, **model):
   """A 1-layer model; runs that differ only in data, eval or logging share one compilation."""
   c = config_lib.base_config(task, preset)
   model = {"dropout_rate": 0.1, **model}
-  c.model.overrides.update(d_model=32, num_heads=4, num_layers=1, mlp_dim=64, max_len=16, **model)
+  c.model.update(d_model=32, num_heads=4, num_layers=1, mlp_dim=64, max_len=16, **model)
   c.data.seq_len = 16
   c.train.update(batch_size=8, num_steps=12, log_every=1, checkpoint_every=3, keep_checkpoints=3,
                  progress_bar=False, plot=False)
@@ -156,7 +156,7 @@ def test_checkpoint_from_8_devices_restores_on_other_meshes(gpt_runs, mesh):
 def test_another_models_checkpoint_is_refused(gpt_runs):
   c, root, *_ = gpt_runs
   other = c.copy_and_resolve_references()
-  other.model.overrides.d_model = 64
+  other.model.d_model = 64
   with pytest.raises(ValueError, match=r"(?s)another model.*model\.d_model: checkpoint 32, this run 64"):
     run(other, root / "full")
 
@@ -268,9 +268,9 @@ def test_model_config_takes_vocab_from_data_and_overrides_win():
   c = tiny("lm", "gpt2-small")
   cfg = config_lib.model_config(c, {"vocab_size": 300, "pad_id": 0})
   assert cfg.vocab_size == 300 and cfg.d_model == 32 and cfg.num_layers == 1
-  c.model.overrides.vocab_size = 512
+  c.model.vocab_size = 512
   assert config_lib.model_config(c, {"vocab_size": 300}).vocab_size == 512
-  c.model.overrides.vocab_size = 100
+  c.model.vocab_size = 100
   with pytest.raises(ValueError, match="smaller than the tokenizer's 300"):
     config_lib.model_config(c, {"vocab_size": 300})
   c = tiny("classification", "bert-base")

@@ -209,11 +209,14 @@ def test_rules_from_config_reject_unknown_mesh_axes():
 
 
 def test_config_arguments_and_fingerprint():
+  args = config_lib.config_args("gpt", "smoke")
+  assert args[0] == "gpt2-small" and args[-1] == "smoke"  # the default first
+  assert config_lib.choose(None, args) == "gpt2-small"
   with pytest.raises(ValueError, match="Did you mean gpt2-small"):
-    config_lib.choose("gpt2-smal", "gpt", "gpt2-small", ("smoke",))
+    config_lib.choose("gpt2-smal", args)
   c = config_lib.base_config("lm", "gpt2-small")
-  c.model.overrides.d_modle = 3
-  with pytest.raises(ValueError, match="no field 'd_modle'. Did you mean d_model"):
+  c.model.d_modle = 3  # a typo in a config file adds a key; model_config refuses it
+  with pytest.raises(ValueError, match="'d_modle'. Did you mean d_model"):
     config_lib.model_config(c, {"vocab_size": 100})
   a = config_lib.fingerprint(config_lib.model_config(config_lib.base_config("lm", "gpt2-small")), "lm")
   b = dict(a, **{"model.num_layers": 6})

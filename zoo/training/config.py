@@ -1,9 +1,11 @@
 """The run config shared by every family, and the one place it becomes a model config.
 
-``configs/<family>.py`` files start from :func:`base_config` and fill in the model preset,
-data and optimizer. :func:`model_config` turns ``config.model`` (a preset name plus
-overrides) and the dataset's facts (vocabulary size, number of labels, image size) into the
-frozen dataclass of the family.
+``configs/<family>.py`` files start from :func:`base_config` and change the data, optimizer
+and model keys they need. ``config.model`` holds every field of the family's config
+dataclass, filled from the preset and typed, so ``--config.model.<field>=<value>`` is parsed
+and checked by ``ml_collections.config_flags`` like any other key. :func:`model_config` turns
+it and the dataset's facts (vocabulary size, number of labels, image size) into the frozen
+dataclass.
 """
 
 from __future__ import annotations
@@ -11,10 +13,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import types
+import typing
+from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
 import ml_collections
+from ml_collections import config_dict
 
 import zoo
 from zoo import registry
@@ -24,13 +30,15 @@ from zoo.training import tasks as tasks_lib
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Keys of ``config.model`` that are not fields of the model dataclass.
+RUN_KEYS = ("name", "match_data")
 
 
 def base_config(task: str, model: str) -> ml_collections.ConfigDict:
   """Every key the loop reads, with defaults; ``task`` and ``model`` (a preset) filled in.
 
-  ``config.data`` comes from ``zoo.data.default_config(task)``.
+  ``config.data`` comes from ``zoo.data.default_config(task)``; ``config.model`` from
+  :func:`model_fields`.
   """
   if task not in tasks_lib.TASKS:
     raise ValueError(f"unknown task {task!r}; known tasks: {tasks_lib.TASKS}.")
@@ -39,14 +47,13 @@ def base_config(task: str, model: str) -> ml_collections.ConfigDict:
   c.seed = 0
   c.label_smoothing = 0.0  # epsilon of the token/class cross entropy
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = model  # a zoo preset (zoo.list_models())
-  # Fields of the family's config dataclass to change. Any field can also be set from the
-  # command line (--config.model.overrides.d_model=256): train.py adds it here.
-  c.model.overrides = ml_collections.ConfigDict()
-  c.model.compute_dtype = "float32"  # "bfloat16" = mixed precision (params stay float32)
+  c.model = model_fields(model)
+  # The preset the fields were filled from (logs, family). It is chosen by the config
+  # argument (configs/gpt.py:gpt2-medium): changing it here would not refill the fields.
+  c.model.name = model
   # Take vocabulary size, pad id, labels, image size from the dataset (training from scratch
-  # with the dataset's tokenizer). Explicit overrides still win.
+  # with the dataset's tokenizer) for every field still at the preset's value; a field set to
+  # another value wins.
   c.model.match_data = True
 
   c.data = _data_config(task)
@@ -60,7 +67,8 @@ def base_config(task: str, model: str) -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
   c.train.progress_bar = True
   c.train.plot = True  # loss curve PNG in the workdir at the end
-  # XLA options for the compiled init/train/eval programs, e.g. xla_backend_optimization_level.
+  # XLA options for the compiled init/train/eval programs, a dict set whole on the command
+  # line: --config.train.compiler_options="{'xla_backend_optimization_level': 0}".
   c.train.compiler_options = ml_collections.ConfigDict()
 
   c.eval = ml_collections.ConfigDict()
@@ -99,69 +107,144 @@ def base_config(task: str, model: str) -> ml_collections.ConfigDict:
 def _data_config(task: str) -> ml_collections.ConfigDict:
   import zoo.data as data_lib  # noqa: PLC0415 - keeps `import zoo.training` light
 
-  return data_lib.default_config(task)
+  c = data_lib.default_config(task)
+  # config_flags cannot type a key whose default is None (data_dir, text_keys, mean...) and
+  # refuses to override it; a placeholder of `object` takes any Python literal, else a string
+  # (--config.data.data_dir=/data, --config.data.text_keys="('text',)").
+  for key in c:
+    if c[key] is None:
+      c[key] = config_dict.placeholder(object)
+  return c
 
 
-def choose(arg: str | None, family: str, default: str, variants: tuple[str, ...]) -> str:
-  """Validate the ``:arg`` of a config file: a preset of ``family`` or one of ``variants``."""
-  arg = arg or default
-  known = [*variants, *zoo.list_models(family)]
-  if arg not in known:
-    close = difflib.get_close_matches(arg, known, n=3)
+def config_args(family: str, *variants: str) -> tuple[str, ...]:
+  """The ``:arg`` choices of a config file: ``family``'s presets, then its ``variants``.
+
+  The first (the family's first preset) is the default; ``train.py --help`` lists them.
+  """
+  return (*zoo.list_models(family), *variants)
+
+
+def choose(arg: str | None, choices: Sequence[str]) -> str:
+  """Validate the ``:arg`` of a config file against its ``ARGS``; none given -> the first."""
+  arg = arg or choices[0]
+  if arg not in choices:
+    close = difflib.get_close_matches(arg, choices, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown config argument {arg!r}.{hint} Choose one of: {', '.join(known)}.")
+    raise ValueError(
+        f"unknown config argument {arg!r}.{hint} Choose one of: {', '.join(choices)}."
+    )
   return arg
 
 
-def _field_names(cls) -> set[str]:
-  return {f.name for f in dataclasses.fields(cls)}
+def _family(preset: str) -> registry.Family:
+  if preset not in PRESETS:
+    raise registry.unknown(preset, PRESETS, "model preset (config.model.name)")
+  return registry.get(PRESETS[preset][0])
 
 
-def family_of_preset(name: str) -> str:
-  if name not in PRESETS:
-    close = difflib.get_close_matches(name, list(PRESETS), n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown model preset config.model.name={name!r}.{hint}")
-  return PRESETS[name][0]
+def _preset_values(preset: str) -> dict[str, Any]:
+  """Every field of ``preset``'s dataclass as a ConfigDict value: dtypes by name, tuples kept."""
+  cfg = zoo.get_config(preset)
+  hints = typing.get_type_hints(type(cfg))
+  out = {}
+  for name in registry.field_names(type(cfg)):
+    value = getattr(cfg, name)
+    if registry.is_dtype_field(name) and value is not None:
+      value = jnp.dtype(value).name
+    elif isinstance(value, int) and not isinstance(value, bool) and _flag_type(hints[name]) is float:
+      value = float(value)  # else the ConfigDict would type the key int and refuse "1e-4"
+    out[name] = value
+  return out
+
+
+def _flag_type(hint: Any) -> type:
+  """The command-line type of a field annotated ``hint``: ``int | None`` -> int, Literal -> str."""
+  args = [a for a in _union_args(hint) if a is not type(None)]
+  if len(args) == 1:
+    (arg,) = args
+    if typing.get_origin(arg) is typing.Literal:
+      return type(typing.get_args(arg)[0])
+    if isinstance(arg, type):
+      return arg
+  return object
+
+
+def _union_args(hint: Any) -> tuple:
+  if typing.get_origin(hint) in (typing.Union, types.UnionType):
+    return typing.get_args(hint)
+  return (hint,)
+
+
+def model_fields(preset: str) -> ml_collections.ConfigDict:
+  """``config.model`` of ``preset``: every field of the family's dataclass, typed.
+
+  Literal fields are strings, dtypes their names (``"float32"``, ``"bfloat16"``); a field whose
+  value is None (``head_dim: int | None``) is a typed placeholder, so ``config_flags`` parses
+  ``--config.model.head_dim=64`` as an int and refuses ``abc``.
+  """
+  family = _family(preset)
+  hints = typing.get_type_hints(family.config_cls)
+  out = ml_collections.ConfigDict()
+  for name, value in _preset_values(preset).items():
+    if name in RUN_KEYS:
+      raise ValueError(f"{family.config_cls.__name__}.{name} clashes with config.model.{name}.")
+    if value is None:
+      kind = str if registry.is_dtype_field(name) else _flag_type(hints[name])
+      if kind not in (int, float, str, bool):
+        raise TypeError(
+            f"{family.config_cls.__name__}.{name}: cannot type {hints[name]} for the command line."
+        )
+      value = config_dict.placeholder(kind)
+    out[name] = value
+  return out
 
 
 def model_config(config: ml_collections.ConfigDict, info: dict | None = None) -> Any:
-  """The frozen model dataclass of a run: preset < task/data facts < explicit overrides."""
+  """The frozen model dataclass of a run, from ``config.model`` and the dataset's ``info``.
+
+  A value the data implies (``task.model_overrides(info)``: vocabulary size, labels, image
+  size...) replaces a field that still holds the preset's value when
+  ``config.model.match_data``; a field set to anything else was chosen and wins (with a
+  warning when it differs from the data).
+
+  Args:
+    config: the run config (``config.model``, ``config.task``).
+    info: the training dataset's ``info`` (vocabulary size, labels...); None = the preset's.
+
+  Returns:
+    The family's frozen config dataclass, dtypes resolved by ``registry.make_config``.
+
+  Raises:
+    ValueError: a key of ``config.model`` that is no field, a vocabulary smaller than the
+      tokenizer's, or values the dataclass refuses.
+  """
   name = config.model.name
-  cfg_cls = registry.get(family_of_preset(name)).config_cls
-  fields = _field_names(cfg_cls)
-  values: dict[str, Any] = {}
-  if config.model.match_data and info is not None:
+  family = _family(name)
+  fields = registry.field_names(family.config_cls)
+  for key in config.model:
+    if key not in fields and key not in RUN_KEYS:
+      raise registry.unknown(key, fields, f"config.model key (no {family.config_cls.__name__} field)")
+  preset = _preset_values(name)
+  values = {k: config.model[k] if k in config.model else preset[k] for k in fields}
+  if config.model.match_data and info:
     task = tasks_lib.get_task(config.task)
-    implied = {k: v for k, v in task.model_overrides(info).items() if k in fields}
-    values.update(implied)
-  explicit = dict(config.model.overrides)
-  for key, value in explicit.items():
-    if key not in fields:
-      close = difflib.get_close_matches(key, sorted(fields), n=3)
-      hint = f" Did you mean {', '.join(close)}?" if close else ""
-      raise ValueError(f"config.model.overrides.{key}: {cfg_cls.__name__} has no field {key!r}.{hint}")
-    if key in values and values[key] != value:
-      log.warning("model.overrides.%s=%r replaces %r taken from the data", key, value, values[key])
-  values.update(explicit)
-  for key in ("dtype", "param_dtype"):
-    if isinstance(values.get(key), str):
-      values[key] = _dtype(values[key], f"model.overrides.{key}")
-  if "dtype" not in explicit:
-    values["dtype"] = _dtype(config.model.compute_dtype, "model.compute_dtype")
-  if info is not None and "vocab_size" in values and info.get("vocab_size"):
+    for key, implied in task.model_overrides(info).items():
+      if key not in values:
+        continue
+      if values[key] == preset[key]:
+        values[key] = implied
+      elif values[key] != implied:
+        log.warning("config.model.%s=%r is used instead of %r from the data", key, values[key],
+                    implied)
+  if info and info.get("vocab_size") and values.get("vocab_size") is not None:
     if values["vocab_size"] < int(info["vocab_size"]):
       raise ValueError(
-          f"model vocab_size={values['vocab_size']} is smaller than the tokenizer's "
-          f"{info['vocab_size']}; drop model.overrides.vocab_size or make it larger."
+          f"config.model.vocab_size={values['vocab_size']} is smaller than the tokenizer's "
+          f"{info['vocab_size']}; leave it at the preset's value (the data's is used) or make "
+          "it larger."
       )
-  return zoo.get_config(name, **values)
-
-
-def _dtype(name: str, key: str):
-  if name not in DTYPES:
-    raise ValueError(f"{key}={name!r}; choose one of {sorted(DTYPES)}.")
-  return DTYPES[name]
+  return registry.make_config(family, values, "config.model")
 
 
 def fingerprint(model_cfg: Any, task: str) -> dict[str, Any]:
@@ -175,6 +258,8 @@ def fingerprint(model_cfg: Any, task: str) -> dict[str, Any]:
     if f.name in runtime or "dropout" in f.name:
       continue
     value = getattr(model_cfg, f.name)
+    if registry.is_dtype_field(f.name) and value is not None:
+      value = jnp.dtype(value).name  # "float32" whether the config holds a name, type or dtype
     out[f"model.{f.name}"] = value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
   return out
 
