@@ -360,18 +360,27 @@ def test_vit_npz_matches_hf(big_vision, tmp_path):
 PAD = V - 1
 
 
-def _marian(seed=6):
+def _marian(seed=6, **kw):
   cfg = transformers.MarianConfig(
       vocab_size=V, d_model=D, encoder_layers=2, decoder_layers=2, encoder_attention_heads=N,
       decoder_attention_heads=N, encoder_ffn_dim=F, decoder_ffn_dim=F,
       max_position_embeddings=32, pad_token_id=PAD, decoder_start_token_id=PAD, eos_token_id=0,
       activation_function="swish", scale_embedding=True,  # what the Opus-MT models use
+      **kw,
   )
   return _randomize(transformers.MarianMTModel(cfg), seed)
 
 
-def test_marian_matches_hf_with_padding_and_round_trips(tmp_path):
-  hf = _marian()
+# (share_encoder_decoder_embeddings, tie_word_embeddings): Opus-MT's default, then the layouts
+# where transformers keeps separate encoder / decoder tables (and an unused model.shared).
+MARIAN_LAYOUTS = [(True, True), (True, False), (False, False)]
+
+
+@pytest.mark.parametrize("share,tie", MARIAN_LAYOUTS)
+def test_marian_matches_hf_with_padding_and_round_trips(tmp_path, share, tie):
+  hf = _marian(share_encoder_decoder_embeddings=share, tie_word_embeddings=tie)
+  if not tie:  # random tables that differ, so a table read from the wrong place shows
+    assert not torch.equal(hf.model.encoder.embed_tokens.weight, hf.model.decoder.embed_tokens.weight)
   model, params = zoo.from_pretrained(_hf_save(hf, tmp_path / "hf"))
   c = model.config
   assert (c.sinusoid_layout, c.activation, c.pad_id, c.final_logits_bias) == ("split", "silu", PAD, True)

@@ -64,7 +64,11 @@ def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
     raise ValueError("Marian normalize_before=true is not supported.")
   vocab = hf["vocab_size"]
   tgt_vocab = hf.get("decoder_vocab_size") or vocab
-  share = hf.get("share_encoder_decoder_embeddings", True)
+  tie = hf.get("tie_word_embeddings", True)
+  # transformers ties encoder/decoder embed_tokens to model.shared only when it also ties the
+  # output projection: with share_encoder_decoder_embeddings=True but tie_word_embeddings=False
+  # the model holds (and uses) separate encoder and decoder tables, and model.shared is unused.
+  share = hf.get("share_encoder_decoder_embeddings", True) and tie
   fields = dict(
       vocab_size=vocab,
       tgt_vocab_size=None if tgt_vocab == vocab else tgt_vocab,
@@ -77,7 +81,7 @@ def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
       position="sinusoidal",
       sinusoid_layout="split",
       share_embeddings=share,
-      tie_output=hf.get("tie_word_embeddings", True),
+      tie_output=tie,
       scale_embeddings=hf.get("scale_embedding", False),
       final_logits_bias=True,
       norm_position="post",
@@ -139,11 +143,14 @@ def config_to_hf(cfg) -> dict[str, Any]:
 
 
 def ignore(hf: dict[str, Any], arch: str) -> tuple[str, ...]:
-  """Sinusoid tables and tied copies of the token embedding."""
+  """Sinusoid tables, tied copies of the token embedding, and an unused ``model.shared``."""
   patterns = ["*embed_positions.weight"]
-  if hf.get("share_encoder_decoder_embeddings", True):
+  tie = hf.get("tie_word_embeddings", True)
+  if hf.get("share_encoder_decoder_embeddings", True) and tie:
     patterns += ["model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"]
-  if hf.get("tie_word_embeddings", True):
+  else:
+    patterns.append("model.shared.weight")  # untied: the stacks read their own tables
+  if tie:
     patterns.append("lm_head.weight")
   return tuple(patterns)
 
