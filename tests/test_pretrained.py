@@ -620,3 +620,48 @@ def test_read_json_names_the_file_line_and_column(tmp_path):
   where = r"tokenizer_config\.json is not valid JSON: .* at line 1, column 19"
   with pytest.raises(ValueError, match=where):
     zoo.load_tokenizer(tmp_path / "tok")
+
+
+# ----------------------------------------------------------------------------------------------
+# Fresh heads on base checkpoints (fine-tuning).
+
+
+def test_base_bert_gets_a_fresh_classifier_and_keeps_every_backbone_tensor(tmp_path):
+  path = _hf_save(_bert("BertModel", 11), tmp_path / "base")
+  _, base = zoo.from_pretrained(path)
+  with pytest.warns(UserWarning, match=r"no weights for \['classifier/bias', 'classifier/kernel'\]"):
+    model, params = zoo.from_pretrained(path, head="sequence_classification", num_labels=9)
+  assert model.config.head == "sequence_classification" and model.config.num_labels == 9
+  flat, want = _flat(params), _flat(base)
+  assert set(flat) - set(want) == {"classifier/bias", "classifier/kernel"}
+  for k in want:
+    np.testing.assert_array_equal(flat[k], want[k], err_msg=k)  # bit for bit
+  assert flat["classifier/kernel"].shape == (D, 9) and np.any(flat["classifier/kernel"] != 0)
+  ids, types, mask = _bert_inputs()
+  logits = _run(model, params, ids, token_type_ids=types, attention_mask=mask)["logits"]
+  assert logits.shape == (2, 9) and np.all(np.isfinite(logits))
+  # Another seed, another head; the same backbone.
+  _, other = zoo.from_pretrained(path, head="sequence_classification", num_labels=9, seed=1)
+  assert not np.array_equal(_flat(other)["classifier/kernel"], flat["classifier/kernel"])
+
+
+def test_heads_of_another_task_are_dropped_and_reshaped_heads_are_new(tmp_path):
+  # Pretraining heads (MLM, NSP) are not used by a tagger; the pooler is unused too.
+  path = _hf_save(_bert("BertForPreTraining", 12), tmp_path / "pre")
+  fitted = api.load(path, head="token_classification", num_labels=4)
+  assert fitted.new == ["classifier/bias", "classifier/kernel"]
+  assert {p.split("/")[0] for p in fitted.dropped} == {"mlm", "nsp"}
+  # A ViT head with another number of classes is new, and every other tensor is loaded.
+  vit_path = _hf_save(_randomize(transformers.ViTForImageClassification(_vit_config(num_labels=5)), 3),
+                      tmp_path / "vit")
+  fitted = api.load(vit_path, num_classes=10, image_size=48)
+  assert fitted.new == ["head/bias", "head/kernel"] and fitted.dropped == ["head/bias", "head/kernel"]
+  assert fitted.flat["pos_embedding"].shape == (1, (48 // 8) ** 2 + 1, D)  # resized positions
+
+
+def test_overrides_that_contradict_the_weights_are_refused(tmp_path):
+  path = _hf_save(_bert("BertModel", 13), tmp_path / "base")
+  with pytest.raises(ValueError, match=r"needs .* of shape .*\{'d_model': 64\} contradict"):
+    zoo.from_pretrained(path, d_model=64, num_heads=N)
+  with pytest.raises(ValueError, match=r"unknown BertConfig field .*'num_label'.*num_labels"):
+    zoo.from_pretrained(path, num_label=3)

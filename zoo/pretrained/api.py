@@ -10,7 +10,6 @@ shardings on a mesh).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import warnings
@@ -18,7 +17,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 from flax import serialization, traverse_util
@@ -66,29 +64,23 @@ def _pick_converter(hf: dict[str, Any], where: str):
 # Hugging Face folders.
 
 
-def load_hf(
-    path: str,
-    *,
-    dtype: Any = None,
-    mesh: Mesh | None = None,
-    rules: Sequence | None = None,
-    strict: bool = True,
-    **overrides,
-):
-  """A Hugging Face folder -> ``(model, params)``; see :func:`from_pretrained`."""
+def _heads(family: registry.Family) -> tuple[str, ...]:
+  convs = registry.converter_modules(family)
+  return tuple(getattr(convs[0], "HEAD_PARAMS", ())) if convs else ()
+
+
+def read_hf(path: str, *, strict: bool = True, names=()) -> assemble.Weights:
+  """A Hugging Face folder -> its weights in zoo's layout, with the checkpoint's own config.
+
+  ``names`` (override field names) are checked against the family before any tensor is read.
+  """
   hf = read_json(os.path.join(path, "config.json"))
   arch, conv = _pick_converter(hf, os.path.join(path, "config.json"))
   store = TensorStore(path)
   family = registry.family_of(conv.CONFIG)
+  assemble.check_names(family, names)
   fields = conv.config_from_hf(hf, arch, store.keys())
-  config = assemble.make_config(family, fields, dtype, overrides, path)
-  # The weights are read for the checkpoint's own config ("native"); fields a converter can
-  # adapt (a ViT's image_size) are applied afterwards by its resize().
-  resizable = getattr(conv, "RESIZE_FIELDS", ())
-  native = assemble.make_config(
-      family, fields, dtype, {k: v for k, v in overrides.items() if k not in resizable}, path
-  )
-  native = dataclasses.replace(native, scan_layers=False) if hasattr(native, "scan_layers") else native
+  native = assemble.make_config(family, fields, None, {}, path)
   shapes, _ = assemble.param_shapes(family.model_cls(native))
   flat, unused = km.load_entries(
       conv.entries(native, arch),
@@ -102,10 +94,11 @@ def load_hf(
   )
   if unused:
     warnings.warn(f"{path}: {len(unused)} tensors unused: {unused[:10]}", stacklevel=3)
-  if resizable:
-    flat = conv.resize(flat, native, config)
-  model = family.model_cls(config)
-  return model, assemble.finish(model, flat, mesh, rules)
+  return assemble.Weights(
+      native, flat, path, heads=_heads(family),
+      resize=conv.resize if getattr(conv, "RESIZE_FIELDS", ()) else None,
+      implied=getattr(conv, "implied_overrides", None),
+  )
 
 
 def save_hf(model: nn.Module, params, path: str) -> None:
@@ -147,28 +140,61 @@ def save_zoo(model: nn.Module, params, path: str) -> None:
     f.write(serialization.msgpack_serialize(tree))
 
 
-def load_zoo(path: str, *, dtype=None, mesh=None, rules=None, **overrides):
-  """A folder written by :func:`save_zoo` -> ``(model, params)``."""
-  data = read_json(os.path.join(path, ZOO_CONFIG))
-  if dtype is not None:
-    overrides = {"dtype": jnp.dtype(dtype), "param_dtype": jnp.dtype(dtype), **overrides}
-  config = registry.config_from_json(data, os.path.join(path, ZOO_CONFIG), **overrides)
-  model = registry.build(config)
+def read_zoo(path: str, names=()) -> assemble.Weights:
+  """A folder written by :func:`save_zoo` -> its weights and config."""
+  where = os.path.join(path, ZOO_CONFIG)
+  config = registry.config_from_json(read_json(where), where, scan_layers=False)
+  assemble.check_names(registry.family_of(config), names)
   with open(os.path.join(path, ZOO_PARAMS), "rb") as f:
     tree = serialization.msgpack_restore(f.read())
   flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
-  shapes, _ = assemble.param_shapes(assemble.loop_model(model))
+  shapes, _ = assemble.param_shapes(registry.build(config))
   for k in sorted(set(shapes) | set(flat)):
     if k not in flat or k not in shapes or flat[k].shape != shapes[k]:
       raise ValueError(
           f"{path}: parameter {k} has shape {flat[k].shape if k in flat else 'missing'} but "
           f"{ZOO_CONFIG} implies {shapes.get(k, 'no such parameter')}."
       )
-  return model, assemble.finish(model, flat, mesh, rules)
+  return assemble.Weights(config, flat, path, heads=_heads(registry.family_of(config)))
+
+
+def load_zoo(path: str, *, dtype=None, mesh=None, rules=None, **overrides):
+  """A folder written by :func:`save_zoo` -> ``(model, params)``."""
+  return from_pretrained(path, dtype=dtype, mesh=mesh, rules=rules, **overrides)
 
 
 # ----------------------------------------------------------------------------------------------
 # Public entry points.
+
+
+def read(path: str | os.PathLike, *, strict: bool = True, names=()) -> assemble.Weights:
+  """The weights of a Hugging Face folder, zoo checkpoint folder or ViT ``.npz``.
+
+  ``names``: config fields the caller will override, checked before the weights are read.
+  """
+  path = os.fspath(path)
+  if path.endswith(".npz"):
+    from zoo.pretrained import vit_npz
+
+    return vit_npz.read(path, strict=strict, names=names)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path} is not a folder (nor a ViT .npz file).")
+  if os.path.exists(os.path.join(path, ZOO_CONFIG)):
+    return read_zoo(path, names)
+  if not os.path.exists(os.path.join(path, "config.json")):
+    raise FileNotFoundError(f"{path} has neither config.json (Hugging Face) nor {ZOO_CONFIG}.")
+  return read_hf(path, strict=strict, names=names)
+
+
+def load(path, *, dtype: Any = None, strict: bool = True, **overrides) -> assemble.Fitted:
+  """The model ``path``'s config + ``overrides`` describes, and what of it ``path`` provides.
+
+  Heads of another task are handled as a fine-tuning run needs them: a head the checkpoint
+  lacks (or holds with another shape, e.g. another ``num_labels``) is listed in ``new``; one the
+  model does not use is listed in ``dropped``. Every backbone tensor must be there, with the
+  shape the model needs.
+  """
+  return assemble.fit(read(path, strict=strict, names=overrides), dtype, overrides)
 
 
 def from_pretrained(
@@ -178,6 +204,7 @@ def from_pretrained(
     mesh: Mesh | None = None,
     rules: Sequence | None = None,
     strict: bool = True,
+    seed: int = 0,
     **overrides,
 ):
   """Load pretrained weights into a zoo model: ``model, params = from_pretrained(path)``.
@@ -191,25 +218,26 @@ def from_pretrained(
       model's logical axis names and ``rules``.
     rules: logical -> mesh axis rules; default :data:`zoo.sharding.DEFAULT_RULES`.
     strict: checkpoint tensors the model does not use are an error (else a warning).
+    seed: initialises task heads the checkpoint does not have.
     **overrides: zoo config fields to change, e.g. ``scan_layers=True``,
-      ``dropout_rate=0.1``, or for a ViT ``.npz`` ``image_size=384``.
+      ``dropout_rate=0.1``, for a ViT ``image_size=384`` (positions are resized), or another
+      head: ``head="sequence_classification", num_labels=9`` on a BERT base checkpoint gives a
+      freshly initialised classifier (with a warning naming it).
 
   Returns:
     ``(model, params)``: the linen module and its ``params`` tree (use
     ``model.apply({"params": params}, ...)``).
   """
-  path = os.fspath(path)
-  if path.endswith(".npz"):
-    from zoo.pretrained import vit_npz
-
-    return vit_npz.load(path, dtype=dtype, mesh=mesh, rules=rules, strict=strict, **overrides)
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"{path} is not a folder (nor a ViT .npz file).")
-  if os.path.exists(os.path.join(path, ZOO_CONFIG)):
-    return load_zoo(path, dtype=dtype, mesh=mesh, rules=rules, **overrides)
-  if not os.path.exists(os.path.join(path, "config.json")):
-    raise FileNotFoundError(f"{path} has neither config.json (Hugging Face) nor {ZOO_CONFIG}.")
-  return load_hf(path, dtype=dtype, mesh=mesh, rules=rules, strict=strict, **overrides)
+  fitted = load(path, dtype=dtype, strict=strict, **overrides)
+  if fitted.new:
+    warnings.warn(
+        f"{os.fspath(path)} has no weights for {fitted.new}: they are newly initialised "
+        "(train them before use).", stacklevel=2,
+    )
+  if fitted.dropped:
+    warnings.warn(f"{os.fspath(path)}: {fitted.dropped} are not used by this model.", stacklevel=2)
+  flat = {**fitted.flat, **assemble.fresh(fitted.model, fitted.new, seed)}
+  return fitted.model, assemble.finish(fitted.model, flat, mesh, rules)
 
 
 def save_pretrained(model: nn.Module, params, path: str | os.PathLike) -> None:

@@ -33,15 +33,21 @@ def make_config(
   Fields the config class does not have are dropped (converters may report extra facts);
   an override that names no field is an error listing the closest field names.
   """
+  check_names(family, overrides)
   known = set(registry.field_names(family.config_cls))
-  for key in overrides:
-    if key not in known:
-      raise registry.unknown(key, known, f"{family.config_cls.__name__} field (from_pretrained override)")
   values = {k: v for k, v in fields.items() if k in known}
   if dtype is not None:
     values["dtype"] = values["param_dtype"] = jnp.dtype(dtype)
   values.update(overrides)
   return registry.make_config(family, values, where)
+
+
+def check_names(family: registry.Family, overrides) -> None:
+  """Every override names a field of the family's config (else the closest names)."""
+  known = set(registry.field_names(family.config_cls))
+  for key in overrides:
+    if key not in known:
+      raise registry.unknown(key, known, f"{family.config_cls.__name__} field (from_pretrained override)")
 
 
 def loop_model(model: nn.Module) -> nn.Module:
@@ -113,3 +119,106 @@ def host_flat(params) -> dict[str, np.ndarray]:
     params = params["params"]
   params = jax.device_get(params)
   return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# A checkpoint's weights into the model a caller asks for: loaded, new (fresh heads), dropped.
+
+
+@dataclasses.dataclass
+class Weights:
+  """A checkpoint read into zoo's layout, before any override is applied.
+
+  Attributes:
+    config: the checkpoint's own config (looped layers).
+    flat: ``/``-joined loop-layout paths -> host arrays, every parameter of ``config``.
+    where: the checkpoint, for messages.
+    heads: top-level parameter names that belong to task heads: created fresh when the
+      requested model has them but the checkpoint does not (or with another shape), dropped
+      when the checkpoint has them but the requested model does not.
+    resize: ``(flat, native_config, target_config) -> flat`` for fields a converter adapts
+      (a ViT's position table to another ``image_size``); None when nothing resizes.
+    implied: ``overrides -> extra overrides`` they imply (a BERT classification head needs
+      the pooler); None when there are none.
+  """
+
+  config: Any
+  flat: dict[str, np.ndarray]
+  where: str
+  heads: tuple[str, ...] = ()
+  resize: Any = None
+  implied: Any = None
+
+
+@dataclasses.dataclass
+class Fitted:
+  """The requested model and what of it the checkpoint provides.
+
+  ``flat`` holds the loaded parameters (loop layout, host arrays); ``new`` names the
+  parameters the checkpoint lacks (fresh task heads), ``dropped`` the checkpoint tensors the
+  model does not use (a head of another task).
+  """
+
+  model: nn.Module
+  flat: dict[str, np.ndarray]
+  new: list[str]
+  dropped: list[str]
+
+
+def _top(path: str) -> str:
+  return path.split("/", 1)[0]
+
+
+def fit(weights: Weights, dtype: Any, overrides: Mapping[str, Any]) -> Fitted:
+  """``weights`` into ``weights.config`` + ``overrides``; strict about every backbone tensor."""
+  family = registry.family_of(weights.config)
+  overrides = dict(overrides)
+  if weights.implied is not None:
+    overrides = {**weights.implied(overrides), **overrides}
+  fields = {n: getattr(weights.config, n) for n in registry.field_names(family.config_cls)}
+  config = make_config(family, fields, dtype, overrides, weights.where)
+  flat = weights.flat
+  if weights.resize is not None:
+    flat = weights.resize(flat, weights.config, config)
+  model = family.model_cls(config)
+  shapes, _ = param_shapes(loop_model(model))
+  heads = set(weights.heads)
+  loaded, new = {}, []
+  for path, shape in shapes.items():
+    if path in flat and tuple(np.shape(flat[path])) == tuple(shape):
+      loaded[path] = flat[path]
+    elif _top(path) in heads:
+      new.append(path)
+    else:
+      have = f"shape {tuple(np.shape(flat[path]))}" if path in flat else "no such tensor"
+      changed = {k: v for k, v in overrides.items() if fields.get(k, v) != v}
+      raise ValueError(
+          f"{weights.where}: the model asked for needs {path} of shape {tuple(shape)} but the "
+          f"checkpoint has {have}; the overrides {changed} contradict the checkpoint's weights. "
+          "Drop them (architecture fields come from the checkpoint), or train from scratch."
+      )
+  dropped = sorted(p for p in flat if p not in loaded)
+  backbone = [p for p in dropped if _top(p) not in heads]
+  if backbone:
+    raise ValueError(
+        f"{weights.where}: the model asked for does not use the checkpoint's {backbone[:5]}; "
+        f"the overrides {overrides} contradict the checkpoint's architecture."
+    )
+  return Fitted(model, loaded, sorted(new), dropped)
+
+
+def fresh(model: nn.Module, paths: Sequence[str], seed: int = 0) -> dict[str, np.ndarray]:
+  """Freshly initialised values of ``paths`` (loop layout), as the model's own init draws them.
+
+  Only those leaves are returned from the jitted init, so XLA does not compute the others.
+  """
+  if not paths:
+    return {}
+  model = loop_model(model)
+  args, kwargs = registry.family_of(model).dummy_inputs(model.config)
+
+  def init(rng):
+    flat = traverse_util.flatten_dict(nn.unbox(model.init(rng, *args, **kwargs)["params"]), sep="/")
+    return {p: flat[p] for p in paths}
+
+  return {k: np.asarray(v) for k, v in jax.device_get(jax.jit(init)(jax.random.PRNGKey(seed))).items()}

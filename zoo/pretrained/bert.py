@@ -41,6 +41,8 @@ ARCHITECTURES = (
     "BertForTokenClassification",
 )
 PREFIX = "bert."
+# Top-level parameters of the task heads: created fresh on a checkpoint without them.
+HEAD_PARAMS = ("pooler", "mlm", "nsp", "classifier")
 
 _HEADS = {
     "BertModel": "none",
@@ -60,6 +62,13 @@ _LAYER = km.LayerNames(
     mlp_out="output.dense",
     mlp_norm="output.LayerNorm",
 )
+
+
+def implied_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+  """A head that reads the pooled [CLS] vector brings the pooler (fresh if the checkpoint has none)."""
+  if overrides.get("head") in ("pretraining", "sequence_classification") and "pooler" not in overrides:
+    return {"pooler": True}
+  return {}
 
 
 def _num_labels(hf: dict[str, Any]) -> int:

@@ -33,6 +33,7 @@ CONFIG = GPTConfig  # the zoo family this converter reads and writes
 MODEL_TYPE = "gpt2"
 ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
 PREFIX = "transformer."
+HEAD_PARAMS = ("lm_head",)  # an untied output projection; tied ones are the embedding
 
 
 def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:

@@ -42,6 +42,7 @@ CONFIG = ViTConfig  # the zoo family this converter reads and writes
 MODEL_TYPE = "vit"
 ARCHITECTURES = ("ViTModel", "ViTForImageClassification")
 PREFIX = "vit."
+HEAD_PARAMS = ("head", "pre_logits")  # created fresh for another num_classes
 RESIZE_FIELDS = ("image_size",)  # may differ from the checkpoint's: positions are resized
 
 # ViT exports the tanh GELU as "gelu_pytorch_tanh" (BERT, GPT-2: "gelu_new", the same function).

@@ -161,19 +161,15 @@ def entries(cfg) -> list[km.Entry]:
   return out
 
 
-def load(path: str, *, dtype=None, mesh=None, rules=None, strict=True, **overrides):
-  """A ViT ``.npz`` -> ``(model, params)``; ``image_size=`` resizes the position table."""
+def read(path: str, *, strict: bool = True, names=()) -> assemble.Weights:
+  """A ViT ``.npz`` -> its weights and config (``image_size=`` later resizes positions)."""
   store = NpzStore(path)
-  fields = config_fields(store, path)
   family = registry.family_of(ViTConfig)
-  native_over = {k: v for k, v in overrides.items() if k != "image_size"}
-  native = assemble.make_config(family, fields, dtype, {**native_over, "scan_layers": False}, path)
-  config = assemble.make_config(family, fields, dtype, overrides, path)
+  assemble.check_names(family, names)
+  native = assemble.make_config(family, config_fields(store, path), None, {}, path)
   shapes, _ = assemble.param_shapes(ViT(native))
   flat, _ = km.load_entries(
       entries(native), store, shapes, strict=strict, what=path,
       describe=f"the shapes of embedding/kernel and encoderblock_0 ({vit_hf.describe(native)})",
   )
-  flat = vit_hf.resize(flat, native, config)
-  model = ViT(config)
-  return model, assemble.finish(model, flat, mesh, rules)
+  return assemble.Weights(native, flat, path, heads=vit_hf.HEAD_PARAMS, resize=vit_hf.resize)
