@@ -24,8 +24,6 @@ import runpy
 import sys
 from typing import Any
 
-import jax
-
 from zoo.generate import decoder, seq2seq
 from zoo.pretrained.checkpoint_io import read_json
 
@@ -94,27 +92,17 @@ def load_workdir(workdir: str, config=None, step: int | None = None) -> Loaded:
       tokenizer.
     step: which checkpoint; None = the latest.
   """
-  import orbax.checkpoint as ocp
-
+  from zoo.training import trainable
   from zoo.training.checkpoint import Checkpointer
 
   ckpt = Checkpointer(workdir, every=1, keep=1, fingerprint={})
   step = ckpt.latest_step() if step is None else step
   if step is None:
     raise ValueError(f"{workdir} holds no checkpoint under {ckpt.directory}.")
-  meta = ckpt.read_meta(step)
-  model = _model_from_meta(meta, workdir)
-  # Restore onto this host's first device whatever mesh saved it (a GPU run read on a laptop).
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-      ckpt.manager.item_metadata(step)["state"],
-  )
-  restore = ocp.args.PyTreeRestore(
-      item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)
-  )
-  params = ckpt.manager.restore(step, args=ocp.args.Composite(state=restore))["state"]["params"]
+  params, meta = ckpt.read_params(step)
   ckpt.close()
+  model = _model_from_meta(meta, workdir)
+  params = trainable.merge(params)  # LoRA adapters folded into their kernels
 
   if isinstance(config, str):
     config = load_run_config(config)

@@ -66,6 +66,8 @@ class Checkpointer:
     fingerprint: JSON-able description of the model; a checkpoint with another one is refused.
     model_config: ``zoo.registry.config_to_json`` of the model, saved so that readers
       (``zoo.generate``, export) rebuild the model from the checkpoint alone.
+    data_info: JSON facts of the data the run trained on (label names, special token ids,
+      tokenizer), which export writes into the Hugging Face ``config.json``.
   """
 
   def __init__(
@@ -76,10 +78,12 @@ class Checkpointer:
       keep: int,
       fingerprint: dict[str, Any],
       model_config: dict[str, Any] | None = None,
+      data_info: dict[str, Any] | None = None,
   ):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.fingerprint = fingerprint
     self.model_config = model_config
+    self.data_info = data_info
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(int(every), 1),
         max_to_keep=max(int(keep), 1),
@@ -102,6 +106,31 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return dict(restored["meta"])
+
+  def read_params(self, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """``(params, meta)`` of checkpoint ``step`` (default latest) on this host's first device.
+
+    Whatever mesh saved it (a GPU run read on a laptop); the optimizer state is not read.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}.")
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    saved = self.manager.item_metadata(step)["state"]
+    abstract = {
+        "params": jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved["params"]
+        )
+    }
+    restore = ocp.args.PyTreeRestore(
+        item=abstract,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+        partial_restore=True,
+    )
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(state=restore, meta=ocp.args.JsonRestore())
+    )
+    return restored["state"]["params"], dict(restored["meta"])
 
   def check_fingerprint(self, step: int | None = None) -> None:
     """Refuse (ValueError) to resume a checkpoint of another model or task."""
@@ -162,6 +191,7 @@ class Checkpointer:
         "data": data_state,
         "fingerprint": self.fingerprint,
         "model_config": self.model_config,
+        "data_info": self.data_info,
     }
     saved = self.manager.save(
         step,
