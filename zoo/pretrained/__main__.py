@@ -1,25 +1,22 @@
 """Command line: convert checkpoints between Hugging Face, zoo and ViT ``.npz`` formats.
 
   python -m zoo.pretrained convert IN OUT [--to zoo|hf] [--dtype bfloat16] [--image-size N]
+  python -m zoo.pretrained export RUN OUT [--step N]
   python -m zoo.pretrained info IN
 
 ``convert`` reads IN with :func:`zoo.pretrained.from_pretrained` (a Hugging Face folder, a zoo
 checkpoint folder or a ViT ``.npz``) and writes OUT as a zoo checkpoint (``zoo_config.json``
 + ``params.msgpack``) when IN is Hugging Face / npz, or as a Hugging Face folder when IN is a
 zoo checkpoint; ``--to`` forces the output format. Tokenizer files are copied along.
+``export`` writes a train.py run directory as a Hugging Face folder (``zoo.pretrained.export``):
+labels, special token ids and the run's tokenizer included, LoRA adapters merged.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-    "vocab.json", "merges.txt", "source.spm", "target.spm",
-)
 
 
 def _is_zoo(path: str) -> bool:
@@ -40,10 +37,9 @@ def convert(src: str, dst: str, *, to: str | None = None, dtype: str | None = No
     api.save_zoo(model, params, dst)
   else:
     api.save_pretrained(model, params, dst)
-  src_dir = src if os.path.isdir(src) else os.path.dirname(src)
-  for name in TOKENIZER_FILES:
-    if os.path.exists(os.path.join(src_dir, name)):
-      shutil.copy2(os.path.join(src_dir, name), os.path.join(dst, name))
+  from zoo.pretrained.export import copy_tokenizer
+
+  copy_tokenizer(src if os.path.isdir(src) else os.path.dirname(src), dst)
   return to
 
 
@@ -72,16 +68,38 @@ def main(argv=None) -> int:
   c.add_argument("--dtype", default=None, help="parameter dtype, e.g. bfloat16 (default float32)")
   c.add_argument("--image-size", type=int, default=None,
                  help="ViT only: resize the position table to this resolution")
+  e = sub.add_parser("export", help="write a train.py run (RUN = its --workdir) as a HF folder")
+  e.add_argument("src", metavar="RUN")
+  e.add_argument("dst", metavar="OUT")
+  e.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
   i = sub.add_parser("info", help="print the model family, config and parameter count")
   i.add_argument("src", metavar="IN")
+  parser.add_argument("--verbose", action="store_true", help="show tracebacks of errors")
   args = parser.parse_args(argv)
+  try:
+    _run(args)
+  except (ValueError, OSError) as e:  # expected: bad paths, formats, configs
+    if args.verbose:
+      raise
+    print(f"python -m zoo.pretrained {args.command}: error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+def _run(args) -> None:
   if args.command == "convert":
     overrides = {} if args.image_size is None else {"image_size": args.image_size}
     to = convert(args.src, args.dst, to=args.to, dtype=args.dtype, **overrides)
     print(f"wrote {'zoo checkpoint' if to == 'zoo' else 'Hugging Face folder'} {args.dst}")
+  elif args.command == "export":
+    from zoo.pretrained.export import export_run
+
+    done = export_run(args.src, args.dst, step=args.step)
+    tok = ", ".join(done["tokenizer"]) or "none (the run's tokenizer has no Hugging Face form)"
+    print(f"wrote Hugging Face folder {args.dst} from {done['where']} ({done['model']}); "
+          f"labels: {done['labels']}; tokenizer: {tok}")
   else:
     print(info(args.src))
-  return 0
 
 
 if __name__ == "__main__":

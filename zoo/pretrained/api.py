@@ -10,6 +10,7 @@ shardings on a mesh).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -101,8 +102,11 @@ def read_hf(path: str, *, strict: bool = True, names=()) -> assemble.Weights:
   )
 
 
-def save_hf(model: nn.Module, params, path: str) -> None:
-  """``(model, params)`` -> a Hugging Face folder; see :func:`save_pretrained`."""
+def save_hf(model: nn.Module, params, path: str, extra: dict | None = None) -> None:
+  """``(model, params)`` -> a Hugging Face folder; see :func:`save_pretrained`.
+
+  ``extra``: ``config.json`` keys to add (``id2label``, special token ids ...).
+  """
   family = registry.family_of(model)
   if not family.converters:
     raise ValueError(f"{family.config_cls.__name__} has no Hugging Face format to export to.")
@@ -117,6 +121,7 @@ def save_hf(model: nn.Module, params, path: str) -> None:
   dtypes = {v.dtype for v in tensors.values()}
   hf.setdefault("torch_dtype", str(dtypes.pop()) if len(dtypes) == 1 else "float32")
   hf["dtype"] = hf["torch_dtype"]
+  hf.update(extra or {})
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(hf, f, indent=2, sort_keys=True)
@@ -158,6 +163,43 @@ def read_zoo(path: str, names=()) -> assemble.Weights:
   return assemble.Weights(config, flat, path, heads=_heads(registry.family_of(config)))
 
 
+def is_workdir(path: str) -> bool:
+  """A ``train.py --workdir`` (it holds ``checkpoints/``)."""
+  return os.path.isdir(os.path.join(path, "checkpoints"))
+
+
+def read_workdir(path: str, step: int | None = None, names=()) -> assemble.Weights:
+  """A train.py run directory -> the weights of checkpoint ``step`` (default the latest).
+
+  The model config saved with the checkpoint rebuilds the model; LoRA adapters are merged
+  into their kernels, and scanned layers are read back in the looped layout.
+  """
+  from zoo.training import trainable  # lazy: orbax only when a workdir is read
+  from zoo.training.checkpoint import Checkpointer
+
+  ckpt = Checkpointer(path, every=1, keep=1, fingerprint={})
+  try:
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{path} holds no checkpoint under {ckpt.directory}.")
+    params, meta = ckpt.read_params(step)
+  finally:
+    ckpt.close()
+  if not meta.get("model_config"):
+    raise ValueError(f"{path}: checkpoint {step} has no saved model config (an older zoo wrote it).")
+  config = registry.config_from_json(meta["model_config"], f"{path} step {step}")
+  assemble.check_names(registry.family_of(config), names)
+  tree = trainable.merge(jax.device_get(params))
+  if getattr(config, "scan_layers", False):
+    tree = unscan_params(tree)
+    config = dataclasses.replace(config, scan_layers=False)
+  flat = assemble.host_flat(tree)
+  return assemble.Weights(
+      config, flat, f"{path} (step {step})", heads=_heads(registry.family_of(config)),
+      info=dict(meta.get("data_info") or {}),
+  )
+
+
 def load_zoo(path: str, *, dtype=None, mesh=None, rules=None, **overrides):
   """A folder written by :func:`save_zoo` -> ``(model, params)``."""
   return from_pretrained(path, dtype=dtype, mesh=mesh, rules=rules, **overrides)
@@ -178,11 +220,19 @@ def read(path: str | os.PathLike, *, strict: bool = True, names=()) -> assemble.
 
     return vit_npz.read(path, strict=strict, names=names)
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"{path} is not a folder (nor a ViT .npz file).")
+    raise FileNotFoundError(
+        f"{path} is not a folder (nor a ViT .npz file); give a Hugging Face folder, a zoo "
+        "checkpoint folder, a train.py workdir or a .npz."
+    )
+  if is_workdir(path):
+    return read_workdir(path, names=names)
   if os.path.exists(os.path.join(path, ZOO_CONFIG)):
     return read_zoo(path, names)
   if not os.path.exists(os.path.join(path, "config.json")):
-    raise FileNotFoundError(f"{path} has neither config.json (Hugging Face) nor {ZOO_CONFIG}.")
+    raise FileNotFoundError(
+        f"{path} has neither config.json (Hugging Face), {ZOO_CONFIG} (zoo checkpoint) nor "
+        "checkpoints/ (train.py workdir): it is no checkpoint zoo can read."
+    )
   return read_hf(path, strict=strict, names=names)
 
 
@@ -240,7 +290,9 @@ def from_pretrained(
   return fitted.model, assemble.finish(fitted.model, flat, mesh, rules)
 
 
-def save_pretrained(model: nn.Module, params, path: str | os.PathLike) -> None:
+def save_pretrained(
+    model: nn.Module, params, path: str | os.PathLike, extra: dict | None = None
+) -> None:
   """Write ``config.json`` + ``model.safetensors`` in the Hugging Face layout.
 
   ``transformers.AutoModel*.from_pretrained(path)`` then loads the model (GPT ->
@@ -248,4 +300,4 @@ def save_pretrained(model: nn.Module, params, path: str | os.PathLike) -> None:
   ``ViTForImageClassification`` / ``ViTModel``, Transformer -> ``MarianMTModel``). A config
   with no Hugging Face equivalent (RoPE, RMSNorm, ...) is a ValueError naming the fields.
   """
-  save_hf(model, params, os.fspath(path))
+  save_hf(model, params, os.fspath(path), extra)

@@ -140,6 +140,8 @@ class Weights:
       (a ViT's position table to another ``image_size``); None when nothing resizes.
     implied: ``overrides -> extra overrides`` they imply (a BERT classification head needs
       the pooler); None when there are none.
+    info: for a train.py workdir, the data facts saved with the checkpoint (label names,
+      special token ids, tokenizer path); empty otherwise.
   """
 
   config: Any
@@ -148,6 +150,7 @@ class Weights:
   heads: tuple[str, ...] = ()
   resize: Any = None
   implied: Any = None
+  info: dict = dataclasses.field(default_factory=dict)  # a train.py run's data facts
 
 
 @dataclasses.dataclass
