@@ -43,32 +43,18 @@ def case(args, length: int) -> common.Case:
   mlm_targets[~selected] = -100
   nsp = r.randint(0, 2, (b,)).astype("int32")
   mask = ids * 0 + 1
-
-  model = zoo.build(cfg)
-  params = common.param_tree(model, (ids[:1],), {})
-  emb = params["embeddings"]
-  per_row = common.count(params["pooler"]) + common.count(params["nsp"])
-  lookups = common.count(emb["position_embeddings"]) + common.count(emb["token_type_embeddings"])
-  n = common.count(params) - per_row - lookups
-  flops = common.train_flops(
-      [(n, b * length), (per_row, b)], [(cfg.num_layers, cfg.d_model, b * length, length, False)]
-  )
+  batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
+           "mlm_targets": mlm_targets, "nsp_labels": nsp}
 
   def zoo_work():
-    batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
-             "mlm_targets": mlm_targets, "nsp_labels": nsp}
-    return common.ZooWork(model, "mlm_nsp", batch)
+    return common.ZooWork(cfg, "mlm_nsp", batch)
 
   def hf_work():
     import transformers
 
-    hf_cfg = transformers.BertConfig(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads, intermediate_size=cfg.mlp_dim, hidden_act="gelu",
-        hidden_dropout_prob=cfg.dropout_rate, attention_probs_dropout_prob=cfg.attention_dropout_rate,
-        max_position_embeddings=cfg.max_len, type_vocab_size=cfg.type_vocab_size,
-        layer_norm_eps=cfg.norm_eps, pad_token_id=cfg.pad_id,
-    )
+    from zoo.pretrained import bert
+
+    hf_cfg = transformers.BertConfig(**bert.config_to_hf(cfg))
     inputs = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
     train = {**inputs, "labels": mlm_targets, "next_sentence_label": nsp}
     return common.TorchWork(transformers.BertForPreTraining(hf_cfg), train, inputs)
@@ -78,7 +64,7 @@ def case(args, length: int) -> common.Case:
       shape=f"B={b} T={length}",
       unit="tokens",
       units=b * length,
-      flops=flops,
+      flops=common.zoo_flops(cfg, batch),
       zoo=zoo_work,
       peers={"hf": hf_work},
   )

@@ -6,15 +6,18 @@ size and batch). :func:`run` measures zoo and every peer in the same process, on
 other, and reports for each:
 
 * the training step: loss, backward, AdamW update (lr 1e-4, weight decay 0.01, no clipping on
-  both sides). zoo: one ``jax.jit`` of the whole step with the state donated, lowered and
-  compiled ahead of time (compile time = lower + compile); PyTorch: the ordinary loop
+  both sides). zoo: the training loop's own step, ``zoo.training.loop.program(...).step``
+  (``loop.train_step`` jitted with the state donated, what ``train.py`` runs) on a one-device
+  mesh, lowered and compiled ahead of time (compile time = lower + compile); PyTorch: the
+  ordinary loop
   ``model(**inputs, labels=...).loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)``,
   eagerly and under ``torch.compile`` (compile time = the first call);
 * the forward pass (no gradient, dropout off);
 * the median step time over ``--steps`` timed steps after ``--warmup`` untimed ones, every
   step waited for (``jax.block_until_ready`` / ``torch.cuda.synchronize``);
 * throughput (tokens/s or images/s), peak memory, achieved TFLOP/s and MFU under two FLOP
-  conventions (see :func:`train_flops`), and zoo / peer ratios.
+  conventions (each family's ``train_flops`` in ``zoo.registry``, the formula the training
+  loop's MFU uses), and zoo / peer ratios.
 
 float32 on CPU; on GPU zoo computes in bfloat16 (float32 parameters) and PyTorch runs under
 ``torch.autocast(bfloat16)``. Both sides get the same number of threads (``--threads``,
@@ -44,18 +47,6 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-# Dense bf16 peak TFLOP/s per device (vendor data sheets, no sparsity), matched as substrings of
-# ``device_kind``; the first hit wins, so more specific names come first.
-PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
-    ("H100 PCIe", 756.0),
-    ("H100", 989.0),  # SXM
-    ("H200", 989.0),
-    ("A100", 312.0),
-    ("TPU v4", 275.0),
-    ("TPU v5 lite", 197.0),  # v5e
-    ("TPU v5e", 197.0),
-)
-
 # The two FLOP conventions: key -> how it is written in tables.
 CONVENTIONS = {
     "full": "6N+12·L·d·T",
@@ -71,9 +62,9 @@ PEER_MODES = ("eager", "compile", "timm")
 
 @dataclasses.dataclass
 class ZooWork:
-  """A zoo model, the name of its task in ``zoo.training.tasks`` and one host batch."""
+  """A zoo model config, the name of its task in ``zoo.training.tasks`` and one host batch."""
 
-  model: nn.Module
+  config: Any
   task: str
   batch: dict[str, np.ndarray]
 
@@ -242,10 +233,12 @@ def device_peak(args) -> tuple[float | None, str]:
   """``(peak FLOP/s or None, where it came from)``."""
   if args.peak_tflops:
     return args.peak_tflops * 1e12, f"{args.peak_tflops:g} TFLOP/s (--peak-tflops)"
-  kind = jax.devices()[0].device_kind
-  for name, tflops in PEAK_TFLOPS:
-    if name.lower() in kind.lower():
-      return tflops * 1e12, f"{name}: {tflops:g} TFLOP/s dense bf16 (data sheet)"
+  from zoo.training import metrics as metrics_lib  # noqa: PLC0415
+
+  entry = metrics_lib.peak_flops_entry(jax.devices()[0])  # the training loop's table
+  if entry:
+    name, flops = entry
+    return flops, f"{name}: {flops / 1e12:g} TFLOP/s dense bf16 (data sheet)"
   if args.measure_peak and not on_gpu():
     peak = measured_cpu_peak()
     return peak, f"{peak / 1e12:.3f} TFLOP/s (measured float32 2048³ matmul, XLA)"
@@ -277,37 +270,20 @@ def environment(args) -> dict[str, Any]:
 # FLOPs.
 
 
-def param_tree(model: nn.Module, args: tuple, kwargs: dict) -> Any:
-  """Parameter shapes (nothing allocated)."""
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args, **kwargs))
-  return nn.unbox(shapes["params"])
+def zoo_flops(cfg: Any, batch: dict[str, np.ndarray]) -> dict[str, float]:
+  """Train FLOPs of one step on ``batch`` under both :data:`CONVENTIONS`.
 
-
-def count(tree: Any) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-
-def train_flops(matmuls: list[tuple[int, int]], attention: list[tuple[int, int, int, int, bool]]):
-  """Training FLOPs of one step under both conventions (forward + backward = 3 x forward).
-
-  Args:
-    matmuls: ``(params, tokens)`` pairs: ``6 * params`` FLOPs for each token the params see
-      (Kaplan et al. 2020; PaLM appendix B). Lookup-only tables (positions, segments) are left
-      out by the caller; a tied output projection is counted once, as the matmul it is.
-    attention: ``(layers, d, query_tokens, key_length, causal)``: ``12 * layers * d *
-      key_length`` FLOPs per query token for q.k and weights.v.
-
-  Returns:
-    ``{"full": 6N + 12·L·d·T, "causal_half": the same with causal attention halved}``, summed
-    over the batch. For encoders (no causal attention) the two are equal.
+  The family's own formula (``zoo.registry.family_of(cfg).train_flops``), on parameter shapes
+  only: the number the training loop's MFU is computed from.
   """
-  dense = sum(6.0 * p * t for p, t in matmuls)
-  full = half = dense
-  for layers, d, q_tokens, key_len, causal in attention:
-    a = 12.0 * layers * d * key_len * q_tokens
-    full += a
-    half += a / 2 if causal else a
-  return {"full": full, "causal_half": half}
+  from zoo import registry  # noqa: PLC0415
+
+  family = registry.family_of(cfg)
+  args, kwargs = family.dummy_inputs(cfg)
+  model = registry.build(cfg)
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args, **kwargs))["params"]
+  shapes = {k: tuple(np.shape(v)) for k, v in batch.items()}
+  return family.train_flops(cfg, nn.unbox(params), shapes)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -401,36 +377,20 @@ def short_error(err: BaseException) -> str:
 # zoo.
 
 
+# Updates the (constant) learning-rate schedule spans: any number above the steps run.
+OPTIM_STEPS = 1_000_000
+# One device: the benchmark compares one accelerator (or one CPU process) with PyTorch on it.
+ONE_DEVICE_MESH = {"data": 1, "fsdp": 1, "tensor": 1}
+
+
 def optim_config() -> ml_collections.ConfigDict:
-  """AdamW with a constant lr, the same hyper-parameters as ``torch.optim.AdamW`` below."""
+  """``config.optim`` for AdamW with a constant lr: the hyper-parameters of
+  ``torch.optim.AdamW`` below (lr 1e-4, betas 0.9 / 0.999, eps 1e-8, weight decay 0.01, no
+  clipping)."""
   return ml_collections.ConfigDict(dict(
       name="adamw", lr=1e-4, schedule="constant", warmup_steps=0, end_lr_ratio=0.0,
       b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, clip_norm=0.0, momentum=0.0,
   ))
-
-
-def make_train_step(model: nn.Module, task, tx) -> Callable:
-  """``(state, batch, rng) -> (state, loss)``: the task's loss, its gradient, one AdamW update.
-
-  The loss is the training loop's: each of ``task.loss_terms`` is a weighted sum over the batch
-  divided by its weight total.
-  """
-  import optax
-
-  def train_step(state, batch, rng):
-    step_rng = jax.random.fold_in(rng, state["step"])
-
-    def loss_fn(params):
-      outputs = task.apply(model.apply, params, batch, rng=step_rng, train=True)
-      stats = task.stats(outputs, batch)
-      return sum(stats[t][0] / jnp.maximum(stats[t][1], 1e-12) for t in task.loss_terms)
-
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, loss
-
-  return train_step
 
 
 def _cost_flops(compiled) -> float | None:
@@ -476,41 +436,48 @@ class Prepared:
   train: Callable[[], Any] | None = None
   forward: Callable[[], Any] | None = None
   compiled: Any = None  # zoo: the compiled train step (benchmarks.profile reads its HLO)
+  step_fn: Any = None  # zoo: the jitted step it was compiled from, ``program.step``
+  program: Any = None  # zoo: the training loop's ``loop.Program`` it belongs to
   set_mode: Callable[[str], Any] = lambda mode: None
 
 
 def prepare_zoo(case: Case, args) -> Prepared:
-  """Build, compile (timed) and warm up the zoo side: train step, then forward."""
-  from zoo.training import tasks as tasks_lib
-  from zoo.training.optimizer import make_optimizer
+  """Build, compile (timed) and warm up the zoo side: train step, then forward.
+
+  The state, the step and its optimizer come from the training loop
+  (``loop.program_for`` -> ``loop.program``, ``loop.init_state``), so the step timed here is
+  the one ``train.py`` runs; only the mesh (one device) and the optimizer config
+  (:func:`optim_config`) are the benchmark's.
+  """
+  from zoo.training import loop  # noqa: PLC0415
+  from zoo.training import mesh as mesh_lib  # noqa: PLC0415
+  from zoo.training import tasks as tasks_lib  # noqa: PLC0415
 
   host = HostMemory()
   host.start()
   work = case.zoo()
-  model, task = work.model, tasks_lib.get_task(work.task)
-  tx, _ = make_optimizer(optim_config(), num_steps=1_000_000)
-  batch = jax.device_put({k: np.asarray(v) for k, v in work.batch.items()})
-  one_row = jax.tree.map(lambda x: x[:1], batch)
-
-  def init(rng, row):
-    a, kw = task.inputs(row)
-    params = nn.unbox(model.init(rng, *a, **kw)["params"])
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-
+  task = tasks_lib.get_task(work.task)
+  mesh = mesh_lib.make_mesh(ONE_DEVICE_MESH, jax.devices()[:1])
+  rules = mesh_lib.rules_from_config(None)  # the default logical -> mesh rules
+  prog = loop.program_for(
+      work.config, task, optim_config(), num_steps=OPTIM_STEPS, mesh=mesh, rules=rules,
+      compiler_options=compiler_options(args),
+  )
   rng = jax.random.PRNGKey(0)
-  holder = {"state": jax.jit(init)(rng, one_row)}
-  step = jax.jit(make_train_step(model, task, tx), donate_argnums=0)
-  t0 = time.perf_counter()
-  lowered = step.lower(holder["state"], batch, rng)
-  t1 = time.perf_counter()
-  compiled = lowered.compile(compiler_options(args))
-  t2 = time.perf_counter()
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    holder = {"state": loop.init_state(prog, mesh, rules, rng)}
+    batch = mesh_lib.place_batch(work.batch, mesh)
+    t0 = time.perf_counter()
+    lowered = prog.step.lower(holder["state"], batch, rng)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()  # with the program's compiler options
+    t2 = time.perf_counter()
   losses = []
 
   def train_step():
-    holder["state"], loss = compiled(holder["state"], batch, rng)
-    jax.block_until_ready((holder["state"], loss))
-    losses.append(loss)
+    holder["state"], metrics = compiled(holder["state"], batch, rng)
+    jax.block_until_ready((holder["state"], metrics))
+    losses.append(metrics["loss"])
 
   train = {"lower_s": t1 - t0, "compile_s": t2 - t1, "first_s": _first(train_step)}
   host.arm()
@@ -522,20 +489,27 @@ def prepare_zoo(case: Case, args) -> Prepared:
     train["memory"] = {"bytes": _jax_device_peak(), "how": "device peak_bytes_in_use (process-wide)"}
   else:
     train["memory"] = host.peak()
-  prepared = Prepared({"framework": "zoo", "train": train}, train=train_step, compiled=compiled)
-
+  prepared = Prepared({"framework": "zoo", "train": train}, train=train_step, compiled=compiled,
+                      step_fn=prog.step, program=prog)
   if not args.no_forward:
-    fwd = jax.jit(lambda p, b: task.apply(model.apply, p, b, rng=None, train=False))
-    t0 = time.perf_counter()
-    fwd_compiled = fwd.lower(holder["state"]["params"], batch).compile(compiler_options(args))
-    compile_s = time.perf_counter() - t0
-
-    def forward():
-      jax.block_until_ready(fwd_compiled(holder["state"]["params"], batch))
-
-    prepared.result["forward"] = {"compile_s": compile_s, "first_s": _first(forward)}
-    prepared.forward = forward
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      _prepare_forward(prepared, prog.model, task, holder, batch, args)
   return prepared
+
+
+def _prepare_forward(prepared: Prepared, model, task, holder, batch, args) -> None:
+  """The forward pass without gradient or dropout, on the current parameters (compiled under
+  the caller's mesh and rules)."""
+  fwd = jax.jit(lambda p, b: task.apply(model.apply, p, b, rng=None, train=False))
+  t0 = time.perf_counter()
+  fwd_compiled = fwd.lower(holder["state"].params, batch).compile(compiler_options(args))
+  compile_s = time.perf_counter() - t0
+
+  def forward():
+    jax.block_until_ready(fwd_compiled(holder["state"].params, batch))
+
+  prepared.result["forward"] = {"compile_s": compile_s, "first_s": _first(forward)}
+  prepared.forward = forward
 
 
 def _torch():

@@ -22,25 +22,17 @@ def case(args) -> common.Case:
   t = cfg.max_len
   ids = common.rng().randint(0, cfg.vocab_size, (b, t + 1)).astype("int32")
   inputs, targets = ids[:, :-1], ids[:, 1:]
-
-  model = zoo.build(cfg)
-  params = common.param_tree(model, (inputs[:1],), {})
-  n = common.count(params) - common.count(params["wpe"])  # position lookups are no matmul
-  flops = common.train_flops([(n, b * t)], [(cfg.num_layers, cfg.d_model, b * t, t, True)])
+  batch = {"input_ids": inputs, "targets": targets, "weights": (targets * 0 + 1).astype("float32")}
 
   def zoo_work():
-    batch = {"input_ids": inputs, "targets": targets, "weights": (targets * 0 + 1).astype("float32")}
-    return common.ZooWork(model, "lm", batch)
+    return common.ZooWork(cfg, "lm", batch)
 
   def hf_work():
     import transformers
 
-    hf_cfg = transformers.GPT2Config(
-        vocab_size=cfg.vocab_size, n_positions=cfg.max_len, n_embd=cfg.d_model,
-        n_layer=cfg.num_layers, n_head=cfg.num_heads, n_inner=cfg.mlp_dim,
-        activation_function="gelu_new", resid_pdrop=cfg.dropout_rate, embd_pdrop=cfg.dropout_rate,
-        attn_pdrop=cfg.attention_dropout_rate, layer_norm_epsilon=cfg.norm_eps, use_cache=False,
-    )
+    from zoo.pretrained import gpt2
+
+    hf_cfg = transformers.GPT2Config(**gpt2.config_to_hf(cfg), use_cache=False)
     model_hf = transformers.GPT2LMHeadModel(hf_cfg)
     # Hugging Face shifts labels inside the model: labels = the inputs themselves.
     return common.TorchWork(
@@ -52,7 +44,7 @@ def case(args) -> common.Case:
       shape=f"B={b} T={t}",
       unit="tokens",
       units=b * t,
-      flops=flops,
+      flops=common.zoo_flops(cfg, batch),
       zoo=zoo_work,
       peers={"hf": hf_work},
   )

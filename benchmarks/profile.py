@@ -3,7 +3,8 @@
 ``python -m benchmarks.profile gpt [--smoke] [--batch-size B] [--top 15] [--out prof.json]``
 (family: gpt | bert | vit | transformer, at the shapes of ``benchmarks.<family>``).
 
-The step is the benchmark's own (loss, gradient, AdamW update), compiled once and run once
+The step is the one the benchmarks time and ``train.py`` runs (``loop.train_step`` from
+``zoo.training.loop.program``: loss, gradient, AdamW update), compiled once and run once
 under ``jax.profiler``. Every XLA op in the trace is matched to its HLO instruction, whose
 ``op_name`` metadata says which module it came from and whether it belongs to the forward pass
 or to the gradient (``transpose(jvp(...))``). Layers are folded together (``layers_*``), so a

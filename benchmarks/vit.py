@@ -26,29 +26,17 @@ def case(args) -> common.Case:
   labels = r.randint(0, cfg.num_classes, (b,)).astype("int32")
   pixels = images.transpose(0, 3, 1, 2).copy()  # PyTorch is channels-first
   tokens = cfg.num_tokens
-
-  model = zoo.build(cfg)
-  params = common.param_tree(model, (images[:1],), {})
-  per_row = common.count(params["head"])  # one class token per image reaches the head
-  lookups = common.count(params["pos_embedding"]) + common.count(params["cls"])
-  n = common.count(params) - per_row - lookups
-  flops = common.train_flops(
-      [(n, b * tokens), (per_row, b)], [(cfg.num_layers, cfg.d_model, b * tokens, tokens, False)]
-  )
+  batch = {"images": images, "labels": labels}
 
   def zoo_work():
-    return common.ZooWork(model, "image_classification", {"images": images, "labels": labels})
+    return common.ZooWork(cfg, "image_classification", batch)
 
   def hf_work():
     import transformers
 
-    hf_cfg = transformers.ViTConfig(
-        hidden_size=cfg.d_model, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-        intermediate_size=cfg.mlp_dim, hidden_act="gelu", hidden_dropout_prob=cfg.dropout_rate,
-        attention_probs_dropout_prob=cfg.attention_dropout_rate, layer_norm_eps=cfg.norm_eps,
-        image_size=cfg.image_size, patch_size=cfg.patch_size, num_channels=cfg.num_channels,
-        num_labels=cfg.num_classes,
-    )
+    from zoo.pretrained import vit
+
+    hf_cfg = transformers.ViTConfig(**vit.config_to_hf(cfg))
     model_hf = transformers.ViTForImageClassification(hf_cfg)
     return common.TorchWork(
         model_hf, {"pixel_values": pixels, "labels": labels}, {"pixel_values": pixels}
@@ -73,7 +61,7 @@ def case(args) -> common.Case:
       shape=f"B={b} {cfg.image_size}px ({tokens} tokens/image)",
       unit="images",
       units=b,
-      flops=flops,
+      flops=common.zoo_flops(cfg, batch),
       zoo=zoo_work,
       peers={"hf": hf_work, "timm": timm_work},
   )

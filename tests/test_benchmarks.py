@@ -3,13 +3,16 @@
 The scripts run in this process (one set of jax / torch imports), zoo against Hugging Face
 eager only: ``torch.compile`` takes minutes on a CPU. What can fail here: a script crashing,
 a missing column or field, ratios that are not zoo / peer, FLOP conventions that disagree with
-the formula, a JSON file that does not round-trip, a failing peer that takes the run down.
+the formula, a JSON file that does not round-trip, a failing peer that takes the run down, a
+zoo step that is not the training loop's.
 """
 
 import json
 
+import jax
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from benchmarks import all as bench_all
 from benchmarks import attention, bert, common, gpt, transformer, vit
@@ -80,17 +83,55 @@ def test_flop_conventions(reports):
     assert flops[name]["full"] == flops[name]["causal_half"]
   for name in ("gpt", "transformer"):
     assert flops[name]["causal_half"] < flops[name]["full"]
-  # GPT: exactly 6 N T + 12 L d T^2 per row, N without the position table.
+  # GPT, by hand: exactly 6 N T + 12 L d T^2 per row, N without the position table.
   cfg = gpt.SMOKE
   b, t = 2, cfg["max_len"]
   import zoo
 
   model = zoo.build("gpt2-small", **cfg)
-  params = common.param_tree(model, (np.zeros((1, t), np.int32),), {})
-  n = common.count(params) - common.count(params["wpe"])
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, t), np.int32)))
+  params = nn.unbox(shapes["params"])
+  def size(tree):
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+  n = size(params) - size(params["wpe"])
   attn = 12 * cfg["num_layers"] * cfg["d_model"] * t * b * t
   assert flops["gpt"]["full"] == pytest.approx(6 * n * b * t + attn)
   assert flops["gpt"]["causal_half"] == pytest.approx(6 * n * b * t + attn / 2)
+
+
+def test_zoo_step_is_the_training_loops(monkeypatch):
+  """The step the benchmarks time (and benchmarks.profile traces) is ``loop.train_step``,
+  jitted by ``loop.program`` with the state donated: the one ``train.py`` runs."""
+  from zoo.training import loop, tasks
+  from zoo.training import mesh as mesh_lib
+
+  real, traced = loop.train_step, []
+
+  def spy(state, batch, rng, **kwargs):  # train_step's argument names: "state" is donated
+    traced.append(kwargs["task"].name)
+    return real(state, batch, rng, **kwargs)
+
+  args = common.parse(common.parser("t"), [*SMOKE, "--no-forward"])
+  case = gpt.case(args)
+  loop.program.cache_clear()  # a program cached earlier would hold the real train_step
+  monkeypatch.setattr(loop, "train_step", spy)
+  try:
+    prepared = common.prepare_zoo(case, args)
+    prog = prepared.program
+    # The loop's cached program for the benchmark's model, task, optimizer and one device.
+    assert prog is loop.program_for(
+        case.zoo().config, tasks.get_task("lm"), common.optim_config(),
+        num_steps=common.OPTIM_STEPS, mesh=mesh_lib.make_mesh(common.ONE_DEVICE_MESH, jax.devices()[:1]),
+        rules=mesh_lib.rules_from_config(None), compiler_options=common.compiler_options(args),
+    )
+  finally:
+    loop.program.cache_clear()  # no program built around the spy outlives this test
+  assert traced == ["lm"]  # compiling the timed step traced the loop's train_step, once
+  assert prepared.step_fn is prog.step and prepared.step_fn.__wrapped__.func is spy
+  assert prog.abstract.step.sharding.mesh.size == 1
+  assert "input_output_alias" in prepared.compiled.as_text()  # the state is donated
+  assert np.isfinite(prepared.result["train"]["loss_first"])
 
 
 def test_mfu_uses_the_given_peak():

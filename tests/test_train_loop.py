@@ -6,6 +6,7 @@ compiles per (model, task, optimizer, mesh), so runs of one config share one com
 
 import dataclasses
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -277,3 +278,23 @@ def test_model_config_takes_vocab_from_data_and_overrides_win():
   cfg = config_lib.model_config(c, {"vocab_size": 264, "num_classes": 9})
   assert (cfg.head, cfg.num_labels) == ("sequence_classification", 9)
   assert dataclasses.asdict(cfg)["dtype"] == jnp.float32
+
+
+def test_actions_run_when_due():
+  """Log every k steps and at the end; checkpoint also on a signal; the final evaluation is
+  skipped after a signal (the resumed run evaluates); the stop notice only on a signal."""
+  log_ = loop.LogTrain(2, history=None, writer=None)
+  save = loop.SaveCheckpoint(types.SimpleNamespace(every=3))
+  ev = loop.Evaluate(0, None, None, rows=1, num_batches=1)  # 0: only at the end
+  stop = loop.AnnounceStop(None, None)
+
+  def due(step, end=7, stopping=None):
+    return [type(a).__name__ for a in (log_, save, ev, stop) if a.should_run(step, end, stopping)]
+
+  assert due(1) == []
+  assert due(2) == ["LogTrain"]
+  assert due(3) == ["SaveCheckpoint"]
+  assert due(6) == ["LogTrain", "SaveCheckpoint"]
+  assert due(7) == ["LogTrain", "SaveCheckpoint", "Evaluate"]
+  assert due(5, stopping="SIGTERM") == ["SaveCheckpoint", "AnnounceStop"]
+  assert due(7, stopping="SIGTERM") == ["LogTrain", "SaveCheckpoint", "AnnounceStop"]

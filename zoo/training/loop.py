@@ -5,19 +5,25 @@ with explicit shardings; the state is donated. Step ``N`` uses the key
 ``fold_in(rng, N)``, so a resumed run draws the same dropout masks as an uninterrupted one.
 The metrics of step ``N`` are fetched after step ``N + 1`` has been dispatched, so the host
 never stalls the device except at logging, evaluation and checkpoint steps.
+
+A run is built, then run: :func:`build_run` makes the mesh, datasets, model config,
+:class:`Program` (what is compiled, see :func:`program`), checkpointer and starting state;
+:meth:`Run.run` is a short loop over steps with a list of :class:`Action` objects around it (log,
+checkpoint, evaluate, stop on a signal), as in nanodo and big_vision. :func:`train` is both.
+The benchmarks compile the same :func:`program` (``benchmarks/common.py``), so the step they
+time and profile is the one ``train.py`` runs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,9 +31,10 @@ import ml_collections
 import numpy as np
 import optax
 from flax import linen as nn
-from jax.sharding import PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
 from zoo import registry
+from zoo.models.common import count
 from zoo.training import checkpoint as ckpt_lib
 from zoo.training import config as config_lib
 from zoo.training import mesh as mesh_lib
@@ -125,7 +132,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, task: tasks_lib
 
 @dataclasses.dataclass
 class RunResult:
-  """What :func:`train` returns (also written to the workdir)."""
+  """What :func:`train` / :meth:`Run.run` return (also written to the workdir)."""
 
   step: int  # the state's step at the end
   losses: dict[int, float]  # step -> training loss of every step run in this call
@@ -216,9 +223,9 @@ def program(
   """The model, schedule, state shapes/shardings and jitted init / train / eval of a run.
 
   Cached (all arguments are hashable: ``optim`` and ``xla`` are sorted item tuples of
-  ``config.optim`` and ``config.train.compiler_options``), so repeated :func:`train` calls in
-  one process compile once. ``step`` and ``eval`` have explicit in/out shardings (the state's
-  and the batch's) and ``step`` donates the state.
+  ``config.optim`` and ``config.train.compiler_options``, see :func:`program_for`), so repeated
+  :func:`train` calls in one process compile once. ``step`` and ``eval`` have explicit in/out
+  shardings (the state's and the batch's) and ``step`` donates the state.
   """
   model = registry.build(model_cfg)
   tx, schedule = make_optimizer(ml_collections.ConfigDict(dict(optim)), num_steps)
@@ -243,6 +250,408 @@ def program(
   return Program(model, schedule, abstract, shardings, init, step, evaluate_fn)
 
 
+def program_for(
+    model_cfg: Any,
+    task: tasks_lib.Task,
+    optim: ml_collections.ConfigDict,
+    *,
+    num_steps: int,
+    mesh: Mesh,
+    rules,
+    grad_accum_steps: int = 1,
+    compiler_options: Mapping[str, Any] | None = None,
+) -> Program:
+  """:func:`program` from config sections: what :func:`build_run` and the benchmarks compile.
+
+  Args:
+    model_cfg: a frozen model config.
+    task: the task whose loss the step minimises.
+    optim: a ``config.optim`` section (keys of ``zoo.training.optimizer``).
+    num_steps: updates the learning-rate schedule spans.
+    mesh: the devices of the run.
+    rules: logical -> mesh axis rules (``mesh.rules_from_config``).
+    grad_accum_steps: micro-batches per update.
+    compiler_options: XLA options for init, step and eval (``config.train.compiler_options``).
+
+  Returns:
+    The cached :class:`Program` for these arguments.
+  """
+  optim_items = tuple(sorted(optim.to_dict().items()))
+  xla = tuple(sorted(dict(compiler_options or {}).items()))
+  return program(
+      model_cfg, task, optim_items, int(num_steps), int(grad_accum_steps), mesh, rules, xla
+  )
+
+
+def init_state(prog: Program, mesh: Mesh, rules, rng: jax.Array) -> TrainState:
+  """A fresh state from ``prog.init``, every array created in its own shards."""
+  # The model's activation constraints name logical axes: tracing needs the mesh and rules.
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    return prog.init(rng)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building a run.
+
+
+@dataclasses.dataclass
+class Run:
+  """A run ready to train: everything :meth:`run` needs, nothing trained yet.
+
+  Made by :func:`build_run`. :meth:`run` advances ``state`` in place and closes the
+  checkpointer at the end, so a ``Run`` trains once; build another to continue.
+  """
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: Mesh
+  rules: tuple
+  info: dict[str, Any]  # the training dataset's facts: vocabulary, tokenizer, labels
+  model_cfg: Any
+  task: tasks_lib.Task
+  prog: Program
+  ckpt: ckpt_lib.Checkpointer
+  train_ds: Any
+  eval_ds: Any  # None when config.eval.every < 0
+  state: TrainState
+  rng: jax.Array  # the run's key: step N draws from fold_in(rng, N)
+  start: int  # the state's step when the run was built
+
+  def run(self, stop_at: int | None = None) -> RunResult:
+    """Train from :attr:`start` to ``train.num_steps`` (or ``stop_at``); see :func:`train`."""
+    num_steps = int(self.config.train.num_steps)
+    end = num_steps if stop_at is None else min(int(stop_at), num_steps)
+    writer = self._writer(end)
+    history = _History(self.ckpt, writer)
+    stop = _StopSignals()
+    actions = self.actions(history, writer, stop)
+    final = self.start
+    try:
+      with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules), stop:
+        final = self._steps(end, actions, history, writer, stop)
+    finally:
+      self.ckpt.close()
+      writer.close()
+    evaluated = next((a.result for a in actions if isinstance(a, Evaluate)), {})
+    return self._finish(final, history.losses, evaluated, stop.received)
+
+  def actions(
+      self, history: _History, writer: metrics_lib.MetricWriter, stop: _StopSignals
+  ) -> list[Action]:
+    """What happens between steps, in this order: log, checkpoint, evaluate, stop."""
+    config = self.config
+    out = [LogTrain(int(config.train.log_every), history, writer), SaveCheckpoint(self.ckpt)]
+    if self.eval_ds is not None:
+      rows = _eval_batch_size(config) // jax.process_count()
+      out.append(Evaluate(
+          int(config.eval.every), self.eval_ds, writer,
+          rows=rows, num_batches=int(config.eval.num_batches),
+      ))
+    out.append(AnnounceStop(writer, stop))
+    return out
+
+  def _steps(self, end, actions, history, writer, stop) -> int:
+    """The loop itself; returns the state's step at the end."""
+    data = iter(self.train_ds)
+    done = self.start
+    for step in range(self.start, end):
+      local = next(data)
+      self.state, metrics = self.prog.step(
+          self.state, mesh_lib.place_batch(local, self.mesh), self.rng
+      )
+      done = step + 1
+      history.push(done, metrics)  # fetches step done - 1, now that step done is queued
+      if step == self.start:
+        history.flush()  # the first step includes compilation: keep it out of throughput
+        self._start_clock(writer, done, local)
+      else:
+        writer.count(_units(self.task, local) * jax.process_count())
+      stopping = stop.received  # read once: a signal arriving later is seen next step
+      due = [a for a in actions if a.should_run(done, end, stopping)]
+      if due:
+        history.flush()  # a checkpoint is only written after its step's loss is known finite
+      for action in due:
+        action(self, done)
+      if stopping:
+        break
+    history.flush()
+    return done
+
+  def _writer(self, end: int) -> metrics_lib.MetricWriter:
+    config, mesh = self.config, self.mesh
+    writer = metrics_lib.MetricWriter(
+        self.workdir,
+        total_steps=end,
+        start_step=self.start,
+        unit=self.task.unit,
+        progress_bar=config.train.progress_bar,
+    )
+    family = registry.family_of(self.model_cfg).name
+    num_params = count(self.prog.abstract.params)
+    writer.message(
+        f"{config.model.name} ({family}, {num_params / 1e6:.2f}M params) task={config.task} "
+        f"mesh={dict(mesh.shape)} steps {self.start}->{end} workdir={self.workdir}"
+    )
+    return writer
+
+  def _start_clock(self, writer: metrics_lib.MetricWriter, step: int, local) -> None:
+    """Throughput counts from ``step``; MFU needs the step's FLOPs and the devices' peak."""
+    writer.reset_clock(step)
+    peak = metrics_lib.peak_flops(self.mesh.devices.flat[0])
+    if peak:
+      flops = _flops_per_step(self.model_cfg, local, self.prog.abstract.params)
+      writer.flops_per_step = flops * jax.process_count()
+      writer.peak = peak * self.mesh.size
+
+  def _finish(self, final: int, losses, evaluated, interrupted: str | None) -> RunResult:
+    """Loss plot and (lm) a text sample on process 0, outside the mesh, as a last word."""
+    config = self.config
+    sample = None
+    if jax.process_index() == 0:
+      if config.train.plot:
+        metrics_lib.plot_losses(self.workdir)
+      if config.task == "lm" and config.sample.num_tokens > 0 and not interrupted:
+        sample = sample_text(
+            self.prog.model, self.state.params, self.info, config.sample, seed=config.seed
+        )
+        print(f"--- sample ---\n{sample}\n--------------", flush=True)
+    return RunResult(
+        step=final, losses=losses, eval=evaluated, state=self.state, interrupted=interrupted,
+        sample=sample,
+    )
+
+
+def _eval_batch_size(config) -> int:
+  return int(config.eval.batch_size or config.train.batch_size)
+
+
+def _datasets(config, mesh: Mesh, dataset_fn: Callable) -> tuple[Any, Any]:
+  """``(train, eval or None)`` datasets of this process, batch sizes checked against ``mesh``."""
+  tc = config.train
+  mesh_lib.check_batch_size(tc.batch_size, mesh, int(tc.grad_accum_steps))
+  do_eval = int(config.eval.every) >= 0
+  if do_eval:
+    mesh_lib.check_batch_size(_eval_batch_size(config), mesh)
+  proc = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+  train_ds = dataset_fn(
+      config.data, split="train", global_batch_size=tc.batch_size, seed=config.seed, **proc
+  )
+  eval_ds = None
+  if do_eval:
+    eval_ds = dataset_fn(
+        config.data, split=config.eval.split, global_batch_size=_eval_batch_size(config),
+        seed=config.seed, **proc,
+    )
+  return train_ds, eval_ds
+
+
+def _initial_state(prog: Program, ckpt, train_ds, mesh: Mesh, rules, seed: int):
+  """``(state, rng)``: the latest checkpoint (with the data position), else a fresh state."""
+  rng = jax.random.PRNGKey(seed)
+  if ckpt.latest_step() is None:
+    return init_state(prog, mesh, rules, rng), rng
+  state, meta = ckpt.restore(prog.abstract)
+  if meta.get("data") is not None:
+    train_ds.set_state(meta["data"])
+  log.info("resumed step %d from %s", int(state.step), ckpt.directory)
+  return state, ckpt_lib.rng_from_meta(meta)
+
+
+def build_run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    devices: list[jax.Device] | None = None,
+    dataset_fn: Callable | None = None,
+) -> Run:
+  """Everything the run described by ``config`` needs, restored from ``workdir`` if it can be.
+
+  Arguments as for :func:`train`. Writes ``<workdir>/config.json`` (process 0); trains nothing.
+
+  Raises:
+    ValueError: bad config (indivisible batch, another model's checkpoint in ``workdir`` ...).
+  """
+  tc = config.train
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
+  rules = mesh_lib.rules_from_config(config)
+  train_ds, eval_ds = _datasets(config, mesh, dataset_fn or _default_dataset_fn())
+  info = dict(train_ds.info)
+
+  model_cfg = config_lib.model_config(config, info)
+  task = tasks_lib.get_task(config.task, config.label_smoothing)
+  prog = program_for(
+      model_cfg, task, config.optim, num_steps=int(tc.num_steps), mesh=mesh, rules=rules,
+      grad_accum_steps=int(tc.grad_accum_steps), compiler_options=tc.compiler_options.to_dict(),
+  )
+  ckpt = ckpt_lib.Checkpointer(
+      workdir,
+      every=tc.checkpoint_every,
+      keep=tc.keep_checkpoints,
+      fingerprint=config_lib.fingerprint(model_cfg, config.task),
+      model_config=registry.config_to_json(model_cfg),
+  )
+  try:
+    state, rng = _initial_state(prog, ckpt, train_ds, mesh, rules, config.seed)
+  except BaseException:
+    ckpt.close()  # e.g. another model's checkpoint: nothing of this run is left running
+    raise
+  if jax.process_index() == 0:  # the run config next to its checkpoints (zoo.generate reads it)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  return Run(
+      config=config, workdir=workdir, mesh=mesh, rules=rules, info=info, model_cfg=model_cfg,
+      task=task, prog=prog, ckpt=ckpt, train_ds=train_ds, eval_ds=eval_ds, state=state,
+      rng=rng, start=int(jax.device_get(state.step)),
+  )
+
+
+# ----------------------------------------------------------------------------------------------
+# Running it: metrics on their way to the host, and the actions between steps.
+
+
+class _History:
+  """Training metrics on their way to the host.
+
+  :meth:`push` queues a step's metrics and fetches the previous step's, so the host reads
+  step ``N`` only once ``N + 1`` is queued behind it. Fetching checks that the loss is finite,
+  keeps it (``losses``) and adds every metric to the window the next log row averages.
+  """
+
+  def __init__(self, ckpt: ckpt_lib.Checkpointer, writer: metrics_lib.MetricWriter):
+    self.ckpt = ckpt
+    self.writer = writer
+    self.losses: dict[int, float] = {}
+    self._window: dict[str, float] = {}
+    self._rows = 0
+    self._pending = None
+
+  def push(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    self.flush()
+    self._pending = (step, metrics)
+
+  def flush(self) -> None:
+    """Fetch the queued step's metrics, if any (waits for that step)."""
+    if self._pending is None:
+      return
+    step, metrics = self._pending
+    self._pending = None
+    m = jax.device_get(metrics)
+    if not (_finite(m["loss"]) and _finite(m["grad_norm"])):
+      raise self._non_finite(step, m)
+    self.losses[step] = float(m["loss"])
+    for k, v in m.items():
+      self._window[k] = self._window.get(k, 0.0) + float(v)
+    self._rows += 1
+    self.writer.progress(step, {"loss": float(m["loss"])})
+
+  def window_means(self) -> dict[str, float]:
+    """Means since the last call (empty when no step was fetched since)."""
+    out = {k: v / self._rows for k, v in self._window.items()} if self._rows else {}
+    self._window.clear()
+    self._rows = 0
+    return out
+
+  def _non_finite(self, step: int, m) -> NonFiniteLossError:
+    good = self.ckpt.latest_step()
+    self.ckpt.wait()
+    if good is None:
+      kept = "no checkpoint was saved before it"
+    else:
+      kept = f"the last good checkpoint is step {good} in {self.ckpt.directory}"
+    return NonFiniteLossError(
+        f"loss became {float(m['loss'])} (grad_norm {float(m['grad_norm'])}) at step {step}; "
+        f"stopping. {kept}. Lower optim.lr, raise optim.warmup_steps, set optim.clip_norm, "
+        "or check the data of that step.",
+        step,
+    )
+
+
+class Action:
+  """Something done between steps (big_vision's and nanodo's periodic actions).
+
+  After each step the loop asks every action :meth:`should_run`; the ones that say yes are
+  called in list order, once that step's metrics are on the host and known finite.
+  """
+
+  every: int = 0  # steps between runs; 0 or less: not periodic
+
+  def should_run(self, step: int, end: int, stopping: str | None) -> bool:
+    """``step``: the state's step now; ``end``: this call's last step; ``stopping``: the
+    signal received (``"SIGTERM"``), if any."""
+    del end, stopping
+    return self.every > 0 and step % self.every == 0
+
+  def __call__(self, run: Run, step: int) -> None:
+    raise NotImplementedError
+
+
+class LogTrain(Action):
+  """A ``train`` row: metric means since the last row, throughput and MFU."""
+
+  def __init__(self, every: int, history: _History, writer: metrics_lib.MetricWriter):
+    self.every, self.history, self.writer = every, history, writer
+
+  def should_run(self, step, end, stopping):
+    return super().should_run(step, end, stopping) or step == end
+
+  def __call__(self, run, step):
+    row = self.history.window_means()
+    if row:
+      row.update(self.writer.throughput(step))
+      self.writer.write(step, "train", row)
+
+
+class SaveCheckpoint(Action):
+  """State, key and data position: every ``ckpt.every`` steps, at the end and on a signal."""
+
+  def __init__(self, ckpt: ckpt_lib.Checkpointer):
+    self.every = ckpt.every
+
+  def should_run(self, step, end, stopping):
+    return super().should_run(step, end, stopping) or step == end or bool(stopping)
+
+  def __call__(self, run, step):
+    run.ckpt.save(step, run.state, rng=run.rng, data_state=run.train_ds.get_state(), force=True)
+
+
+class Evaluate(Action):
+  """Padding-aware means over the eval split: every ``every`` steps (0: never periodically)
+  and after the last step, unless a signal stopped the run; ``result`` is the last one."""
+
+  def __init__(self, every, dataset, writer: metrics_lib.MetricWriter, *, rows, num_batches):
+    self.every, self.dataset, self.writer = every, dataset, writer
+    self.rows, self.num_batches = rows, num_batches
+    self.result: dict[str, float] = {}
+
+  def should_run(self, step, end, stopping):
+    return super().should_run(step, end, stopping) or (step == end and not stopping)
+
+  def __call__(self, run, step):
+    self.result = evaluate(
+        run.prog.eval, run.state, self.dataset, run.mesh, rows=self.rows,
+        num_batches=self.num_batches,
+    )
+    self.writer.write(step, "eval", self.result)
+    self.writer.reset_clock(step)  # evaluation time is not training throughput
+
+
+class AnnounceStop(Action):
+  """After a SIGTERM / SIGINT (the step is saved by then): say how to resume; the loop stops."""
+
+  def __init__(self, writer: metrics_lib.MetricWriter, signals: _StopSignals):
+    self.writer, self.signals = writer, signals
+
+  def should_run(self, step, end, stopping):
+    return bool(stopping)
+
+  def __call__(self, run, step):
+    self.writer.message(
+        f"{self.signals.received}: saved step {step} in {run.ckpt.directory}; run the same command "
+        "again to resume."
+    )
+
+
 def train(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -252,6 +661,8 @@ def train(
     dataset_fn: Callable | None = None,
 ) -> RunResult:
   """Train (or resume) the run described by ``config`` in ``workdir``.
+
+  ``build_run(config, workdir, ...).run(stop_at)``.
 
   Args:
     config: a run config (``configs/*.py``).
@@ -269,182 +680,7 @@ def train(
       kept.
     ValueError: bad config (indivisible batch, another model's checkpoint in ``workdir`` ...).
   """
-  tc = config.train
-  mesh = mesh_lib.make_mesh(config.mesh, devices)
-  rules = mesh_lib.rules_from_config(config)
-  accum = int(tc.grad_accum_steps)
-  mesh_lib.check_batch_size(tc.batch_size, mesh, accum)
-  eval_rows_global = int(config.eval.batch_size or tc.batch_size)
-  do_eval = int(config.eval.every) >= 0
-  if do_eval:
-    mesh_lib.check_batch_size(eval_rows_global, mesh)
-
-  dataset_fn = dataset_fn or _default_dataset_fn()
-  proc = {"process_index": jax.process_index(), "process_count": jax.process_count()}
-  train_ds = dataset_fn(
-      config.data, split="train", global_batch_size=tc.batch_size, seed=config.seed, **proc
-  )
-  eval_ds = None
-  if do_eval:
-    eval_ds = dataset_fn(
-        config.data, split=config.eval.split, global_batch_size=eval_rows_global,
-        seed=config.seed, **proc,
-    )
-  info = dict(train_ds.info)
-
-  model_cfg = config_lib.model_config(config, info)
-  family = registry.family_of(model_cfg).name
-  task = tasks_lib.get_task(config.task, config.label_smoothing)
-  optim = tuple(sorted(config.optim.to_dict().items()))
-  xla = tuple(sorted(tc.compiler_options.to_dict().items()))
-  prog = program(model_cfg, task, optim, int(tc.num_steps), accum, mesh, rules, xla)
-  state_shapes = prog.abstract
-  num_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(state_shapes.params)))
-
-  ckpt = ckpt_lib.Checkpointer(
-      workdir,
-      every=tc.checkpoint_every,
-      keep=tc.keep_checkpoints,
-      fingerprint=config_lib.fingerprint(model_cfg, config.task),
-      model_config=registry.config_to_json(model_cfg),
-  )
-  rng = jax.random.PRNGKey(config.seed)
-  if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(state_shapes)
-    rng = ckpt_lib.rng_from_meta(meta)
-    if meta.get("data") is not None:
-      train_ds.set_state(meta["data"])
-    log.info("resumed step %d from %s", int(state.step), ckpt.directory)
-  else:
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      state = prog.init(rng)
-  start = int(jax.device_get(state.step))
-  end = int(tc.num_steps) if stop_at is None else min(int(stop_at), int(tc.num_steps))
-  step_fn, eval_fn = prog.step, prog.eval
-  context = contextlib.ExitStack()
-  context.enter_context(jax.set_mesh(mesh))
-  context.enter_context(nn.logical_axis_rules(rules))
-  stop = context.enter_context(_StopSignals())
-
-  if jax.process_index() == 0:  # the run config next to its checkpoints (zoo.generate reads it)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  writer = metrics_lib.MetricWriter(
-      workdir,
-      total_steps=end,
-      start_step=start,
-      unit=task.unit,
-      progress_bar=tc.progress_bar,
-  )
-  writer.message(
-      f"{config.model.name} ({family}, {num_params / 1e6:.2f}M params) task={config.task} "
-      f"mesh={dict(mesh.shape)} steps {start}->{end} workdir={workdir}"
-  )
-  peak = metrics_lib.peak_flops(mesh.devices.flat[0])
-  flops = None
-  losses: dict[int, float] = {}
-  window: dict[str, float] = {}
-  window_n = 0
-  last_eval: dict[str, float] = {}
-  eval_rows = eval_rows_global // jax.process_count()
-
-  def fetch(pending):
-    nonlocal window_n
-    step, metrics = pending
-    m = jax.device_get(metrics)
-    if not (_finite(m["loss"]) and _finite(m["grad_norm"])):
-      good = ckpt.latest_step()
-      ckpt.wait()
-      kept = f"the last good checkpoint is step {good} in {ckpt.directory}" if good is not None else (
-          "no checkpoint was saved before it")
-      raise NonFiniteLossError(
-          f"loss became {float(m['loss'])} (grad_norm {float(m['grad_norm'])}) at step {step}; "
-          f"stopping. {kept}. Lower optim.lr, raise optim.warmup_steps, set optim.clip_norm, "
-          "or check the data of that step.",
-          step,
-      )
-    losses[step] = float(m["loss"])
-    for k, v in m.items():
-      window[k] = window.get(k, 0.0) + float(v)
-    window_n += 1
-    writer.progress(step, {"loss": float(m["loss"])})
-
-  def run_eval(step):
-    nonlocal last_eval
-    last_eval = evaluate(
-        eval_fn, state, eval_ds, mesh, rows=eval_rows, num_batches=int(config.eval.num_batches)
-    )
-    writer.write(step, "eval", last_eval)
-
-  pending = None
-  final = start
-  data_iter = iter(train_ds)
-  try:
-    with context:
-      for step in range(start, end):
-        local = next(data_iter)
-        state, metrics = step_fn(state, mesh_lib.place_batch(local, mesh), rng)
-        done = step + 1
-        if pending is not None:
-          fetch(pending)  # step done - 1, now that step done is queued behind it
-        pending = (done, metrics)
-        if step == start:
-          fetch(pending)  # the first step includes compilation: keep it out of throughput
-          pending = None
-          writer.reset_clock(done)
-          if flops is None and peak:
-            flops = _flops_per_step(model_cfg, local, state_shapes.params)
-            flops *= jax.process_count()
-            writer.flops_per_step, writer.peak = flops, peak * mesh.size
-        else:
-          writer.count(_units(task, local) * jax.process_count())
-        final = done
-        stopping = stop.received  # read once: a signal arriving later is seen next step
-        evaluating = do_eval and config.eval.every > 0 and done % config.eval.every == 0
-        saving = bool(done % ckpt.every == 0 or done == end or stopping)
-        logging_now = done % tc.log_every == 0 or done == end
-        if pending is not None and (evaluating or saving or logging_now):
-          fetch(pending)  # a checkpoint is only written after its step's loss is known finite
-          pending = None
-        if logging_now and window_n:
-          row = {k: v / window_n for k, v in window.items()}
-          row.update(writer.throughput(done))
-          writer.write(done, "train", row)
-          window.clear()
-          window_n = 0
-        if evaluating:
-          run_eval(done)
-          writer.reset_clock(done)
-        if saving:
-          ckpt.save(done, state, rng=rng, data_state=train_ds.get_state(), force=True)
-        if stopping:
-          writer.message(
-              f"{stopping}: saved step {done} in {ckpt.directory}; run the same command "
-              "again to resume."
-          )
-          break
-      if pending is not None:
-        fetch(pending)
-        pending = None
-      evaluated = do_eval and config.eval.every > 0 and final % config.eval.every == 0
-      if not stop.received and do_eval and not evaluated and final > start:
-        run_eval(final)
-  finally:
-    ckpt.close()
-    writer.close()
-
-  sample = None
-  if jax.process_index() == 0:
-    if tc.plot:
-      metrics_lib.plot_losses(workdir)
-    if config.task == "lm" and config.sample.num_tokens > 0 and not stop.received:
-      sample = sample_text(prog.model, state.params, info, config.sample, seed=config.seed)
-      print(f"--- sample ---\n{sample}\n--------------", flush=True)
-  return RunResult(
-      step=final, losses=losses, eval=last_eval, state=state, interrupted=stop.received,
-      sample=sample,
-  )
+  return build_run(config, workdir, devices=devices, dataset_fn=dataset_fn).run(stop_at)
 
 
 def sample_text(model, params, info: dict, sample_cfg, seed: int = 0) -> str:

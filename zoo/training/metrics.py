@@ -19,12 +19,13 @@ import jax
 
 log = logging.getLogger(__name__)
 
-# Dense bf16 peak FLOP/s per device (vendor data sheets; no sparsity). Matched as substrings
-# of ``device.device_kind``, first hit wins, so more specific names come first.
+# Dense bf16 peak FLOP/s per device (vendor data sheets; no sparsity): the one table the loop's
+# MFU and the benchmarks' use. Matched as substrings of ``device.device_kind``, first hit wins,
+# so more specific names come first ("H100 PCIe" before "H100", "TPU v5 lite" before "TPU v5").
 PEAK_FLOPS: tuple[tuple[str, float], ...] = (
-    ("H200", 989e12),
+    ("H200", 989e12),  # SXM
     ("H100 PCIe", 756e12),
-    ("H100", 989e12),
+    ("H100", 989e12),  # SXM
     ("GH200", 989e12),
     ("B200", 2250e12),
     ("A100", 312e12),
@@ -34,22 +35,26 @@ PEAK_FLOPS: tuple[tuple[str, float], ...] = (
     ("V100", 125e12),  # fp16 tensor cores
     ("TPU v6 lite", 918e12),  # v6e
     ("TPU v5 lite", 197e12),  # v5e
+    ("TPU v5e", 197e12),
     ("TPU v5p", 459e12),
-    ("TPU v5", 459e12),
+    ("TPU v5", 459e12),  # v5p reports itself as "TPU v5"
     ("TPU v4", 275e12),
     ("TPU v3", 123e12),
     ("TPU v2", 45e12),
 )
 
 
+def peak_flops_entry(device: jax.Device | None = None) -> tuple[str, float] | None:
+  """``(table name, FLOP/s)`` of the :data:`PEAK_FLOPS` row matching the device, or None."""
+  device = device or jax.devices()[0]
+  kind = getattr(device, "device_kind", "").lower()
+  return next(((n, f) for n, f in PEAK_FLOPS if n.lower() in kind), None)
+
+
 def peak_flops(device: jax.Device | None = None) -> float | None:
   """The device's dense bf16 peak in FLOP/s, or None when unknown (CPUs)."""
-  device = device or jax.devices()[0]
-  kind = getattr(device, "device_kind", "")
-  for name, flops in PEAK_FLOPS:
-    if name.lower() in kind.lower():
-      return flops
-  return None
+  entry = peak_flops_entry(device)
+  return entry[1] if entry else None
 
 
 def _summary_writer(logdir: str):

@@ -117,22 +117,6 @@ def make_init(
   )
 
 
-def create_state(
-    model: nn.Module,
-    tx,
-    init_args: tuple,
-    init_kwargs: dict,
-    rng: jax.Array,
-    shardings: TrainState,
-    mesh: Mesh,
-    rules,
-) -> TrainState:
-  """Initialise parameters and optimizer state directly in their shards."""
-  init = make_init(model, tx, init_args, init_kwargs, shardings)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    return init(rng)
-
-
 def is_sharded_like(state: TrainState, shardings: TrainState) -> bool:
   """True when every array of ``state`` has the matching ``NamedSharding`` (for tests)."""
   arrays, targets = jax.tree.leaves(state), jax.tree.leaves(shardings)
