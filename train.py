@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
   except NonFiniteLossError as e:
     print(f"train.py: {e}", file=sys.stderr)
     return EXIT_NONFINITE
-  except ValueError as e:
+  except (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError) as e:
+    # Expected errors (bad config, paths, checkpoints): one paragraph, no traceback.
     print(f"train.py: error: {e}", file=sys.stderr)
     return EXIT_USAGE
   if result.interrupted:

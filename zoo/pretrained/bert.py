@@ -65,10 +65,14 @@ _LAYER = km.LayerNames(
 
 
 def implied_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-  """A head that reads the pooled [CLS] vector brings the pooler (fresh if the checkpoint has none)."""
-  if overrides.get("head") in ("pretraining", "sequence_classification") and "pooler" not in overrides:
-    return {"pooler": True}
-  return {}
+  """The pooler a requested head implies, as transformers builds that head's class.
+
+  A head that reads the pooled [CLS] vector brings the pooler (fresh if the checkpoint has
+  none); the MLM and token-classification classes have none (a checkpoint's is dropped).
+  """
+  if "head" not in overrides or "pooler" in overrides:
+    return {}
+  return {"pooler": overrides["head"] in ("pretraining", "sequence_classification", "none")}
 
 
 def _num_labels(hf: dict[str, Any]) -> int:

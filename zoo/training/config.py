@@ -58,6 +58,16 @@ def base_config(task: str, model: str) -> ml_collections.ConfigDict:
 
   c.data = _data_config(task)
 
+  # Start from pretrained weights: a Hugging Face folder, a zoo checkpoint folder, a train.py
+  # workdir, a ViT .npz, or a short name of an installed checkpoint (zoo.pretrained.KNOWN).
+  # The architecture then comes from the checkpoint; config.model keeps only what may differ
+  # (dropout, dtype, remat, the task head), and the data uses the checkpoint's tokenizer.
+  c.init = ml_collections.ConfigDict()
+  c.init.path = config_dict.placeholder(str)
+  c.init.step = config_dict.placeholder(int)  # a workdir's checkpoint step (None = latest)
+  c.init.weights = True  # False: the checkpoint's architecture and tokenizer, random weights
+  c.init.tokenizer = True  # the data reads the checkpoint's tokenizer (when it has one)
+
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64  # global batch, summed over all devices and hosts
   c.train.num_steps = 10_000
@@ -70,12 +80,25 @@ def base_config(task: str, model: str) -> ml_collections.ConfigDict:
   # XLA options for the compiled init/train/eval programs, a dict set whole on the command
   # line: --config.train.compiler_options="{'xla_backend_optimization_level': 0}".
   c.train.compiler_options = ml_collections.ConfigDict()
+  # What trains (zoo.training.trainable): a regular expression over parameter paths that stay
+  # fixed ("embeddings/|encoder/layers_[0-3]/"; "" = none), and paths that train even so (a
+  # fresh task head on a pretrained backbone is added to it automatically).
+  c.train.freeze = ""
+  c.train.always_train = ""
+
+  # LoRA adapters (rank 0 = off): only adapters (and fresh heads) train; merged on export.
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 0
+  c.lora.alpha = 16.0
+  c.lora.targets = r"attn/(query|value)$"  # regular expression over module paths
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 1000  # steps; 0 = only at the end; -1 = never
   c.eval.split = "validation"
   c.eval.num_batches = 20  # at most this many batches per evaluation; 0 = the whole split
   c.eval.batch_size = 0  # 0 = train.batch_size
+  c.eval.decode_batches = 2  # translation: eval batches decoded for corpus BLEU (0 = none)
+  c.eval.num_beams = 1  # translation: 1 = greedy, else beam search for BLEU
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"
@@ -200,7 +223,22 @@ def model_fields(preset: str) -> ml_collections.ConfigDict:
   return out
 
 
-def model_config(config: ml_collections.ConfigDict, info: dict | None = None) -> Any:
+# Fields a fine-tuning run may set differently from its checkpoint: how it computes, how it
+# regularises, and the task head (created fresh when it differs). Everything else is the
+# checkpoint's architecture.
+FINE_TUNE_FIELDS = (
+    "dtype", "param_dtype", "remat_policy", "scan_layers", "attention_impl", "head", "num_labels",
+    "num_classes", "pooler", "image_size", "pad_id",
+)
+
+
+def _may_differ(name: str) -> bool:
+  return name in FINE_TUNE_FIELDS or "dropout" in name
+
+
+def model_config(
+    config: ml_collections.ConfigDict, info: dict | None = None, base: Any = None
+) -> Any:
   """The frozen model dataclass of a run, from ``config.model`` and the dataset's ``info``.
 
   A value the data implies (``task.model_overrides(info)``: vocabulary size, labels, image
@@ -208,9 +246,15 @@ def model_config(config: ml_collections.ConfigDict, info: dict | None = None) ->
   ``config.model.match_data``; a field set to anything else was chosen and wins (with a
   warning when it differs from the data).
 
+  With ``base`` (the config of the checkpoint ``config.init.path`` names), fields start from
+  the checkpoint instead of the preset; chosen and data-implied values apply only to the
+  fields a fine-tuning run may change (:data:`FINE_TUNE_FIELDS`, dropout rates), and any other
+  that contradicts the checkpoint is an error naming both values.
+
   Args:
     config: the run config (``config.model``, ``config.task``).
     info: the training dataset's ``info`` (vocabulary size, labels...); None = the preset's.
+    base: the pretrained checkpoint's own config, or None to train from scratch.
 
   Returns:
     The family's frozen config dataclass, dtypes resolved by ``registry.make_config``.
@@ -227,6 +271,8 @@ def model_config(config: ml_collections.ConfigDict, info: dict | None = None) ->
       raise registry.unknown(key, fields, f"config.model key (no {family.config_cls.__name__} field)")
   preset = _preset_values(name)
   values = {k: config.model[k] if k in config.model else preset[k] for k in fields}
+  if base is not None:
+    return _fine_tune_config(config, info, base, values, preset)
   if config.model.match_data and info:
     task = tasks_lib.get_task(config.task)
     for key, implied in task.model_overrides(info).items():
@@ -245,6 +291,41 @@ def model_config(config: ml_collections.ConfigDict, info: dict | None = None) ->
           "it larger."
       )
   return registry.make_config(family, values, "config.model")
+
+
+def _fine_tune_config(config, info, base, values, preset) -> Any:
+  """The checkpoint's config with the run's chosen and data-implied fine-tuning fields."""
+  family = registry.family_of(base)
+  if family is not _family(config.model.name):
+    raise ValueError(
+        f"config.init.path holds a {family.name} model ({type(base).__name__}) but "
+        f"config.task={config.task!r} is set up for {config.model.name!r} "
+        f"({_family(config.model.name).name}); use a config of the checkpoint's family "
+        f"(its tasks: {', '.join(family.tasks)})."
+    )
+  fields = {n: getattr(base, n) for n in registry.field_names(family.config_cls)}
+  chosen = {k: v for k, v in values.items() if v != preset[k]}  # the config changed these
+  implied = {}
+  if info:
+    implied = tasks_lib.get_task(config.task).model_overrides(info)
+    vocab = implied.pop("vocab_size", None)
+    if vocab is not None and "vocab_size" in fields and vocab > fields["vocab_size"]:
+      raise ValueError(
+          f"the tokenizer has {vocab} tokens but the checkpoint's embedding table has "
+          f"{fields['vocab_size']} rows: use the checkpoint's own tokenizer (leave "
+          "config.data.tokenizer at its default) or one no larger."
+      )
+  wrong = {k: v for k, v in chosen.items() if not _may_differ(k) and v != fields.get(k)}
+  if wrong:
+    detail = ", ".join(f"config.model.{k}={v!r} (checkpoint: {fields.get(k)!r})" for k, v in wrong.items())
+    raise ValueError(
+        f"{detail}: the architecture comes from config.init.path, so these contradict its "
+        "weights. Drop them (or use a config argument that does not set the architecture)."
+    )
+  out = dict(fields)
+  out.update({k: v for k, v in implied.items() if k in out and _may_differ(k)})
+  out.update({k: v for k, v in chosen.items() if _may_differ(k)})
+  return registry.make_config(family, out, "config.model (from config.init.path)")
 
 
 def fingerprint(model_cfg: Any, task: str) -> dict[str, Any]:

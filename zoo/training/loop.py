@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 import signal
 import threading
 from collections.abc import Callable, Mapping
@@ -31,16 +32,20 @@ import ml_collections
 import numpy as np
 import optax
 from flax import linen as nn
+from flax import traverse_util
 from jax.sharding import Mesh, PartitionSpec
 
 from zoo import registry
+from zoo.layers.stack import scan_params
 from zoo.models.common import count
 from zoo.training import checkpoint as ckpt_lib
 from zoo.training import config as config_lib
+from zoo.training import eval_metrics
 from zoo.training import mesh as mesh_lib
 from zoo.training import metrics as metrics_lib
 from zoo.training import state as state_lib
 from zoo.training import tasks as tasks_lib
+from zoo.training import trainable as trainable_lib
 from zoo.training.optimizer import make_optimizer
 from zoo.training.state import TrainState
 
@@ -125,9 +130,13 @@ def train_step(
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, task: tasks_lib.Task):
-  """``name -> (sum, count)`` of the task's statistics on one batch (no dropout)."""
+  """``(stats, predictions)`` on one batch (no dropout).
+
+  ``stats``: ``name -> (sum, count)`` of the task's statistics; ``predictions``: the arrays the
+  task's host metrics read (predicted ids beside labels; None for tasks without any).
+  """
   outputs = task.apply(state.apply_fn, state.params, batch, rng=None, train=False)
-  return task.stats(outputs, batch)
+  return task.stats(outputs, batch), task.predictions(outputs, batch)
 
 
 @dataclasses.dataclass
@@ -185,22 +194,65 @@ def _finite(x) -> bool:
 
 
 def evaluate(
-    eval_fn: Callable, state: TrainState, dataset, mesh, *, rows: int, num_batches: int
+    eval_fn: Callable, state: TrainState, dataset, mesh, *, rows: int, num_batches: int,
+    task: tasks_lib.Task | None = None, info: dict | None = None,
 ) -> dict[str, float]:
-  """Padding-aware means of the task's statistics over (up to ``num_batches``) eval batches."""
-  total = None
+  """Padding-aware means of the task's statistics over (up to ``num_batches``) eval batches,
+  and the task's host metrics (macro-F1, span F1, bits per byte) over the same batches."""
+  total, collected = None, []
   for i, local in enumerate(dataset):
     if num_batches and i >= num_batches:
       break
     local = tasks_lib.pad_batch(local, rows)
-    stats = eval_fn(state, mesh_lib.place_batch(local, mesh))
+    stats, preds = eval_fn(state, mesh_lib.place_batch(local, mesh))
     total = stats if total is None else _tree_add(total, stats)
+    if preds is not None:
+      collected.append(jax.device_get(preds))  # replicated (out_shardings): on every host
   if total is None:
     return {}
-  out = tasks_lib.means(jax.device_get(total))
+  sums = jax.device_get(total)
+  out = tasks_lib.means(sums)
   terms = [k for k in out if k.endswith("loss")]
   if "loss" not in out and terms:
     out["loss"] = sum(out[k] for k in terms)
+  if task is not None and collected:
+    joined = {k: np.concatenate([c[k] for c in collected]) for k in collected[0]}
+    out.update(task.host_metrics(joined, sums, info or {}))
+  return out
+
+
+def translation_bleu(model, params, dataset, info: dict, *, num_batches: int, num_beams: int):
+  """Corpus BLEU (sacrebleu) of greedy / beam-search translations of the first eval batches.
+
+  Hypotheses and references are detokenised with the run's tokenizer; the reference is the
+  target side of the batch (``tgt_out_ids`` up to EOS).
+  """
+  from zoo.generate import translate_ids  # noqa: PLC0415
+
+  tok = info.get("tokenizer")
+  if tok is None or num_batches <= 0:
+    return {}
+  eos, pad = info.get("eos_id"), info.get("pad_id", 0)
+  hyps, refs = [], []
+  for i, local in enumerate(dataset):
+    if i >= num_batches:
+      break
+    out = translate_ids(
+        model, params, np.asarray(local["src_ids"]), max_new_tokens=local["tgt_out_ids"].shape[1],
+        decoder_start_id=int(info["bos_id"]), eos_id=eos, num_beams=num_beams,
+    )
+    for hyp, ref in zip(out, np.asarray(local["tgt_out_ids"]), strict=True):
+      hyps.append(tok.decode(_until(hyp, eos, pad)))
+      refs.append(tok.decode(_until(ref, eos, pad)))
+  return {"bleu": eval_metrics.corpus_bleu(hyps, refs)} if refs else {}
+
+
+def _until(ids, eos, pad) -> list[int]:
+  out = []
+  for t in np.asarray(ids).tolist():
+    if t == eos or t == pad or t < 0:
+      break
+    out.append(t)
   return out
 
 
@@ -218,19 +270,25 @@ class Program(NamedTuple):
 
 @functools.lru_cache(maxsize=8)
 def program(
-    model_cfg, task, optim: tuple, num_steps: int, accum: int, mesh, rules, xla: tuple = ()
+    model_cfg, task, optim: tuple, num_steps: int, accum: int, mesh, rules, xla: tuple = (),
+    trainable: trainable_lib.Trainable | None = None,
 ) -> Program:
   """The model, schedule, state shapes/shardings and jitted init / train / eval of a run.
 
   Cached (all arguments are hashable: ``optim`` and ``xla`` are sorted item tuples of
   ``config.optim`` and ``config.train.compiler_options``, see :func:`program_for`), so repeated
   :func:`train` calls in one process compile once. ``step`` and ``eval`` have explicit in/out
-  shardings (the state's and the batch's) and ``step`` donates the state.
+  shardings (the state's and the batch's) and ``step`` donates the state. ``trainable`` freezes
+  parameters and adds LoRA adapters (:mod:`zoo.training.trainable`).
   """
   model = registry.build(model_cfg)
+  trainable = trainable or trainable_lib.Trainable()
   tx, schedule = make_optimizer(ml_collections.ConfigDict(dict(optim)), num_steps)
+  tx = trainable_lib.wrap_optimizer(tx, trainable)
   init_args, init_kwargs = registry.family_of(model_cfg).dummy_inputs(model_cfg)
-  abstract, shardings = state_lib.abstract_state(model, tx, init_args, init_kwargs, mesh, rules)
+  abstract, shardings = state_lib.abstract_state(
+      model, tx, init_args, init_kwargs, mesh, rules, trainable
+  )
   batch_sh = mesh_lib.batch_sharding(mesh)
   rep = mesh_lib.replicated(mesh)
   step = jax.jit(
@@ -246,7 +304,9 @@ def program(
       out_shardings=rep,
       compiler_options=dict(xla) or None,
   )
-  init = state_lib.make_init(model, tx, init_args, init_kwargs, shardings, dict(xla) or None)
+  init = state_lib.make_init(
+      model, tx, init_args, init_kwargs, shardings, dict(xla) or None, trainable
+  )
   return Program(model, schedule, abstract, shardings, init, step, evaluate_fn)
 
 
@@ -260,6 +320,7 @@ def program_for(
     rules,
     grad_accum_steps: int = 1,
     compiler_options: Mapping[str, Any] | None = None,
+    trainable: trainable_lib.Trainable | None = None,
 ) -> Program:
   """:func:`program` from config sections: what :func:`build_run` and the benchmarks compile.
 
@@ -272,6 +333,7 @@ def program_for(
     rules: logical -> mesh axis rules (``mesh.rules_from_config``).
     grad_accum_steps: micro-batches per update.
     compiler_options: XLA options for init, step and eval (``config.train.compiler_options``).
+    trainable: frozen parameters and LoRA (``Trainable.from_config(config)``); None = all train.
 
   Returns:
     The cached :class:`Program` for these arguments.
@@ -279,7 +341,8 @@ def program_for(
   optim_items = tuple(sorted(optim.to_dict().items()))
   xla = tuple(sorted(dict(compiler_options or {}).items()))
   return program(
-      model_cfg, task, optim_items, int(num_steps), int(grad_accum_steps), mesh, rules, xla
+      model_cfg, task, optim_items, int(num_steps), int(grad_accum_steps), mesh, rules, xla,
+      trainable if trainable is not None and trainable.active else None,
   )
 
 
@@ -316,6 +379,7 @@ class Run:
   state: TrainState
   rng: jax.Array  # the run's key: step N draws from fold_in(rng, N)
   start: int  # the state's step when the run was built
+  notes: list[str] = dataclasses.field(default_factory=list)  # said at the start (init, LoRA)
 
   def run(self, stop_at: int | None = None) -> RunResult:
     """Train from :attr:`start` to ``train.num_steps`` (or ``stop_at``); see :func:`train`."""
@@ -392,6 +456,8 @@ class Run:
         f"{config.model.name} ({family}, {num_params / 1e6:.2f}M params) task={config.task} "
         f"mesh={dict(mesh.shape)} steps {self.start}->{end} workdir={self.workdir}"
     )
+    for note in self.notes:
+      writer.message(note)
     return writer
 
   def _start_clock(self, writer: metrics_lib.MetricWriter, step: int, local) -> None:
@@ -412,7 +478,8 @@ class Run:
         metrics_lib.plot_losses(self.workdir)
       if config.task == "lm" and config.sample.num_tokens > 0 and not interrupted:
         sample = sample_text(
-            self.prog.model, self.state.params, self.info, config.sample, seed=config.seed
+            self.prog.model, trainable_lib.merge(self.state.params), self.info, config.sample,
+            seed=config.seed,
         )
         print(f"--- sample ---\n{sample}\n--------------", flush=True)
     return RunResult(
@@ -445,16 +512,119 @@ def _datasets(config, mesh: Mesh, dataset_fn: Callable) -> tuple[Any, Any]:
   return train_ds, eval_ds
 
 
-def _initial_state(prog: Program, ckpt, train_ds, mesh: Mesh, rules, seed: int):
-  """``(state, rng)``: the latest checkpoint (with the data position), else a fresh state."""
+def _initial_state(prog: Program, ckpt, train_ds, mesh: Mesh, rules, seed: int, fitted=None):
+  """``(state, rng, resumed)``: the latest checkpoint (with the data position), else a fresh
+  state, with the pretrained weights of ``fitted`` (``config.init.path``) in place."""
   rng = jax.random.PRNGKey(seed)
   if ckpt.latest_step() is None:
-    return init_state(prog, mesh, rules, rng), rng
+    state = init_state(prog, mesh, rules, rng)
+    if fitted is not None:
+      state = state.replace(params=_with_pretrained(state.params, fitted))
+    return state, rng, False
   state, meta = ckpt.restore(prog.abstract)
   if meta.get("data") is not None:
     train_ds.set_state(meta["data"])
   log.info("resumed step %d from %s", int(state.step), ckpt.directory)
-  return state, ckpt_lib.rng_from_meta(meta)
+  return state, ckpt_lib.rng_from_meta(meta), True
+
+
+def _with_pretrained(params, fitted):
+  """``params`` (fresh, sharded) with every leaf the checkpoint provides replaced by its value.
+
+  Each leaf is built in its own sharding from the host copy every process holds
+  (``make_array_from_callback``), so nothing is gathered on one device.
+  """
+  tree = traverse_util.unflatten_dict(fitted.flat, sep="/")
+  if getattr(fitted.model.config, "scan_layers", False):
+    tree = scan_params(tree)
+  loaded = traverse_util.flatten_dict(tree, sep="/")
+  out = {}
+  for path, leaf in traverse_util.flatten_dict(params, sep="/").items():
+    if path in loaded:
+      host = np.asarray(loaded[path]).astype(leaf.dtype)
+      out[path] = jax.make_array_from_callback(host.shape, leaf.sharding, lambda i, h=host: h[i])
+    else:
+      out[path] = leaf  # a fresh head, or a LoRA adapter
+  return traverse_util.unflatten_dict(out, sep="/")
+
+
+def _pretrained(config) -> tuple[ml_collections.ConfigDict, Any]:
+  """``(config, weights)``: for ``config.init.path``, its weights and a config whose data reads
+  the checkpoint's tokenizer (and image statistics); ``(config, None)`` without one."""
+  if not config.get("init") or not config.init.path:
+    return config, None
+  from zoo import pretrained  # noqa: PLC0415
+
+  path = pretrained.api.resolve(config.init.path)
+  weights = pretrained.api.read(path, step=config.init.step)
+  config = config.copy_and_resolve_references()
+  source = weights.info.get("tokenizer_path") or (path if os.path.isdir(path) else None)
+  has_tokenizer = source and (os.path.isfile(source) or any(
+      os.path.exists(os.path.join(source, f)) for f in ("tokenizer.json", "vocab.txt")))
+  if "tokenizer" in config.data and config.init.get("tokenizer", True) and has_tokenizer:
+    config.data.tokenizer = source
+  if config.task == "image_classification" and os.path.isdir(path):
+    pre = pretrained.checkpoint_io.read_json(
+        os.path.join(path, "preprocessor_config.json"), missing_ok=True)
+    for ours, theirs in (("mean", "image_mean"), ("std", "image_std")):
+      if config.data.get(ours) is None and pre.get(theirs) is not None:
+        config.data[ours] = tuple(pre[theirs])
+  return config, weights
+
+
+def _fit_pretrained(weights, model_cfg):
+  """The checkpoint's weights for ``model_cfg``: loaded, new (fresh heads) and dropped; the
+  fitted model's config adds what the head implies (``assemble.fit``)."""
+  from zoo.pretrained import assemble  # noqa: PLC0415
+
+  base = weights.config
+  changed = {
+      n: getattr(model_cfg, n) for n in registry.field_names(type(model_cfg))
+      if getattr(model_cfg, n) != getattr(base, n)
+  }
+  return assemble.fit(weights, None, changed)
+
+
+def _trainable(config, fitted) -> trainable_lib.Trainable:
+  """The run's :class:`Trainable`; fresh heads train even when the backbone is frozen."""
+  spec = trainable_lib.Trainable.from_config(config)
+  if fitted is not None and fitted.new and spec.active:
+    heads = sorted({p.split("/")[0] for p in fitted.new})
+    fresh = "^(" + "|".join(re.escape(h) for h in heads) + ")/"
+    keep = f"{spec.always_train}|{fresh}" if spec.always_train else fresh
+    spec = dataclasses.replace(spec, always_train=keep)
+  return spec
+
+
+def data_facts(info: dict[str, Any]) -> dict[str, Any]:
+  """The JSON facts of a dataset that export needs: labels, special ids, tokenizer file."""
+  out = {k: info[k] for k in ("pad_id", "bos_id", "eos_id", "cls_id", "sep_id", "mask_id")
+         if info.get(k) is not None}
+  if info.get("label_names"):
+    out["label_names"] = [str(n) for n in info["label_names"]]
+  name = getattr(info.get("tokenizer"), "name", None)
+  if isinstance(name, str) and os.path.exists(name):
+    out["tokenizer_path"] = os.path.abspath(name)
+  return out
+
+
+def _notes(fitted, trainable, params) -> list[str]:
+  """What the start of a fine-tuning run says: tensors loaded / new / dropped, what trains."""
+  out = []
+  if fitted is not None:
+    out.append(
+        f"init: {len(fitted.flat)} tensors loaded, {len(fitted.new)} new"
+        + (f" ({', '.join(fitted.new)})" if fitted.new else "")
+        + f", {len(fitted.dropped)} dropped"
+        + (f" ({', '.join(fitted.dropped)})" if fitted.dropped else "")
+    )
+  if trainable.active:
+    n = trainable_lib.counts(params, trainable)
+    out.append(
+        f"trainable: {n['trainable'] / 1e6:.3f}M of {n['total'] / 1e6:.3f}M parameters "
+        f"({n['frozen'] / 1e6:.3f}M frozen, {n['adapters'] / 1e6:.3f}M LoRA adapters)"
+    )
+  return out
 
 
 def build_run(
@@ -471,17 +641,25 @@ def build_run(
   Raises:
     ValueError: bad config (indivisible batch, another model's checkpoint in ``workdir`` ...).
   """
+  config, weights = _pretrained(config)
   tc = config.train
   mesh = mesh_lib.make_mesh(config.mesh, devices)
   rules = mesh_lib.rules_from_config(config)
   train_ds, eval_ds = _datasets(config, mesh, dataset_fn or _default_dataset_fn())
   info = dict(train_ds.info)
 
-  model_cfg = config_lib.model_config(config, info)
+  model_cfg = config_lib.model_config(config, info, base=weights.config if weights else None)
+  fitted = _fit_pretrained(weights, model_cfg) if weights is not None else None
+  if fitted is not None:  # what a head implies (a BERT tagger drops the pooler), as exported
+    model_cfg = fitted.model.config
+  if fitted is not None and not config.init.get("weights", True):
+    fitted = None  # the checkpoint's architecture and tokenizer, trained from scratch
   task = tasks_lib.get_task(config.task, config.label_smoothing)
+  trainable = _trainable(config, fitted)
   prog = program_for(
       model_cfg, task, config.optim, num_steps=int(tc.num_steps), mesh=mesh, rules=rules,
       grad_accum_steps=int(tc.grad_accum_steps), compiler_options=tc.compiler_options.to_dict(),
+      trainable=trainable,
   )
   ckpt = ckpt_lib.Checkpointer(
       workdir,
@@ -489,9 +667,10 @@ def build_run(
       keep=tc.keep_checkpoints,
       fingerprint=config_lib.fingerprint(model_cfg, config.task),
       model_config=registry.config_to_json(model_cfg),
+      data_info=data_facts(info),
   )
   try:
-    state, rng = _initial_state(prog, ckpt, train_ds, mesh, rules, config.seed)
+    state, rng, resumed = _initial_state(prog, ckpt, train_ds, mesh, rules, config.seed, fitted)
   except BaseException:
     ckpt.close()  # e.g. another model's checkpoint: nothing of this run is left running
     raise
@@ -503,6 +682,7 @@ def build_run(
       config=config, workdir=workdir, mesh=mesh, rules=rules, info=info, model_cfg=model_cfg,
       task=task, prog=prog, ckpt=ckpt, train_ds=train_ds, eval_ds=eval_ds, state=state,
       rng=rng, start=int(jax.device_get(state.step)),
+      notes=_notes(None if resumed else fitted, trainable, prog.abstract.params),
   )
 
 
@@ -630,8 +810,14 @@ class Evaluate(Action):
   def __call__(self, run, step):
     self.result = evaluate(
         run.prog.eval, run.state, self.dataset, run.mesh, rows=self.rows,
-        num_batches=self.num_batches,
+        num_batches=self.num_batches, task=run.task, info=run.info,
     )
+    decode = int(run.config.eval.get("decode_batches", 0))
+    if run.config.task == "translation" and decode > 0:
+      self.result.update(translation_bleu(
+          run.prog.model, trainable_lib.merge(run.state.params), self.dataset, run.info,
+          num_batches=decode, num_beams=int(run.config.eval.get("num_beams", 1)),
+      ))
     self.writer.write(step, "eval", self.result)
     self.writer.reset_clock(step)  # evaluation time is not training throughput
 

@@ -19,6 +19,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 
 from zoo.training import mesh as mesh_lib
+from zoo.training import trainable as trainable_lib
 
 
 class TrainState(struct.PyTreeNode):
@@ -36,16 +37,21 @@ class TrainState(struct.PyTreeNode):
     return self.replace(step=self.step + 1, params=params, opt_state=opt_state)
 
 
-def _init_fn(model: nn.Module, tx, init_args: tuple, init_kwargs: dict, boxed: bool):
+def _init_fn(model: nn.Module, tx, init_args: tuple, init_kwargs: dict, boxed: bool, trainable=None):
+  # ``tx`` already covers only the trainable leaves (``trainable.wrap_optimizer``).
+  trainable = trainable or trainable_lib.Trainable()
+
   def init(rng):
     params = model.init(rng, *init_args, **init_kwargs)["params"]
+    if trainable.lora_rank:  # adapters beside their kernels, from a key of their own
+      params = trainable_lib.add_adapters(params, trainable, jax.random.fold_in(rng, 1))
     if not boxed:
       params = nn.unbox(params)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=tx.init(nn.unbox(params)),
-        apply_fn=model.apply,
+        apply_fn=trainable_lib.wrap_apply(model.apply, trainable),
         tx=tx,
     )
 
@@ -83,13 +89,17 @@ def state_shardings(abstract_state: TrainState, params_shardings: Any, mesh: Mes
 
 
 def abstract_state(
-    model: nn.Module, tx, init_args: tuple, init_kwargs: dict, mesh: Mesh, rules
+    model: nn.Module, tx, init_args: tuple, init_kwargs: dict, mesh: Mesh, rules, trainable=None
 ) -> tuple[TrainState, TrainState]:
-  """``(abstract_state, shardings)``: shapes/dtypes (with ``.sharding``) and the shardings."""
+  """``(abstract_state, shardings)``: shapes/dtypes (with ``.sharding``) and the shardings.
+
+  ``trainable`` (a :class:`zoo.training.trainable.Trainable`) adds LoRA adapters and limits
+  the optimizer to the trainable leaves.
+  """
   rng = jax.random.PRNGKey(0)
-  boxed = jax.eval_shape(_init_fn(model, tx, init_args, init_kwargs, boxed=True), rng)
+  boxed = jax.eval_shape(_init_fn(model, tx, init_args, init_kwargs, True, trainable), rng)
   p_shardings = mesh_lib.param_shardings(boxed.params, mesh, rules)
-  plain = jax.eval_shape(_init_fn(model, tx, init_args, init_kwargs, boxed=False), rng)
+  plain = jax.eval_shape(_init_fn(model, tx, init_args, init_kwargs, False, trainable), rng)
   shardings = state_shardings(plain, p_shardings, mesh)
   with_sharding = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), plain, shardings
@@ -104,6 +114,7 @@ def make_init(
     init_kwargs: dict,
     shardings: TrainState,
     compiler_options: dict | None = None,
+    trainable=None,
 ):
   """``jit(init, out_shardings=shardings)``: ``rng -> state`` created directly in its shards.
 
@@ -111,7 +122,7 @@ def make_init(
   constraints inside the model need them while tracing).
   """
   return jax.jit(
-      _init_fn(model, tx, init_args, init_kwargs, boxed=False),
+      _init_fn(model, tx, init_args, init_kwargs, False, trainable),
       out_shardings=shardings,
       compiler_options=compiler_options,
   )

@@ -100,6 +100,13 @@ def _in_axes(names: tuple, ndim: int) -> int:
   return ndim - 1 if ndim > 2 and names[-1] == sh.EMBED else 1
 
 
+def _box_like(box, value, names: tuple):
+  """``value`` in the same kind of box as ``box`` (logical names, rules), with ``names``."""
+  if isinstance(box, nn.Partitioned):
+    return box.replace(value=value, names=names)
+  return value
+
+
 def lora_targets(boxed_params, trainable: Trainable) -> list[str]:
   """Module paths (``".../attn/query"``) whose ``kernel`` gets adapters."""
   pattern = re.compile(trainable.lora_targets)
@@ -141,10 +148,10 @@ def add_adapters(boxed_params, trainable: Trainable, rng: jax.Array):
     a = (a / np.sqrt(fan_in)).astype(kernel.dtype)
     b = jnp.zeros((*lead, r, *shape[k:]), kernel.dtype)
     lead_names = names[:stacked]
-    flat[f"{module}/{LORA_A}"] = nn.Partitioned(a, (*lead_names, *names[stacked:][:k], None))
-    flat[f"{module}/{LORA_B}"] = nn.Partitioned(b, (*lead_names, None, *names[stacked:][k:]))
+    flat[f"{module}/{LORA_A}"] = _box_like(box, a, (*lead_names, *names[stacked:][:k], None))
+    flat[f"{module}/{LORA_B}"] = _box_like(box, b, (*lead_names, None, *names[stacked:][k:]))
     scale = jnp.full(lead, trainable.lora_alpha / r, jnp.float32)
-    flat[f"{module}/{LORA_SCALE}"] = nn.Partitioned(scale, lead_names) if stacked else scale
+    flat[f"{module}/{LORA_SCALE}"] = _box_like(box, scale, lead_names) if stacked else scale
   return traverse_util.unflatten_dict(flat, sep="/")
 
 
@@ -205,27 +212,38 @@ def frozen_mask(params, trainable: Trainable):
   return traverse_util.unflatten_dict(out, sep="/")
 
 
-def wrap_optimizer(tx: optax.GradientTransformation, params, trainable: Trainable):
-  """``tx`` on the trainable leaves only; frozen leaves get zero updates and no state."""
+def wrap_optimizer(tx: optax.GradientTransformation, trainable: Trainable):
+  """``tx`` on the trainable leaves only; frozen leaves get zero updates and no state.
+
+  The labels are computed from the parameter tree ``tx.init`` receives (adapters included).
+  """
   if not trainable.active:
     return tx
-  labels = jax.tree.map(lambda f: "frozen" if f else "train", frozen_mask(params, trainable))
+
+  def labels(params):
+    return jax.tree.map(lambda f: "frozen" if f else "train", frozen_mask(params, trainable))
+
   return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
-def wrap_apply(apply_fn: Callable, params_like, trainable: Trainable) -> Callable:
+@dataclasses.dataclass(frozen=True)
+class _Apply:
+  """``apply_fn`` with frozen gradients stopped and adapters merged (compares by value, so
+  train states built from the same model and spec have equal tree structures)."""
+
+  apply_fn: Callable
+  trainable: Trainable
+
+  def __call__(self, variables, *args, **kwargs):
+    params = variables["params"]
+    mask = frozen_mask(params, self.trainable)
+    params = jax.tree.map(lambda p, frozen: jax.lax.stop_gradient(p) if frozen else p, params, mask)
+    return self.apply_fn({**variables, "params": merge(params)}, *args, **kwargs)
+
+
+def wrap_apply(apply_fn: Callable, trainable: Trainable) -> Callable:
   """``apply_fn`` that stops gradients of frozen leaves and merges adapters first."""
-  if not trainable.active:
-    return apply_fn
-  mask = frozen_mask(params_like, trainable)
-
-  def apply(variables, *args, **kwargs):
-    params = jax.tree.map(
-        lambda p, frozen: jax.lax.stop_gradient(p) if frozen else p, variables["params"], mask
-    )
-    return apply_fn({**variables, "params": merge(params)}, *args, **kwargs)
-
-  return apply
+  return _Apply(apply_fn, trainable) if trainable.active else apply_fn
 
 
 def counts(params, trainable: Trainable) -> dict[str, int]:
