@@ -391,6 +391,11 @@ def test_bad_input_is_a_clear_value_error(pretraining, batch):
     apply(ids, attention_mask=jnp.ones((2, 9), bool))
   with pytest.raises(ValueError, match=r"positions hold values in \[5, 16\].*max_len=16"):
     apply(ids, positions=jnp.broadcast_to(jnp.arange(5, 17), (2, 12)))
+  # The same checks, registered with the family, need no model or parameters.
+  validate = zoo.registry.get("bert").validate
+  validate(model.config, {"input_ids": ids, "token_type_ids": types})
+  with pytest.raises(ValueError, match=r"token_type_ids holds ids in \[0, 2\].*2 entries"):
+    validate(model.config, {"input_ids": ids, "token_type_ids": types.at[0, 0].set(2)})
   with pytest.raises(ValueError, match="not divisible by num_heads=5"):
     BertConfig(**{**TINY, "num_heads": 5})
   with pytest.raises(ValueError, match="head must be one of"):

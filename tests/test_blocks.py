@@ -1,5 +1,5 @@
 """Tests for zoo.layers.blocks and zoo.layers.stack: pre/post-LN blocks, norms, config checks,
-scan == loop, remat == plain.
+the named block inputs, scan == loop, remat == plain.
 
 Shapes are tiny and every model is compiled once per variant: compilation, not arithmetic,
 is what costs time here.
@@ -16,7 +16,7 @@ import pytest
 from flax import linen as nn
 
 from zoo.layers.attention import causal_mask, padding_mask
-from zoo.layers.blocks import MLP, BlockConfig, DecoderBlock, EncoderBlock, make_norm
+from zoo.layers.blocks import MLP, BlockConfig, BlockInputs, DecoderBlock, EncoderBlock, make_norm
 from zoo.layers.stack import Stack, scan_params, unscan_params
 
 B, T, S, D = 2, 5, 6, 16
@@ -54,15 +54,14 @@ def _three_blocks(cfg):
   self_mask = padding_mask(jnp.ones((B, T), bool))
   cross_mask = padding_mask(jnp.ones((B, T), bool), src_valid)
   blocks = {
-      "encoder": (EncoderBlock(cfg), (x, self_mask), {}),
-      "decoder": (DecoderBlock(cfg), (x,), dict(self_mask=causal_mask(T))),
+      "encoder": (EncoderBlock(cfg), BlockInputs(mask=self_mask)),
+      "decoder": (DecoderBlock(cfg), BlockInputs(mask=causal_mask(T))),
       "cross": (
           DecoderBlock(cfg, cross_attention=True),
-          (x, enc),
-          dict(self_mask=causal_mask(T), cross_mask=cross_mask),
+          BlockInputs(mask=causal_mask(T), encoded=enc, cross_mask=cross_mask),
       ),
   }
-  params = {k: _random_params(m, *a, **kw) for k, (m, a, kw) in blocks.items()}
+  params = {k: _random_params(m, x, inputs) for k, (m, inputs) in blocks.items()}
   return blocks, params
 
 
@@ -75,9 +74,9 @@ def test_blocks_finite_gradients_and_jit_equals_no_jit(norm_position):
 
   def loss(params, x, enc):
     outs = {}
-    for name, (module, args, kw) in blocks.items():
-      args = (x, enc) if name == "cross" else (x,) + args[1:]
-      outs[name] = module.apply({"params": params[name]}, *args, **kw)
+    for name, (module, inputs) in blocks.items():
+      inputs = inputs.replace(encoded=enc) if name == "cross" else inputs
+      outs[name] = module.apply({"params": params[name]}, x, inputs)
     return sum(jnp.sum(jnp.sin(o)) for o in outs.values()), outs
 
   x, enc, _ = _inputs()
@@ -97,22 +96,35 @@ def test_blocks_finite_gradients_and_jit_equals_no_jit(norm_position):
   if norm_position == "post":
     # No-jit (op by op) gives the same numbers. One block is enough: op-by-op dispatch
     # compiles every primitive separately, which is what makes it slow on CPU.
-    module, args, kw = blocks["decoder"]
-    eager = module.apply({"params": params["decoder"]}, *args, **kw)
+    module, inputs = blocks["decoder"]
+    eager = module.apply({"params": params["decoder"]}, x, inputs)
     np.testing.assert_allclose(eager, outs["decoder"], atol=1e-5, rtol=1e-5)
 
 
 def test_decoder_block_is_causal_and_cross_mask_hides_padding():
   blocks, params = _three_blocks(CFG)
-  module, _, kw = blocks["cross"]
+  module, inputs = blocks["cross"]
   x, enc, _ = _inputs()
-  f = jax.jit(lambda x, enc: module.apply({"params": params["cross"]}, x, enc, **kw))
+  f = jax.jit(
+      lambda x, enc: module.apply({"params": params["cross"]}, x, inputs.replace(encoded=enc))
+  )
   out = np.asarray(f(x, enc))
   out_future = np.asarray(f(x.at[:, 3:].set(7.0), enc))
   np.testing.assert_array_equal(out_future[:, :3], out[:, :3])
   assert not np.allclose(out_future[:, 3:], out[:, 3:])
   out_pad = np.asarray(f(x, enc.at[1, 3:].set(7.0)))  # row 1 has 3 real source positions
   np.testing.assert_array_equal(out_pad, out)
+
+
+def test_block_inputs_is_a_pytree_and_blocks_check_what_they_need():
+  x, enc, _ = _inputs()
+  inputs = BlockInputs(mask=causal_mask(T), encoded=enc)
+  # None fields have no leaves, so a partly filled record passes through scan and remat.
+  assert len(jax.tree.leaves(inputs)) == 2 and jax.tree.leaves(BlockInputs()) == []
+  with pytest.raises(ValueError, match="has cross-attention: pass the encoder output"):
+    jax.eval_shape(DecoderBlock(CFG, cross_attention=True).init, jax.random.key(0), x)
+  with pytest.raises(ValueError, match="an EncoderBlock has no KV cache"):
+    EncoderBlock(CFG).init(jax.random.key(0), x, BlockInputs(), True, True)
 
 
 def test_dropout_only_when_not_deterministic():
@@ -220,7 +232,7 @@ def _stack_loss(**stack_kw):
   stack = _stack(**stack_kw)
 
   def loss(params, x):
-    out = stack.apply({"params": params}, x, causal_mask(T), None, True)
+    out = stack.apply({"params": params}, x, BlockInputs(mask=causal_mask(T)), deterministic=True)
     return jnp.sum(jnp.sin(out)), out
 
   return jax.jit(jax.value_and_grad(loss, has_aux=True))
@@ -229,20 +241,21 @@ def _stack_loss(**stack_kw):
 @functools.cache
 def _loop_reference():
   x, _, _ = _inputs()
-  params = _random_params(_stack(), x, None, None, True, seed=1)
+  params = _random_params(_stack(), x, BlockInputs(), seed=1)
   return x, params, _stack_loss()(params, x)
 
 
 @functools.cache
 def _stack_forward(**stack_kw):
   stack = _stack(**stack_kw)
-  return jax.jit(lambda params, x: stack.apply({"params": params}, x, causal_mask(T), None, True))
+  inputs = BlockInputs(mask=causal_mask(T))
+  return jax.jit(lambda params, x: stack.apply({"params": params}, x, inputs, deterministic=True))
 
 
 def test_stack_scan_equals_loop_both_ways():
   x, loop_params, ((_, out_loop), _) = _loop_reference()
   assert set(loop_params) == {f"layers_{i}" for i in range(LAYERS)}
-  scan_init = lambda rng: _stack(scan=True).init(rng, x, None, None, True)
+  scan_init = lambda rng: _stack(scan=True).init(rng, x, BlockInputs())
   scan_shapes = nn.unbox(jax.eval_shape(scan_init, jax.random.key(0))["params"])
   stacked = scan_params(loop_params)
   assert jax.tree.map(jnp.shape, stacked) == jax.tree.map(jnp.shape, scan_shapes)
@@ -254,7 +267,7 @@ def test_stack_scan_equals_loop_both_ways():
   assert jax.tree.structure(back) == jax.tree.structure(loop_params)
   for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(loop_params)):
     np.testing.assert_array_equal(a, b)
-  scan_own = _random_params(_stack(scan=True), x, None, None, True, seed=7)
+  scan_own = _random_params(_stack(scan=True), x, BlockInputs(), seed=7)
   out_scan_own = _stack_forward(scan=True)(scan_own, x)
   (_, out_loop_own), _ = _stack_loss()(unscan_params(scan_own), x)
   np.testing.assert_allclose(out_loop_own, out_scan_own, atol=1e-5, rtol=1e-5)
@@ -283,6 +296,6 @@ def test_remat_equals_plain(scan, policy):
 def test_stack_bad_options():
   x, _, _ = _inputs()
   with pytest.raises(ValueError, match=r"remat_policy must be one of .*; got 'some'"):
-    _stack(remat_policy="some").init(jax.random.key(0), x, None, None, True)
+    _stack(remat_policy="some").init(jax.random.key(0), x, BlockInputs())
   with pytest.raises(ValueError, match=r"layer keys are not 0..L-1"):
     scan_params({"layers_0": {"w": jnp.zeros(2)}, "layers_2": {"w": jnp.zeros(2)}})

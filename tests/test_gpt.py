@@ -164,6 +164,13 @@ def test_bad_input_is_a_clear_value_error(ids):
     model.apply({"params": params}, jnp.ones((1, 17), jnp.int32))
   with pytest.raises(ValueError, match="rank 2"):
     model.apply({"params": params}, ids[0])
+  # The same checks, registered with the family, need no model or parameters.
+  validate = zoo.registry.get("gpt").validate
+  validate(model.config, {"input_ids": ids, "decode": False})
+  with pytest.raises(ValueError, match=r"ids in \[.*61.*\].*61 entries"):
+    validate(model.config, {"input_ids": ids.at[0, 0].set(61)})
+  with pytest.raises(ValueError, match=r"positions must be \[B, L\]"):
+    validate(model.config, {"input_ids": ids, "positions": ids[:, :3]})
   with pytest.raises(ValueError, match="not divisible by num_heads=5"):
     GPTConfig(**{**TINY, "num_heads": 5})
   with pytest.raises(ValueError, match="num_kv_heads=3"):

@@ -433,6 +433,15 @@ def test_bad_inputs_raise_before_tracing():
     model.apply(v, SRC, src_positions=np.zeros((2, 3), np.int32), method="encode")
   with pytest.raises(ValueError, match="reach index 16"):
     model.apply(v, SRC, src_positions=np.full((2, 7), 16, np.int32), method="encode")
+  # The same checks, registered with the family, need no model or parameters: the
+  # arguments of __call__, encode or decode (those with "encoded"), by name.
+  validate = zoo.registry.get("transformer").validate
+  validate(cfg, {"src_ids": SRC, "tgt_in_ids": TGT})
+  with pytest.raises(ValueError, match=r"tgt_in_ids holds ids in \[0, 35\].*34 entries"):
+    validate(cfg, {"src_ids": SRC, "tgt_in_ids": np.where(TGT == 31, 35, TGT)})
+  encoded = np.zeros((*SRC.shape, cfg.d_model), np.float32)
+  with pytest.raises(ValueError, match="src_segment_ids, or neither"):
+    validate(cfg, {"tgt_ids": TGT, "encoded": encoded, "src_ids": SRC, "src_segment_ids": SRC})
 
 
 def test_bad_configs_raise():

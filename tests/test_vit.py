@@ -143,6 +143,11 @@ def test_bad_inputs_fail_clearly():
     apply(np.zeros((2, 3, 32, 32), np.float32))
   with pytest.raises(ValueError, match=r"floating point; got dtype uint8"):
     apply(np.zeros((2, 32, 32, 3), np.uint8))
+  # The same checks, registered with the family, need no model or parameters.
+  validate = zoo.registry.get("vit").validate
+  validate(TINY, {"images": _images()})
+  with pytest.raises(ValueError, match=r"floating point; got dtype uint8"):
+    validate(TINY, {"images": np.zeros((2, 32, 32, 3), np.uint8)})
   with pytest.raises(ValueError, match=r"image_size=30 is not divisible by patch_size=8"):
     ViTConfig(image_size=30, patch_size=8)
   with pytest.raises(ValueError, match=r"pool='cls' needs class_token=True"):

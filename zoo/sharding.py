@@ -20,14 +20,12 @@ CLASSES = "classes"  # classifier outputs
 POSITIONS = "positions"  # rows of a learned position table
 PATCH = "patch"  # flattened patch pixels of the ViT stem
 
-# Activation axes.
+# Activation axes (constrained at block boundaries, on the MLP hidden layer and on the input
+# of a tied output projection).
 ACT_BATCH = "activation_batch"
 ACT_LENGTH = "activation_length"
 ACT_EMBED = "activation_embed"
-ACT_HEADS = "activation_heads"
-ACT_KV = "activation_kv"
 ACT_MLP = "activation_mlp"
-ACT_VOCAB = "activation_vocab"
 
 # Physical mesh axes.
 DATA = "data"
@@ -42,10 +40,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (ACT_BATCH, (DATA, FSDP)),
     (ACT_LENGTH, None),
     (ACT_EMBED, None),
-    (ACT_HEADS, TENSOR),
-    (ACT_KV, None),
     (ACT_MLP, TENSOR),
-    (ACT_VOCAB, TENSOR),
     (EMBED, FSDP),
     (MLP, TENSOR),
     (HEADS, TENSOR),

@@ -1,1 +1,2 @@
-"""The shared vocabulary every family is built from: attention, positions, blocks, stacks."""
+"""The shared vocabulary every family is built from: projections, attention, positions, blocks,
+stacks."""

@@ -11,6 +11,7 @@ Masks are boolean, True = attend, broadcastable to ``[B, N, T, S]``.
 from __future__ import annotations
 
 import math
+import typing
 from typing import Any, Literal
 
 import jax
@@ -19,11 +20,12 @@ import numpy as np
 from flax import linen as nn
 
 from zoo import sharding as sh
+from zoo.layers.dense import Einsum
 from zoo.layers.positional import apply_rope
 
 Array = jax.Array
 Implementation = Literal["xla", "cudnn"]
-IMPLEMENTATIONS = ("xla", "cudnn")
+IMPLEMENTATIONS = typing.get_args(Implementation)
 
 # Masked logits get this value instead of -inf: a fully masked row then becomes a uniform
 # softmax (finite output, finite gradient) rather than 0/0 = NaN. It is far below any real
@@ -254,10 +256,6 @@ def dot_product_attention(
 # Multi-head attention module.
 
 
-def _dense_init(init, names):
-  return nn.with_logical_partitioning(init, names)
-
-
 class MultiHeadAttention(nn.Module):
   """Multi-head (or grouped-query / multi-query) attention with an optional KV cache.
 
@@ -328,19 +326,18 @@ class MultiHeadAttention(nn.Module):
           f"num_heads={self.num_heads} must be a multiple of num_kv_heads={num_kv}."
       )
     kv_in = inputs_q if self_attention else inputs_kv
-    proj = lambda heads, axis, name: _HeadsProjection(  # noqa: E731
-        heads=heads,
-        head_dim=self.head_dim,
-        heads_axis=axis,
+    proj = lambda x, heads, heads_axis, name: Einsum(  # noqa: E731
+        (x.shape[-1], heads, self.head_dim),
+        (sh.EMBED, heads_axis, sh.HEAD_DIM),
         use_bias=self.use_bias,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
         kernel_init=self.kernel_init,
         name=name,
     )
-    query = proj(self.num_heads, sh.HEADS, "query")(inputs_q)
-    key = proj(num_kv, sh.KV_HEADS, "key")(kv_in)
-    value = proj(num_kv, sh.KV_HEADS, "value")(kv_in)
+    query = proj(inputs_q, self.num_heads, sh.HEADS, "query")("BLD,DNH->BLNH", inputs_q)
+    key = proj(kv_in, num_kv, sh.KV_HEADS, "key")("BLD,DNH->BLNH", kv_in)
+    value = proj(kv_in, num_kv, sh.KV_HEADS, "value")("BLD,DNH->BLNH", kv_in)
 
     b, t = inputs_q.shape[:2]
     cache_index = None
@@ -391,82 +388,13 @@ class MultiHeadAttention(nn.Module):
     if sow_weights:
       result, weights = result
       self.sow("intermediates", "attention_weights", weights)
-    out_features = self.out_features or inputs_q.shape[-1]
-    out_init = self.out_kernel_init or self.kernel_init
-    out = _OutProjection(
-        features=out_features,
+    out = Einsum(
+        (self.num_heads, self.head_dim, self.out_features or inputs_q.shape[-1]),
+        (sh.HEADS, sh.HEAD_DIM, sh.EMBED),
         use_bias=self.use_bias,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
-        kernel_init=out_init,
+        kernel_init=self.out_kernel_init or self.kernel_init,
         name="out",
-    )(result)
-    return out
-
-
-def _fan_in_over(init, n_in_axes: int):
-  """Wrap a 2-D initializer so an ``[in..., out...]`` kernel gets fan-in = prod(in axes)."""
-
-  def wrapped(rng, shape, dtype=jnp.float32):
-    fan_in = int(np.prod(shape[:n_in_axes]))
-    flat = init(rng, (fan_in, int(np.prod(shape[n_in_axes:]))), dtype)
-    return flat.reshape(shape)
-
-  return wrapped
-
-
-class _HeadsProjection(nn.Module):
-  """``[B, L, D] -> [B, L, heads, head_dim]`` with a ``[D, heads, head_dim]`` kernel."""
-
-  heads: int
-  head_dim: int
-  heads_axis: str
-  use_bias: bool
-  dtype: Any
-  param_dtype: Any
-  kernel_init: Any
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    kernel = self.param(
-        "kernel",
-        _dense_init(_fan_in_over(self.kernel_init, 1), (sh.EMBED, self.heads_axis, sh.HEAD_DIM)),
-        (x.shape[-1], self.heads, self.head_dim),
-        self.param_dtype,
     )
-    y = jnp.einsum("BLD,DNH->BLNH", x.astype(self.dtype), kernel.astype(self.dtype))
-    if self.use_bias:
-      b = self.param(
-          "bias",
-          _dense_init(nn.initializers.zeros, (self.heads_axis, sh.HEAD_DIM)),
-          (self.heads, self.head_dim),
-          self.param_dtype,
-      )
-      y = y + b.astype(self.dtype)
-    return y
-
-
-class _OutProjection(nn.Module):
-  """``[B, T, N, H] -> [B, T, D]`` with an ``[N, H, D]`` kernel."""
-
-  features: int
-  use_bias: bool
-  dtype: Any
-  param_dtype: Any
-  kernel_init: Any
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    kernel = self.param(
-        "kernel",
-        _dense_init(_fan_in_over(self.kernel_init, 2), (sh.HEADS, sh.HEAD_DIM, sh.EMBED)),
-        (x.shape[-2], x.shape[-1], self.features),
-        self.param_dtype,
-    )
-    y = jnp.einsum("BTNH,NHD->BTD", x.astype(self.dtype), kernel.astype(self.dtype))
-    if self.use_bias:
-      b = self.param(
-          "bias", _dense_init(nn.initializers.zeros, (sh.EMBED,)), (self.features,), self.param_dtype
-      )
-      y = y + b.astype(self.dtype)
-    return y
+    return out("BTNH,NHD->BTD", result)

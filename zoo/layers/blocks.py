@@ -1,20 +1,28 @@
 """Feed-forward, norms, and the encoder/decoder blocks all four families are built from.
 
 Shapes: B batch, T target length, S source length, D model width, F mlp width.
+
+Every block is called as ``block(x, inputs, deterministic, decode)``: the residual stream
+``x`` ``[B, T, D]``, a :class:`BlockInputs` record of the arrays every layer shares (masks,
+positions, encoder output) and two Python flags. :class:`zoo.layers.stack.Stack` relies on
+that order: the record is broadcast to every layer and the flags stay static under remat.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from flax import struct
 from jax.ad_checkpoint import checkpoint_name
 
 from zoo import sharding as sh
 from zoo.layers.attention import Implementation, MultiHeadAttention
+from zoo.layers.dense import Einsum
 
 Array = jax.Array
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
@@ -74,8 +82,8 @@ class BlockConfig:
     if self.num_heads % kv:
       raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={kv}.")
     _choice("activation", self.activation, ACTIVATIONS)
-    _choice("norm", self.norm, ("layernorm", "rmsnorm"))
-    _choice("norm_position", self.norm_position, ("pre", "post"))
+    _choice("norm", self.norm, typing.get_args(NormKind))
+    _choice("norm_position", self.norm_position, typing.get_args(NormPosition))
 
   @property
   def dim_per_head(self) -> int:
@@ -109,17 +117,20 @@ def make_norm(config: BlockConfig, name: str) -> nn.Module:
   )
 
 
-def dense(
-    features: int, axes: tuple[str, str], config: BlockConfig, name: str, init_scale: float = 1.0
-) -> nn.Dense:
-  """``nn.Dense`` with logical axis names on kernel and bias."""
-  return nn.Dense(
-      features,
+def _dense(
+    shape: tuple[int, int],
+    axes: tuple[str, str],
+    config: BlockConfig,
+    name: str,
+    init_scale: float = 1.0,
+) -> Einsum:
+  return Einsum(
+      shape,
+      axes,
       use_bias=config.use_bias,
       dtype=config.dtype,
       param_dtype=config.param_dtype,
-      kernel_init=nn.with_logical_partitioning(config.kernel_init(init_scale), axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
+      kernel_init=config.kernel_init(init_scale),
       name=name,
   )
 
@@ -132,12 +143,14 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
     cfg = self.config
-    h = dense(cfg.mlp_dim, (sh.EMBED, sh.MLP), cfg, "wi")(x)
+    d = x.shape[-1]
+    h = _dense((d, cfg.mlp_dim), (sh.EMBED, sh.MLP), cfg, "wi")("BLD,DF->BLF", x)
     h = ACTIVATIONS[cfg.activation](h)
     h = nn.with_logical_constraint(h, (sh.ACT_BATCH, sh.ACT_LENGTH, sh.ACT_MLP))
     h = checkpoint_name(h, "mlp_hidden")
     h = nn.Dropout(cfg.mlp_dropout_rate)(h, deterministic=deterministic)
-    return dense(x.shape[-1], (sh.MLP, sh.EMBED), cfg, "wo", cfg.residual_init_scale)(h)
+    wo = _dense((cfg.mlp_dim, d), (sh.MLP, sh.EMBED), cfg, "wo", cfg.residual_init_scale)
+    return wo("BLF,FD->BLD", h)
 
 
 def _attention(config: BlockConfig, name: str, use_rope: bool) -> MultiHeadAttention:
@@ -158,21 +171,39 @@ def _attention(config: BlockConfig, name: str, use_rope: bool) -> MultiHeadAtten
   )
 
 
-class _Sublayer:
-  """Pre-LN ``x + f(norm(x))`` or post-LN ``norm(x + f(x))`` with residual dropout."""
+@struct.dataclass(kw_only=True)
+class BlockInputs:
+  """The arrays every layer of a stack reads besides the residual stream; any may be None.
 
-  def __init__(self, module: nn.Module, config: BlockConfig, norm_name: str):
-    self.module, self.config, self.norm_name = module, config, norm_name
+  A pytree (None fields have no leaves), so it is broadcast through ``nn.scan`` and traced
+  through ``nn.remat`` as one argument.
 
-  def __call__(self, x: Array, f, deterministic: bool) -> Array:
-    cfg = self.config
-    norm = make_norm(cfg, self.norm_name)
-    inp = norm(x).astype(cfg.dtype) if cfg.norm_position == "pre" else x
-    y = nn.Dropout(cfg.dropout_rate)(f(inp), deterministic=deterministic)
-    out = x + y
-    if cfg.norm_position == "post":
-      out = norm(out).astype(cfg.dtype)
-    return out
+  Attributes:
+    mask: self-attention mask, boolean, broadcastable to ``[B, N, T, T]`` (``[B, N, T,
+      max_len]`` when decoding with a cache).
+    positions: ``[B, T]`` positions for RoPE (unused by blocks without it).
+    encoded: ``[B, S, D]`` encoder output read by cross-attention.
+    cross_mask: cross-attention mask, broadcastable to ``[B, N, T, S]``.
+  """
+
+  mask: Array | None = None
+  positions: Array | None = None
+  encoded: Array | None = None
+  cross_mask: Array | None = None
+
+
+# A sublayer ``f`` with its norm is ``x + f(norm(x))`` (pre-LN) or ``norm(x + f(x))`` (post-LN):
+# the blocks write the residual add themselves, between these two.
+
+
+def _pre_ln(cfg: BlockConfig, norm: nn.Module, x: Array) -> Array:
+  """The sublayer's input: ``norm(x)`` when pre-LN, else ``x``."""
+  return norm(x).astype(cfg.dtype) if cfg.norm_position == "pre" else x
+
+
+def _post_ln(cfg: BlockConfig, norm: nn.Module, x: Array) -> Array:
+  """After the residual add: ``norm(x)`` when post-LN, else ``x``."""
+  return norm(x).astype(cfg.dtype) if cfg.norm_position == "post" else x
 
 
 def _constrain(x: Array) -> Array:
@@ -192,25 +223,33 @@ class EncoderBlock(nn.Module):
   def __call__(
       self,
       x: Array,
-      mask: Array | None = None,
-      positions: Array | None = None,
+      inputs: BlockInputs = BlockInputs(),
       deterministic: bool = True,
+      decode: bool = False,
   ):
-    """``x`` ``[B, L, D]``; ``mask`` broadcastable to ``[B, N, L, L]``."""
+    """The block on ``x`` ``[B, L, D]``; reads ``inputs.mask`` ``[B, N, L, L]`` and ``positions``.
+
+    ``decode`` is there for the common block signature; an encoder has no cache.
+    """
+    if decode:
+      raise ValueError("an EncoderBlock has no KV cache; decode=True is for DecoderBlock.")
     cfg = self.config
+    drop = lambda h: nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)  # noqa: E731
     x = _constrain(x)
-    attn = _attention(cfg, "attn", cfg.use_rope)
-    x = _Sublayer(attn, cfg, "attn_norm")(
-        x,
-        lambda h: checkpoint_name(
-            attn(h, mask=mask, positions=positions, deterministic=deterministic), "attn_out"
-        ),
-        deterministic,
+
+    attn, norm = _attention(cfg, "attn", cfg.use_rope), make_norm(cfg, "attn_norm")
+    h = attn(
+        _pre_ln(cfg, norm, x),
+        mask=inputs.mask,
+        positions=inputs.positions,
+        deterministic=deterministic,
     )
-    mlp = MLP(cfg, name="mlp")
-    x = _Sublayer(mlp, cfg, "mlp_norm")(
-        x, lambda h: checkpoint_name(mlp(h, deterministic), "mlp_out"), deterministic
-    )
+    x = _post_ln(cfg, norm, x + drop(checkpoint_name(h, "attn_out")))
+
+    mlp, norm = MLP(cfg, name="mlp"), make_norm(cfg, "mlp_norm")
+    h = mlp(_pre_ln(cfg, norm, x), deterministic)
+    x = _post_ln(cfg, norm, x + drop(checkpoint_name(h, "mlp_out")))
+
     x = _constrain(x)
     return (x, None) if self.scanned else x
 
@@ -230,45 +269,41 @@ class DecoderBlock(nn.Module):
   def __call__(
       self,
       x: Array,
-      encoded: Array | None = None,
-      self_mask: Array | None = None,
-      cross_mask: Array | None = None,
-      positions: Array | None = None,
+      inputs: BlockInputs = BlockInputs(),
       deterministic: bool = True,
       decode: bool = False,
   ):
-    """``x`` ``[B, T, D]``, ``encoded`` ``[B, S, D]``; masks ``[B, N, T, T]`` / ``[B, N, T, S]``."""
+    """The block on ``x`` ``[B, T, D]``.
+
+    Reads ``inputs.mask`` (``[B, N, T, T]``), ``inputs.positions`` and, with cross-attention,
+    ``inputs.encoded`` (``[B, S, D]``) and ``inputs.cross_mask`` (``[B, N, T, S]``).
+    """
     cfg = self.config
-    if self.cross_attention and encoded is None:
+    if self.cross_attention and inputs.encoded is None:
       raise ValueError("this DecoderBlock has cross-attention: pass the encoder output.")
+    drop = lambda h: nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)  # noqa: E731
     x = _constrain(x)
-    attn = _attention(cfg, "attn", cfg.use_rope)
-    x = _Sublayer(attn, cfg, "attn_norm")(
-        x,
-        lambda h: checkpoint_name(
-            attn(
-                h,
-                mask=self_mask,
-                positions=positions,
-                deterministic=deterministic,
-                decode=decode,
-            ),
-            "attn_out",
-        ),
-        deterministic,
+
+    attn, norm = _attention(cfg, "attn", cfg.use_rope), make_norm(cfg, "attn_norm")
+    h = attn(
+        _pre_ln(cfg, norm, x),
+        mask=inputs.mask,
+        positions=inputs.positions,
+        deterministic=deterministic,
+        decode=decode,
     )
+    x = _post_ln(cfg, norm, x + drop(checkpoint_name(h, "attn_out")))
+
     if self.cross_attention:
-      cross = _attention(cfg, "cross_attn", use_rope=False)
-      x = _Sublayer(cross, cfg, "cross_norm")(
-          x,
-          lambda h: checkpoint_name(
-              cross(h, encoded, mask=cross_mask, deterministic=deterministic), "cross_out"
-          ),
-          deterministic,
+      cross, norm = _attention(cfg, "cross_attn", use_rope=False), make_norm(cfg, "cross_norm")
+      h = cross(
+          _pre_ln(cfg, norm, x), inputs.encoded, mask=inputs.cross_mask, deterministic=deterministic
       )
-    mlp = MLP(cfg, name="mlp")
-    x = _Sublayer(mlp, cfg, "mlp_norm")(
-        x, lambda h: checkpoint_name(mlp(h, deterministic), "mlp_out"), deterministic
-    )
+      x = _post_ln(cfg, norm, x + drop(checkpoint_name(h, "cross_out")))
+
+    mlp, norm = MLP(cfg, name="mlp"), make_norm(cfg, "mlp_norm")
+    h = mlp(_pre_ln(cfg, norm, x), deterministic)
+    x = _post_ln(cfg, norm, x + drop(checkpoint_name(h, "mlp_out")))
+
     x = _constrain(x)
     return (x, None) if self.scanned else x

@@ -9,6 +9,7 @@ loads either way.
 from __future__ import annotations
 
 import re
+import typing
 from typing import Any, Literal
 
 import jax
@@ -19,7 +20,7 @@ from flax.core import meta
 from zoo import sharding as sh
 
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch", "save_attn_mlp"]
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attn_mlp")
+REMAT_POLICIES = typing.get_args(RematPolicy)
 
 
 def remat_policy_fn(policy: str):
@@ -39,9 +40,9 @@ def remat_policy_fn(policy: str):
 class Stack(nn.Module):
   """``num_layers`` blocks of ``block_cls(config, **block_kwargs)`` applied in sequence.
 
-  Args of ``__call__``: the carry ``x`` then the block's positional arguments, which are the
-  same for every layer (masks, positions, encoder output, flags). Python flags
-  (``deterministic``, ``decode``) must come last: they are static under remat.
+  A block is called as ``block(x, inputs, deterministic, decode)`` (see
+  ``zoo.layers.blocks``): ``inputs`` is the same pytree for every layer and the two flags are
+  Python values, static under remat and broadcast under scan.
   """
 
   block_cls: Any
@@ -50,26 +51,25 @@ class Stack(nn.Module):
   scan: bool = False
   remat_policy: RematPolicy = "none"
   block_kwargs: tuple[tuple[str, Any], ...] = ()
-  num_static_args: int = 1  # trailing positional args that are Python flags
 
   @nn.compact
-  def __call__(self, x, *args):
+  def __call__(self, x, inputs, *, deterministic: bool = True, decode: bool = False):
+    """``x`` ``[B, T, D]`` through every layer; ``inputs`` a ``BlockInputs`` record."""
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}; got {self.remat_policy!r}.")
     block_cls = self.block_cls
     if self.remat_policy != "none":
-      # Indices into (self, x, *args): the trailing flags. They must be non-negative: flax
-      # shifts them (-1 for self, +2 for its own leading arguments), which maps a negative
-      # index onto the wrong argument.
-      n = 2 + len(args)
-      static = tuple(range(n - self.num_static_args, n))
+      # Indices into (self, x, inputs, deterministic, decode): the two flags. They must be
+      # non-negative: flax shifts them (-1 for self, +2 for its own leading arguments), which
+      # maps a negative index onto the wrong argument.
       block_cls = nn.remat(
           block_cls,
           policy=remat_policy_fn(self.remat_policy),
           prevent_cse=not self.scan,
-          static_argnums=static,
+          static_argnums=(3, 4),
       )
     kwargs = dict(self.block_kwargs)
+    args = (inputs, deterministic, decode)
     if self.scan:
       scanned = nn.scan(
           block_cls,

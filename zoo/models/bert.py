@@ -39,6 +39,8 @@ PyTorch ``Linear.weight`` transposed.
 from __future__ import annotations
 
 import dataclasses
+import typing
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import jax
@@ -49,9 +51,17 @@ from flax import linen as nn
 from zoo import registry
 from zoo import sharding as sh
 from zoo.layers import attention as attn
-from zoo.layers.blocks import ACTIVATIONS, Activation, EncoderBlock, NormPosition, make_norm
+from zoo.layers.blocks import (
+    ACTIVATIONS,
+    Activation,
+    BlockInputs,
+    EncoderBlock,
+    NormPosition,
+    make_norm,
+)
+from zoo.layers.dense import Einsum
 from zoo.layers.positional import LearnedPositionEmbedding, sinusoid_at
-from zoo.layers.stack import RematPolicy, Stack
+from zoo.layers.stack import RematPolicy
 from zoo.models import common
 
 Array = jax.Array
@@ -59,8 +69,8 @@ BertHead = Literal[
     "none", "pretraining", "mlm", "sequence_classification", "token_classification"
 ]
 BertPosition = Literal["learned", "sinusoidal", "rope"]
-HEAD_KINDS = ("none", "pretraining", "mlm", "sequence_classification", "token_classification")
-POSITION_KINDS = ("learned", "sinusoidal", "rope")
+HEAD_KINDS = typing.get_args(BertHead)
+POSITION_KINDS = typing.get_args(BertPosition)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -122,13 +132,13 @@ class BertConfig:
     return common.block_config(self, use_rope=self.position == "rope")
 
 
-def _dense(cfg: BertConfig, features: int, axes: tuple[str, str], name: str) -> nn.Dense:
-  return nn.Dense(
-      features,
+def _dense(cfg: BertConfig, features: int, axes: tuple[str, str], name: str) -> Einsum:
+  return Einsum(
+      (cfg.d_model, features),
+      axes,
       dtype=cfg.dtype,
       param_dtype=cfg.param_dtype,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
+      kernel_init=nn.initializers.normal(cfg.init_std),
       name=name,
   )
 
@@ -196,7 +206,7 @@ class MLMHead(nn.Module):
   def __call__(self, x: Array, embeddings: BertEmbeddings) -> Array:
     """``[B, L, D]`` -> ``[B, L, V]`` float32 logits."""
     cfg = self.config
-    h = _dense(cfg, cfg.d_model, (sh.EMBED, sh.MLP), "transform")(x)
+    h = _dense(cfg, cfg.d_model, (sh.EMBED, sh.MLP), "transform")("BLD,DF->BLF", x)
     h = ACTIVATIONS[cfg.activation](h)
     h = make_norm(cfg.block(), "norm")(h).astype(cfg.dtype)
     bias = self.param(
@@ -205,41 +215,52 @@ class MLMHead(nn.Module):
         (cfg.vocab_size,),
         cfg.param_dtype,
     )
-    logits_BxLxV = embeddings.attend(h)
-    return logits_BxLxV + bias.astype(jnp.float32)
+    logits_BLV = embeddings.attend(h)
+    return logits_BLV + bias.astype(jnp.float32)
+
+
+def validate(config: BertConfig, inputs: Mapping[str, Any]) -> None:
+  """Check the arguments of a :class:`Bert` call before any computation.
+
+  Ids and positions are range-checked where their values are concrete; under ``jit`` only
+  shapes are.
+
+  Args:
+    config: the model's config.
+    inputs: the call's arguments by name: ``input_ids`` and, optionally, ``token_type_ids``,
+      ``attention_mask``, ``positions`` and ``segment_ids``; other keys are ignored.
+
+  Raises:
+    ValueError: naming the argument and the numbers that disagree.
+  """
+  input_ids = inputs["input_ids"]
+  common.check_token_ids("input_ids", input_ids, config.vocab_size)
+  shape = tuple(input_ids.shape)
+  for name in ("token_type_ids", "attention_mask", "positions", "segment_ids"):
+    x = inputs.get(name)
+    if x is not None and tuple(jnp.shape(x)) != shape:
+      raise ValueError(
+          f"{name} must have the shape of input_ids [batch, length] = {shape}; got "
+          f"{tuple(jnp.shape(x))}."
+      )
+  if inputs.get("token_type_ids") is not None:
+    common.check_token_ids("token_type_ids", inputs["token_type_ids"], config.type_vocab_size)
+  if config.position == "learned":
+    common.check_length("input_ids", shape[1], config.max_len)
+    positions = inputs.get("positions")
+    if positions is not None and common.is_concrete(positions) and np.size(positions):
+      lo, hi = int(np.min(positions)), int(np.max(positions))
+      if lo < 0 or hi >= config.max_len:
+        raise ValueError(
+            f"positions hold values in [{lo}, {hi}] but the learned position table has "
+            f"max_len={config.max_len} rows (valid 0..{config.max_len - 1})."
+        )
 
 
 class Bert(nn.Module):
   """BERT encoder with the head chosen by ``config.head``; returns a dict of outputs."""
 
   config: BertConfig
-
-  def _check_inputs(self, input_ids, token_type_ids, attention_mask, positions, segment_ids):
-    cfg = self.config
-    common.check_token_ids("input_ids", input_ids, cfg.vocab_size)
-    shape = tuple(input_ids.shape)
-    for name, x in (
-        ("token_type_ids", token_type_ids),
-        ("attention_mask", attention_mask),
-        ("positions", positions),
-        ("segment_ids", segment_ids),
-    ):
-      if x is not None and tuple(jnp.shape(x)) != shape:
-        raise ValueError(
-            f"{name} must have the shape of input_ids [batch, length] = {shape}; got "
-            f"{tuple(jnp.shape(x))}."
-        )
-    if token_type_ids is not None:
-      common.check_token_ids("token_type_ids", token_type_ids, cfg.type_vocab_size)
-    if cfg.position == "learned":
-      common.check_length("input_ids", shape[1], cfg.max_len)
-      if positions is not None and common.is_concrete(positions) and np.size(positions):
-        lo, hi = int(np.min(positions)), int(np.max(positions))
-        if lo < 0 or hi >= cfg.max_len:
-          raise ValueError(
-              f"positions hold values in [{lo}, {hi}] but the learned position table has "
-              f"max_len={cfg.max_len} rows (valid 0..{cfg.max_len - 1})."
-          )
 
   @nn.compact
   def __call__(
@@ -274,7 +295,13 @@ class Bert(nn.Module):
       classification) or ``[B, L, C]`` (token classification).
     """
     cfg = self.config
-    self._check_inputs(input_ids, token_type_ids, attention_mask, positions, segment_ids)
+    validate(cfg, dict(
+        input_ids=input_ids,
+        token_type_ids=token_type_ids,
+        attention_mask=attention_mask,
+        positions=positions,
+        segment_ids=segment_ids,
+    ))
     b, length = input_ids.shape
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
@@ -293,35 +320,28 @@ class Bert(nn.Module):
 
     embeddings = BertEmbeddings(cfg, name="embeddings")
     x = embeddings(input_ids, token_type_ids, positions, deterministic)
-    x = Stack(
-        EncoderBlock,
-        cfg.block(),
-        cfg.num_layers,
-        scan=cfg.scan_layers,
-        remat_policy=cfg.remat_policy,
-        num_static_args=1,
-        name="encoder",
-    )(x, mask, positions, deterministic)
+    x = common.layer_stack(cfg, EncoderBlock, cfg.num_layers, "encoder")(
+        x, BlockInputs(mask=mask, positions=positions), deterministic=deterministic
+    )
     if cfg.norm_position == "pre":
       x = make_norm(cfg.block(), "final_norm")(x).astype(cfg.dtype)
     out = {"last_hidden_state": x}
     if cfg.pooler:
-      pooled = jnp.tanh(_dense(cfg, cfg.d_model, (sh.EMBED, sh.MLP), "pooler")(x[:, 0]))
+      pooler = _dense(cfg, cfg.d_model, (sh.EMBED, sh.MLP), "pooler")
+      pooled = jnp.tanh(pooler("BD,DF->BF", x[:, 0]))
       out["pooled"] = pooled
 
     if cfg.head in ("pretraining", "mlm"):
       out["mlm_logits"] = MLMHead(cfg, name="mlm")(x, embeddings)
     if cfg.head == "pretraining":
-      out["nsp_logits"] = _dense(cfg, 2, (sh.EMBED, sh.CLASSES), "nsp")(pooled).astype(
-          jnp.float32
-      )
+      nsp = _dense(cfg, 2, (sh.EMBED, sh.CLASSES), "nsp")
+      out["nsp_logits"] = nsp("BD,DC->BC", pooled).astype(jnp.float32)
     if cfg.head in ("sequence_classification", "token_classification"):
       rate = cfg.dropout_rate if cfg.classifier_dropout is None else cfg.classifier_dropout
       feats = pooled if cfg.head == "sequence_classification" else x
       feats = nn.Dropout(rate)(feats, deterministic=deterministic)
-      out["logits"] = _dense(cfg, cfg.num_labels, (sh.EMBED, sh.CLASSES), "classifier")(
-          feats
-      ).astype(jnp.float32)
+      classifier = _dense(cfg, cfg.num_labels, (sh.EMBED, sh.CLASSES), "classifier")
+      out["logits"] = classifier("...D,DC->...C", feats).astype(jnp.float32)
     return out
 
 
@@ -355,4 +375,5 @@ registry.register(registry.Family(
     train_flops=train_flops,
     tasks=("mlm_nsp", "classification", "tagging"),
     converters=("zoo.pretrained.bert",),
+    validate=validate,
 ))

@@ -18,7 +18,7 @@ from flax import linen as nn
 
 from zoo import sharding as sh
 from zoo.layers.blocks import BlockConfig
-from zoo.layers.stack import REMAT_POLICIES
+from zoo.layers.stack import REMAT_POLICIES, Stack
 
 Array = jax.Array
 
@@ -87,6 +87,24 @@ def block_config(config: Any, **overrides) -> BlockConfig:
   values = {n: getattr(config, n) for n in names if hasattr(config, n)}
   values.update(overrides)
   return BlockConfig(**values)
+
+
+def layer_stack(config: Any, block_cls: type, num_layers: int, name: str, **block_kwargs) -> Stack:
+  """The stack of ``num_layers`` ``block_cls`` blocks of a family config.
+
+  Blocks get ``config.block()``; ``config.scan_layers`` and ``config.remat_policy`` choose loop
+  or scan and what is rematerialised. ``block_kwargs`` are further block attributes
+  (``cross_attention=True``).
+  """
+  return Stack(
+      block_cls,
+      config.block(),
+      num_layers,
+      scan=config.scan_layers,
+      remat_policy=config.remat_policy,
+      block_kwargs=tuple(sorted(block_kwargs.items())),
+      name=name,
+  )
 
 
 class TokenEmbedding(nn.Module):

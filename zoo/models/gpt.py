@@ -11,6 +11,8 @@ V vocabulary.
 from __future__ import annotations
 
 import dataclasses
+import typing
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import jax
@@ -20,9 +22,10 @@ from flax import linen as nn
 from zoo import registry
 from zoo import sharding as sh
 from zoo.layers import attention as attn
-from zoo.layers.blocks import Activation, DecoderBlock, NormKind, make_norm
+from zoo.layers.blocks import Activation, BlockInputs, DecoderBlock, NormKind, make_norm
+from zoo.layers.dense import Einsum
 from zoo.layers.positional import LearnedPositionEmbedding, sinusoid_at
-from zoo.layers.stack import RematPolicy, Stack
+from zoo.layers.stack import RematPolicy
 from zoo.models import common
 
 Array = jax.Array
@@ -64,8 +67,10 @@ class GPTConfig:
           f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
           "change one of them or set head_dim."
       )
-    if self.position not in ("learned", "rope", "sinusoidal"):
-      raise ValueError(f"position must be 'learned', 'rope' or 'sinusoidal'; got {self.position!r}.")
+    if self.position not in typing.get_args(GPTPosition):
+      raise ValueError(
+          f"position must be one of {typing.get_args(GPTPosition)}; got {self.position!r}."
+      )
     common.check_stack_options(self.scan_layers, self.remat_policy)
     self.block()  # validates heads, activation, norm
 
@@ -76,6 +81,32 @@ class GPTConfig:
         use_rope=self.position == "rope",
         residual_init_scale=(2 * self.num_layers) ** -0.5 if self.scale_residual_init else 1.0,
     )
+
+
+def validate(config: GPTConfig, inputs: Mapping[str, Any]) -> None:
+  """Check the arguments of a :class:`GPT` call before any computation.
+
+  Token ids are range-checked where their values are concrete; under ``jit`` only shapes are.
+
+  Args:
+    config: the model's config.
+    inputs: the call's arguments by name: ``input_ids`` and, optionally, ``positions``,
+      ``attention_mask`` and ``decode``; other keys are ignored.
+
+  Raises:
+    ValueError: naming the argument and the numbers that disagree.
+  """
+  ids = inputs["input_ids"]
+  common.check_token_ids("input_ids", ids, config.vocab_size)
+  b, length = ids.shape
+  positions = inputs.get("positions")
+  if positions is not None and jnp.shape(positions) != (b, length):
+    raise ValueError(f"positions must be [B, L] = {(b, length)}; got {jnp.shape(positions)}.")
+  # A decoding call's length is a chunk of the cache; the cache length is not checked here.
+  if not inputs.get("decode", False) and config.position == "learned":
+    common.check_length("input_ids", length, config.max_len)
+  if inputs.get("attention_mask") is not None:
+    common.check_rank("attention_mask", inputs["attention_mask"], 2, "[batch, key_length] bool")
 
 
 class GPT(nn.Module):
@@ -110,15 +141,13 @@ class GPT(nn.Module):
       ``[B, L, V]`` float32 logits.
     """
     cfg = self.config
-    common.check_token_ids("input_ids", input_ids, cfg.vocab_size)
+    validate(cfg, dict(
+        input_ids=input_ids, positions=positions, attention_mask=attention_mask, decode=decode
+    ))
     b, length = input_ids.shape
     start = common.decode_start(self, length, decode)
     if positions is None:
       positions = jnp.broadcast_to(start + jnp.arange(length)[None], (b, length))
-    if jnp.shape(positions) != (b, length):
-      raise ValueError(f"positions must be [B, L] = {(b, length)}; got {jnp.shape(positions)}.")
-    if not decode and cfg.position == "learned":
-      common.check_length("input_ids", length, cfg.max_len)
 
     mask = None
     if not decode:  # when decoding, attention builds the causal mask over its cache
@@ -126,7 +155,6 @@ class GPT(nn.Module):
       if segment_ids is not None:
         mask = attn.combine_masks(mask, attn.segment_mask(segment_ids))
     if attention_mask is not None:
-      common.check_rank("attention_mask", attention_mask, 2, "[batch, key_length] bool")
       mask = attn.combine_masks(mask, attention_mask[:, None, None, :].astype(bool))
 
     wte = common.TokenEmbedding(
@@ -141,28 +169,22 @@ class GPT(nn.Module):
     elif cfg.position == "sinusoidal":
       x = x + sinusoid_at(positions, cfg.d_model).astype(cfg.dtype)
     x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    x = Stack(
-        DecoderBlock,
-        cfg.block(),
-        cfg.num_layers,
-        scan=cfg.scan_layers,
-        remat_policy=cfg.remat_policy,
-        num_static_args=2,
-        name="decoder",
-    )(x, None, mask, None, positions, deterministic, decode)
+    x = common.layer_stack(cfg, DecoderBlock, cfg.num_layers, "decoder")(
+        x, BlockInputs(mask=mask, positions=positions), deterministic=deterministic, decode=decode
+    )
     x = make_norm(cfg.block(), "ln_f")(x)
     if cfg.tie_embeddings:
       return wte.attend(x)
-    return nn.Dense(
-        cfg.vocab_size,
+    lm_head = Einsum(
+        (cfg.d_model, cfg.vocab_size),
+        (sh.EMBED, sh.VOCAB),
         use_bias=False,
         dtype=cfg.dtype,
         param_dtype=cfg.param_dtype,
-        kernel_init=nn.with_logical_partitioning(
-            nn.initializers.normal(stddev=cfg.init_std), (sh.EMBED, sh.VOCAB)
-        ),
+        kernel_init=nn.initializers.normal(stddev=cfg.init_std),
         name="lm_head",
-    )(x.astype(cfg.dtype)).astype(jnp.float32)
+    )
+    return lm_head("BLD,DV->BLV", x).astype(jnp.float32)
 
 
 def dummy_inputs(config: GPTConfig, batch_size: int = 1, length: int = 1):
@@ -188,4 +210,5 @@ registry.register(registry.Family(
     train_flops=train_flops,
     tasks=("lm",),
     converters=("zoo.pretrained.gpt2",),
+    validate=validate,
 ))

@@ -47,6 +47,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import jax
@@ -57,9 +59,17 @@ from flax import linen as nn
 from zoo import registry
 from zoo import sharding as sh
 from zoo.layers import attention as attn
-from zoo.layers.blocks import Activation, DecoderBlock, EncoderBlock, NormKind, make_norm
+from zoo.layers.blocks import (
+    Activation,
+    BlockInputs,
+    DecoderBlock,
+    EncoderBlock,
+    NormKind,
+    make_norm,
+)
+from zoo.layers.dense import Einsum
 from zoo.layers.positional import LearnedPositionEmbedding, SinusoidLayout, sinusoid_at
-from zoo.layers.stack import RematPolicy, Stack
+from zoo.layers.stack import RematPolicy
 from zoo.models import common
 
 Array = jax.Array
@@ -114,13 +124,14 @@ class TransformerConfig:
     for name in ("src_vocab_size", "tgt_vocab_size"):
       if getattr(self, name) is not None and getattr(self, name) <= 0:
         raise ValueError(f"{name} must be positive or None; got {getattr(self, name)}.")
-    if self.position not in ("sinusoidal", "learned", "rope"):
+    if self.position not in typing.get_args(Position):
       raise ValueError(
-          f"position must be 'sinusoidal', 'learned' or 'rope'; got {self.position!r}."
+          f"position must be one of {typing.get_args(Position)}; got {self.position!r}."
       )
-    if self.sinusoid_layout not in ("interleaved", "split"):
+    if self.sinusoid_layout not in typing.get_args(SinusoidLayout):
       raise ValueError(
-          f"sinusoid_layout must be 'interleaved' or 'split'; got {self.sinusoid_layout!r}."
+          f"sinusoid_layout must be one of {typing.get_args(SinusoidLayout)}; got "
+          f"{self.sinusoid_layout!r}."
       )
     if self.position == "sinusoidal" and self.d_model % 2:
       raise ValueError(f"sinusoidal positions need an even d_model; got {self.d_model}.")
@@ -156,6 +167,101 @@ class TransformerConfig:
     return common.block_config(self, use_rope=self.position == "rope")
 
 
+def _check_length(config: TransformerConfig, name: str, length: int) -> None:
+  if config.position != "rope" and length + config.position_offset > config.max_len:
+    raise ValueError(
+        f"{name} has length {length} (+ position_offset {config.position_offset}) but max_len is "
+        f"{config.max_len} ({config.position} positions); truncate the input or build the model "
+        "with a larger max_len."
+    )
+
+
+def _check_positions(
+    config: TransformerConfig, name: str, positions: Array, shape: tuple[int, int]
+) -> None:
+  """Shape check, and a table-range check where the values are concrete."""
+  if tuple(jnp.shape(positions)) != shape:
+    raise ValueError(f"{name} must be [B, L] = {shape}; got {tuple(jnp.shape(positions))}.")
+  if config.position != "rope" and common.is_concrete(positions) and np.size(positions):
+    top = int(np.max(np.asarray(positions))) + config.position_offset
+    if top >= config.max_len:
+      raise ValueError(
+          f"{name} reach index {top} (position_offset={config.position_offset}) but max_len is "
+          f"{config.max_len}; shorten the input or build the model with a larger max_len."
+      )
+
+
+def _check_embeds(
+    config: TransformerConfig, name: str, embeds: Array, shape: tuple[int, ...] | None
+) -> None:
+  common.check_rank(name, embeds, 3, "[batch, length, d_model]")
+  if embeds.shape[-1] != config.d_model or (shape and embeds.shape[:2] != shape):
+    raise ValueError(
+        f"{name} has shape {tuple(embeds.shape)}; expected [B, L, D] with D = d_model = "
+        f"{config.d_model}" + (f" and [B, L] = {shape}." if shape else ".")
+    )
+
+
+def validate(config: TransformerConfig, inputs: Mapping[str, Any]) -> None:
+  """Check the arguments of a :class:`Transformer` call, ``encode`` or ``decode``.
+
+  Runs before any computation. Ids and positions are range-checked where their values are
+  concrete; under ``jit`` only shapes are.
+
+  Args:
+    config: the model's config.
+    inputs: the arguments by name of ``__call__`` (``src_ids``, ``tgt_in_ids``), of
+      ``encode`` (``src_ids``, ``src_positions``, ``src_segment_ids``, ``src_embeds``) or of
+      ``decode`` (``tgt_ids`` / ``tgt_embeds``, ``encoded``, ``src_ids``, ``positions``,
+      ``tgt_segment_ids``, ``src_segment_ids``, ``decode``). A mapping with ``encoded`` is
+      checked as the decoder's arguments; other keys are ignored.
+
+  Raises:
+    ValueError: naming the argument and the numbers that disagree.
+  """
+  get = inputs.get
+  # The teacher-forced target first, so that a bad target fails before the encoder runs.
+  if get("tgt_in_ids") is not None:
+    common.check_token_ids("tgt_in_ids", inputs["tgt_in_ids"], config.tgt_vocab)
+    _check_length(config, "tgt_in_ids", inputs["tgt_in_ids"].shape[1])
+
+  src_ids = inputs["src_ids"]
+  if "encoded" not in inputs:  # the encoder's arguments
+    common.check_token_ids("src_ids", src_ids, config.src_vocab)
+    b, s = src_ids.shape
+    if get("src_embeds") is not None:
+      _check_embeds(config, "src_embeds", inputs["src_embeds"], (b, s))
+    _check_length(config, "src_ids", s)
+    if get("src_positions") is not None:
+      _check_positions(config, "src_positions", inputs["src_positions"], (b, s))
+    if get("src_segment_ids") is not None:
+      common.check_rank("src_segment_ids", inputs["src_segment_ids"], 2, "[batch, source_length]")
+    return
+
+  tgt_ids, tgt_embeds, encoded = get("tgt_ids"), get("tgt_embeds"), inputs["encoded"]
+  if tgt_embeds is None:
+    common.check_token_ids("tgt_ids", tgt_ids, config.tgt_vocab)
+    b, t = tgt_ids.shape
+  else:
+    _check_embeds(config, "tgt_embeds", tgt_embeds, None if tgt_ids is None else tgt_ids.shape)
+    b, t = tgt_embeds.shape[:2]
+  common.check_token_ids("src_ids", src_ids, config.src_vocab)
+  common.check_rank("encoded", encoded, 3, "[batch, source_length, d_model] (encode output)")
+  if encoded.shape[:2] != src_ids.shape or encoded.shape[0] != b:
+    raise ValueError(
+        f"encoded {tuple(encoded.shape)} must be [B, S, D] matching src_ids "
+        f"{tuple(src_ids.shape)} and the target batch {b}."
+    )
+  if (get("tgt_segment_ids") is None) != (get("src_segment_ids") is None):
+    raise ValueError("pass both tgt_segment_ids and src_segment_ids, or neither.")
+  if get("decode", False) and get("tgt_segment_ids") is not None:
+    raise ValueError("decode=True does not support packed (segment_ids) targets.")
+  # A decoding chunk is no longer than the cache, whose allocating call is checked here too.
+  _check_length(config, "tgt_ids", t)
+  if get("positions") is not None:
+    _check_positions(config, "positions", inputs["positions"], (b, t))
+
+
 class Transformer(nn.Module):
   """Encoder-decoder Transformer; ``__call__`` returns float32 logits ``[B, T, V]``."""
 
@@ -183,13 +289,9 @@ class Transformer(nn.Module):
       self.encoder_embedding_norm = make_norm(block, "encoder_embedding_norm")
       self.decoder_embedding_norm = make_norm(block, "decoder_embedding_norm")
     self.dropout = nn.Dropout(cfg.dropout_rate)
-    stack = lambda block_cls, n, static, kwargs, name: Stack(  # noqa: E731
-        block_cls, block, n, scan=cfg.scan_layers, remat_policy=cfg.remat_policy,
-        block_kwargs=kwargs, num_static_args=static, name=name,
-    )
-    self.encoder = stack(EncoderBlock, cfg.num_encoder_layers, 1, (), "encoder")
-    self.decoder = stack(
-        DecoderBlock, cfg.num_decoder_layers, 2, (("cross_attention", True),), "decoder"
+    self.encoder = common.layer_stack(cfg, EncoderBlock, cfg.num_encoder_layers, "encoder")
+    self.decoder = common.layer_stack(
+        cfg, DecoderBlock, cfg.num_decoder_layers, "decoder", cross_attention=True
     )
     if cfg.norm_position == "pre":
       self.encoder_norm = make_norm(block, "encoder_norm")
@@ -197,9 +299,9 @@ class Transformer(nn.Module):
     if not cfg.tie_output:
       init = nn.initializers.xavier_uniform() if cfg.init_std is None else (
           nn.initializers.normal(stddev=cfg.init_std))
-      self.lm_head = nn.Dense(
-          cfg.tgt_vocab, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-          kernel_init=nn.with_logical_partitioning(init, (sh.EMBED, sh.VOCAB)), name="lm_head",
+      self.lm_head = Einsum(
+          (cfg.d_model, cfg.tgt_vocab), (sh.EMBED, sh.VOCAB), use_bias=False, dtype=cfg.dtype,
+          param_dtype=cfg.param_dtype, kernel_init=init, name="lm_head",
       )
     if cfg.final_logits_bias:
       self.logits_bias = self.param(
@@ -231,36 +333,6 @@ class Transformer(nn.Module):
       x = norm(x).astype(cfg.dtype)
     return self.dropout(x, deterministic=deterministic)
 
-  def _check_length(self, name: str, length: int) -> None:
-    cfg = self.config
-    if cfg.position != "rope" and length + cfg.position_offset > cfg.max_len:
-      raise ValueError(
-          f"{name} has length {length} (+ position_offset {cfg.position_offset}) but max_len is "
-          f"{cfg.max_len} ({cfg.position} positions); truncate the input or build the model "
-          "with a larger max_len."
-      )
-
-  def _check_positions(self, name: str, positions: Array, shape: tuple[int, int]) -> None:
-    """Shape check, and a table-range check where the values are concrete."""
-    cfg = self.config
-    if tuple(jnp.shape(positions)) != shape:
-      raise ValueError(f"{name} must be [B, L] = {shape}; got {tuple(jnp.shape(positions))}.")
-    if cfg.position != "rope" and common.is_concrete(positions) and np.size(positions):
-      top = int(np.max(np.asarray(positions))) + cfg.position_offset
-      if top >= cfg.max_len:
-        raise ValueError(
-            f"{name} reach index {top} (position_offset={cfg.position_offset}) but max_len is "
-            f"{cfg.max_len}; shorten the input or build the model with a larger max_len."
-        )
-
-  def _check_embeds(self, name: str, embeds: Array, shape: tuple[int, ...] | None) -> None:
-    common.check_rank(name, embeds, 3, "[batch, length, d_model]")
-    if embeds.shape[-1] != self.config.d_model or (shape and embeds.shape[:2] != shape):
-      raise ValueError(
-          f"{name} has shape {tuple(embeds.shape)}; expected [B, L, D] with D = d_model = "
-          f"{self.config.d_model}" + (f" and [B, L] = {shape}." if shape else ".")
-      )
-
   def encode(
       self,
       src_ids: Array,
@@ -284,22 +356,21 @@ class Transformer(nn.Module):
       ``[B, S, D]`` in the compute dtype.
     """
     cfg = self.config
-    common.check_token_ids("src_ids", src_ids, cfg.src_vocab)
+    validate(cfg, dict(
+        src_ids=src_ids,
+        src_positions=src_positions,
+        src_segment_ids=src_segment_ids,
+        src_embeds=src_embeds,
+    ))
     b, s = src_ids.shape
-    if src_embeds is not None:
-      self._check_embeds("src_embeds", src_embeds, (b, s))
-    self._check_length("src_ids", s)
-    if src_positions is None:
+    positions = src_positions
+    if positions is None:
       positions = jnp.broadcast_to(jnp.arange(s)[None], (b, s))
-    else:
-      self._check_positions("src_positions", src_positions, (b, s))
-      positions = src_positions
     mask = attn.padding_mask(attn.valid_from_ids(src_ids, cfg.pad_id))
     if src_segment_ids is not None:
-      common.check_rank("src_segment_ids", src_segment_ids, 2, "[batch, source_length]")
       mask = attn.combine_masks(mask, attn.segment_mask(src_segment_ids))
     x = self._embed("src", src_ids, src_embeds, positions, deterministic)
-    x = self.encoder(x, mask, positions, deterministic)
+    x = self.encoder(x, BlockInputs(mask=mask, positions=positions), deterministic=deterministic)
     if cfg.norm_position == "pre":
       x = self.encoder_norm(x).astype(cfg.dtype)
     return x
@@ -339,29 +410,20 @@ class Transformer(nn.Module):
       ``[B, T, V]`` float32 logits.
     """
     cfg = self.config
-    if tgt_embeds is None:
-      common.check_token_ids("tgt_ids", tgt_ids, cfg.tgt_vocab)
-      b, t = tgt_ids.shape
-    else:
-      self._check_embeds("tgt_embeds", tgt_embeds, None if tgt_ids is None else tgt_ids.shape)
-      b, t = tgt_embeds.shape[:2]
-    common.check_token_ids("src_ids", src_ids, cfg.src_vocab)
-    common.check_rank("encoded", encoded, 3, "[batch, source_length, d_model] (encode output)")
-    if encoded.shape[:2] != src_ids.shape or encoded.shape[0] != b:
-      raise ValueError(
-          f"encoded {tuple(encoded.shape)} must be [B, S, D] matching src_ids "
-          f"{tuple(src_ids.shape)} and the target batch {b}."
-      )
-    if (tgt_segment_ids is None) != (src_segment_ids is None):
-      raise ValueError("pass both tgt_segment_ids and src_segment_ids, or neither.")
-    if decode and tgt_segment_ids is not None:
-      raise ValueError("decode=True does not support packed (segment_ids) targets.")
+    validate(cfg, dict(
+        tgt_ids=tgt_ids,
+        tgt_embeds=tgt_embeds,
+        encoded=encoded,
+        src_ids=src_ids,
+        positions=positions,
+        tgt_segment_ids=tgt_segment_ids,
+        src_segment_ids=src_segment_ids,
+        decode=decode,
+    ))
+    b, t = tgt_ids.shape if tgt_embeds is None else tgt_embeds.shape[:2]
     start = common.decode_start(self, t, decode)
-    if isinstance(start, int):  # a full sequence, or the cache length when allocating it
-      self._check_length("tgt_ids", t)
     if positions is None:
       positions = jnp.broadcast_to(start + jnp.arange(t)[None], (b, t))
-    self._check_positions("positions", positions, (b, t))
 
     self_mask = None if decode else attn.causal_mask(t)  # the cache is causal by itself
     cross_mask = attn.valid_from_ids(src_ids, cfg.pad_id)[:, None, None, :]
@@ -371,18 +433,22 @@ class Transformer(nn.Module):
           cross_mask, attn.segment_mask(tgt_segment_ids, src_segment_ids)
       )
     x = self._embed("tgt", tgt_ids, tgt_embeds, positions, deterministic)
-    x = self.decoder(
-        x, encoded.astype(cfg.dtype), self_mask, cross_mask, positions, deterministic, decode
+    inputs = BlockInputs(
+        mask=self_mask,
+        positions=positions,
+        encoded=encoded.astype(cfg.dtype),
+        cross_mask=cross_mask,
     )
+    x = self.decoder(x, inputs, deterministic=deterministic, decode=decode)
     if cfg.norm_position == "pre":
       x = self.decoder_norm(x)
     if cfg.tie_output:
-      logits_BxTxV = self._token_table("tgt").attend(x)
+      logits_BTV = self._token_table("tgt").attend(x)
     else:
-      logits_BxTxV = self.lm_head(x.astype(cfg.dtype)).astype(jnp.float32)
+      logits_BTV = self.lm_head("BTD,DV->BTV", x).astype(jnp.float32)
     if cfg.final_logits_bias:
-      logits_BxTxV = logits_BxTxV + self.logits_bias.astype(jnp.float32)
-    return logits_BxTxV
+      logits_BTV = logits_BTV + self.logits_bias.astype(jnp.float32)
+    return logits_BTV
 
   def __call__(
       self,
@@ -396,9 +462,7 @@ class Transformer(nn.Module):
 
     ``decode=True`` with a ``[B, max_decode_len]`` target in ``init`` allocates the cache.
     """
-    # Target checks first, so a bad target fails before the encoder runs.
-    common.check_token_ids("tgt_in_ids", tgt_in_ids, self.config.tgt_vocab)
-    self._check_length("tgt_in_ids", tgt_in_ids.shape[1])
+    validate(self.config, dict(src_ids=src_ids, tgt_in_ids=tgt_in_ids))
     encoded = self.encode(src_ids, deterministic=deterministic)
     return self.decode(tgt_in_ids, encoded, src_ids, deterministic=deterministic, decode=decode)
 
@@ -453,4 +517,5 @@ registry.register(registry.Family(
     train_flops=train_flops,
     tasks=("translation",),
     converters=("zoo.pretrained.marian",),
+    validate=validate,
 ))

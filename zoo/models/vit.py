@@ -50,6 +50,8 @@ class-token row (their class token gets no position): prepend a zero row to load
 from __future__ import annotations
 
 import dataclasses
+import typing
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import jax
@@ -59,9 +61,10 @@ from flax import linen as nn
 from zoo import registry
 from zoo import sharding as sh
 from zoo.layers import attention as attn
-from zoo.layers.blocks import Activation, EncoderBlock, make_norm
+from zoo.layers.blocks import Activation, BlockInputs, EncoderBlock, make_norm
+from zoo.layers.dense import Einsum
 from zoo.layers.positional import interpolate_table, sincos_2d
-from zoo.layers.stack import RematPolicy, Stack
+from zoo.layers.stack import RematPolicy
 from zoo.models import common
 
 Array = jax.Array
@@ -112,12 +115,14 @@ class ViTConfig:
           f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
           "change one of them."
       )
-    if self.pool not in ("cls", "mean"):
-      raise ValueError(f"pool must be 'cls' or 'mean'; got {self.pool!r}.")
+    if self.pool not in typing.get_args(ViTPool):
+      raise ValueError(f"pool must be one of {typing.get_args(ViTPool)}; got {self.pool!r}.")
     if self.pool == "cls" and not self.class_token:
       raise ValueError("pool='cls' needs class_token=True; use pool='mean' without a class token.")
-    if self.position not in ("learned", "sincos2d"):
-      raise ValueError(f"position must be 'learned' or 'sincos2d'; got {self.position!r}.")
+    if self.position not in typing.get_args(ViTPosition):
+      raise ValueError(
+          f"position must be one of {typing.get_args(ViTPosition)}; got {self.position!r}."
+      )
     if self.position == "sincos2d" and self.d_model % 4:
       raise ValueError(f"position='sincos2d' needs d_model divisible by 4; got {self.d_model}.")
     if self.num_classes < 0:
@@ -144,8 +149,17 @@ class ViTConfig:
     )
 
 
-def check_images(config: ViTConfig, images: Array) -> tuple[int, int]:
-  """Validate ``[B, H, W, C]`` float images (shapes only: works on tracers); returns ``(h, w)``."""
+def validate(config: ViTConfig, inputs: Mapping[str, Any]) -> None:
+  """Check the ``images`` of a :class:`ViT` call (shapes and dtype only: works under ``jit``).
+
+  Args:
+    config: the model's config.
+    inputs: the call's arguments by name: ``images`` ``[B, H, W, C]``; other keys are ignored.
+
+  Raises:
+    ValueError: naming what is wrong with the images and how to fix it.
+  """
+  images = inputs["images"]
   common.check_rank("images", images, 4, "[batch, height, width, channels] float images")
   _, height, width, channels = images.shape
   if channels != config.num_channels:
@@ -166,7 +180,6 @@ def check_images(config: ViTConfig, images: Array) -> tuple[int, int]:
         f"images must be floating point; got dtype {images.dtype}. Scale and normalise pixels "
         "first (e.g. (images.astype(np.float32) / 255 - mean) / std)."
     )
-  return height // p, width // p
 
 
 class ViT(nn.Module):
@@ -188,8 +201,9 @@ class ViT(nn.Module):
       ``representation_size``) float32 pooled features when ``num_classes == 0``.
     """
     cfg = self.config
-    grid_h, grid_w = check_images(cfg, images)
+    validate(cfg, dict(images=images))
     b, d, p = images.shape[0], cfg.d_model, cfg.patch_size
+    grid_h, grid_w = images.shape[1] // p, images.shape[2] // p
 
     x = nn.Conv(
         d,
@@ -229,15 +243,9 @@ class ViT(nn.Module):
       x_BLD = x_BLD + self._resize_positions(table, grid_h, grid_w).astype(cfg.dtype)
     x_BLD = nn.Dropout(cfg.dropout_rate)(x_BLD, deterministic=deterministic)
 
-    x_BLD = Stack(
-        EncoderBlock,
-        cfg.block(),
-        cfg.num_layers,
-        scan=cfg.scan_layers,
-        remat_policy=cfg.remat_policy,
-        num_static_args=1,
-        name="encoder",
-    )(x_BLD, None, None, deterministic)
+    x_BLD = common.layer_stack(cfg, EncoderBlock, cfg.num_layers, "encoder")(
+        x_BLD, BlockInputs(), deterministic=deterministic
+    )
     x_BLD = make_norm(cfg.block(), "encoder_norm")(x_BLD)  # float32
 
     if cfg.pool == "cls":
@@ -245,33 +253,29 @@ class ViT(nn.Module):
     else:
       x_BD = jnp.mean(x_BLD[:, int(cfg.class_token):], axis=1)
     if cfg.representation_size is not None:
-      x_BD = jnp.tanh(
-          nn.Dense(
-              cfg.representation_size,
-              dtype=cfg.dtype,
-              param_dtype=cfg.param_dtype,
-              kernel_init=nn.with_logical_partitioning(
-                  nn.initializers.lecun_normal(), (sh.EMBED, sh.MLP)
-              ),
-              bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (sh.MLP,)),
-              name="pre_logits",
-          )(x_BD.astype(cfg.dtype))
+      pre_logits = Einsum(
+          (d, cfg.representation_size),
+          (sh.EMBED, sh.MLP),
+          dtype=cfg.dtype,
+          param_dtype=cfg.param_dtype,
+          kernel_init=nn.initializers.lecun_normal(),
+          name="pre_logits",
       )
+      x_BD = jnp.tanh(pre_logits("BD,DR->BR", x_BD))
     if cfg.num_classes == 0:
       return x_BD.astype(jnp.float32)
-    in_axis = sh.EMBED if cfg.representation_size is None else sh.MLP
-    kernel_init = (
-        nn.initializers.zeros if cfg.head_zero_init else nn.initializers.normal(stddev=0.02)
-    )
     # The head is tiny ([B, D] x [D, K]): run it in float32 so logits never round to bf16.
-    return nn.Dense(
-        cfg.num_classes,
+    head = Einsum(
+        (x_BD.shape[-1], cfg.num_classes),
+        (sh.EMBED if cfg.representation_size is None else sh.MLP, sh.CLASSES),
         dtype=jnp.float32,
         param_dtype=cfg.param_dtype,
-        kernel_init=nn.with_logical_partitioning(kernel_init, (in_axis, sh.CLASSES)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (sh.CLASSES,)),
+        kernel_init=(
+            nn.initializers.zeros if cfg.head_zero_init else nn.initializers.normal(stddev=0.02)
+        ),
         name="head",
-    )(x_BD.astype(jnp.float32))
+    )
+    return head("BD,DK->BK", x_BD)
 
   def _resize_positions(self, table: Array, grid_h: int, grid_w: int) -> Array:
     """``[1, L0, D]`` native table -> ``[1, L, D]`` for a ``grid_h x grid_w`` patch grid."""
@@ -333,4 +337,5 @@ registry.register(registry.Family(
     train_flops=train_flops,
     tasks=("image_classification",),
     converters=("zoo.pretrained.vit",),
+    validate=validate,
 ))
