@@ -317,8 +317,10 @@ def _main(*args):
 def test_bad_fine_tuning_inputs_are_one_line_each(tmp_path, capsys):
   vit = _vit_folder(tmp_path / "vit")
   bert = _bert_folder(tmp_path / "bert", vocab=100)
+  bert300 = _bert_folder(tmp_path / "bert300")
   empty = tmp_path / "empty"
   empty.mkdir()
+  capsys.readouterr()  # transformers' own progress output while saving
   base = ["--config", os.path.join(ROOT, "configs/bert_classify.py:bert-base"),
           "--workdir", str(tmp_path / "w"), "--config.train.num_steps=1",
           "--config.data.tokenizer=byte", "--config.data.seq_len=16"]
@@ -327,14 +329,14 @@ def test_bad_fine_tuning_inputs_are_one_line_each(tmp_path, capsys):
       ([f"--config.init.path={empty}"], "is no checkpoint zoo can read"),
       ([f"--config.init.path={bert}", "--config.init.tokenizer=False"],
        "the tokenizer has 264 tokens but the checkpoint's embedding table has 100 rows"),
-      ([f"--config.init.path={bert}", "--config.init.tokenizer=False",
-        "--config.model.vocab_size=300"], None),  # a chosen vocab_size contradicts the weights
-      ([f"--config.init.path={tmp_path / 'bert'}", "--config.train.freeze=nothing/here"],
-       "train.freeze='nothing/here' matches no parameter"),
-      ([f"--config.init.path={tmp_path / 'bert'}", "--config.lora.rank=2",
+      ([f"--config.init.path={bert300}", "--config.init.tokenizer=False",
+        "--config.model.vocab_size=400"], None),  # a chosen vocab_size contradicts the weights
+      ([f"--config.init.path={bert300}", "--config.init.tokenizer=False",
+        "--config.train.freeze=nothing/here"], "train.freeze='nothing/here' matches no parameter"),
+      ([f"--config.init.path={bert300}", "--config.init.tokenizer=False", "--config.lora.rank=2",
         "--config.lora.targets=attn/qkv"], "lora.targets='attn/qkv' matches no projection"),
-      ([f"--config.init.path={tmp_path / 'bert'}", "--config.model.num_labels=0"],
-       "num_labels must be >= 1; got 0"),
+      ([f"--config.init.path={bert300}", "--config.init.tokenizer=False",
+        "--config.model.num_labels=0"], "num_labels must be >= 1; got 0"),
       (["--config.init.path=not-a-real-checkpoint"], "is not a folder"),
   ]
   for extra, message in cases:
@@ -344,4 +346,4 @@ def test_bad_fine_tuning_inputs_are_one_line_each(tmp_path, capsys):
     if message:
       assert message in err, (extra, err)
     else:
-      assert "config.model.vocab_size=300 (checkpoint: 100)" in err, err
+      assert "config.model.vocab_size=400 (checkpoint: 300)" in err, err

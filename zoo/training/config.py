@@ -312,8 +312,8 @@ def _fine_tune_config(config, info, base, values, preset) -> Any:
     if vocab is not None and "vocab_size" in fields and vocab > fields["vocab_size"]:
       raise ValueError(
           f"the tokenizer has {vocab} tokens but the checkpoint's embedding table has "
-          f"{fields['vocab_size']} rows: use the checkpoint's own tokenizer (leave "
-          "config.data.tokenizer at its default) or one no larger."
+          f"{fields['vocab_size']} rows: use the checkpoint's own tokenizer "
+          "(config.init.tokenizer=True) or one no larger."
       )
   wrong = {k: v for k, v in chosen.items() if not _may_differ(k) and v != fields.get(k)}
   if wrong:
