@@ -7,7 +7,9 @@
   decay 0.1, warm-up + cosine, clipping at 1);
 * ``demo``: a 4-layer byte-level GPT that learns Python source on a CPU in a few minutes and
   ends by printing a sample (``make demo``);
-* ``smoke``: seconds on a CPU (tests).
+* ``smoke``: seconds on a CPU (tests);
+* ``finetune``: continue the checkpoint ``--config.init.path`` names (a GPT-2 folder) on the
+  offline data with its own tokenizer.
 
 Data: the offline default is the standard library's Python source (byte tokenizer);
 ``--config.data.source=tfds`` switches to ``--config.data.tfds_name`` (tiny_shakespeare).
@@ -15,12 +17,12 @@ Data: the offline default is the standard library's Python source (byte tokenize
 
 from zoo.training.config import base_config, choose, config_args
 
-ARGS = config_args("gpt", "demo", "smoke")  # the `:arg` choices; the first is the default
+ARGS = config_args("gpt", "demo", "smoke", "finetune")  # the `:arg` choices; the first is the default
 
 
 def get_config(arg=None):
   arg = choose(arg, ARGS)
-  preset = "gpt2-small" if arg in ("demo", "smoke") else arg
+  preset = "gpt2-small" if arg in ("demo", "smoke", "finetune") else arg
   c = base_config("lm", preset)
   c.optim.update(lr=6e-4, b2=0.95, weight_decay=0.1, warmup_steps=2000, clip_norm=1.0)
   c.train.update(batch_size=64, num_steps=100_000)
@@ -41,6 +43,14 @@ def get_config(arg=None):
     c.optim.update(lr=5e-3, warmup_steps=3)
     c.eval.update(every=0, num_batches=2)
     c.sample.update(num_tokens=0)
+  elif arg == "finetune":
+    # Continue a GPT-2-format checkpoint (--config.init.path=<folder>) on the offline Python
+    # sources with the checkpoint's own BPE tokenizer; the architecture is the checkpoint's.
+    c.data.seq_len = 128
+    c.train.update(batch_size=16, num_steps=300, log_every=25, checkpoint_every=100)
+    c.optim.update(lr=3e-4, warmup_steps=20, weight_decay=0.1)
+    c.eval.update(every=100, num_batches=5)
+    c.sample.update(prompt="def ", num_tokens=60)
   else:
     c.model.max_len = c.data.seq_len
   return c

@@ -69,15 +69,18 @@ def from_pretrained(path, **kwargs):
   return pretrained.from_pretrained(path, **kwargs)
 
 
-def save_pretrained(model, params, path) -> None:
-  """Write ``config.json`` + ``model.safetensors`` that transformers loads."""
+def save_pretrained(model, params, path, extra: dict | None = None) -> None:
+  """Write ``config.json`` + ``model.safetensors`` that transformers loads.
+
+  ``extra``: keys to add to ``config.json`` (``id2label``, special token ids ...).
+  """
   from zoo import pretrained
 
-  pretrained.save_pretrained(model, params, path)
+  pretrained.save_pretrained(model, params, path, extra)
 
 
 def load_tokenizer(path):
   """The tokenizer stored next to pretrained weights (None if there is none)."""
   from zoo import pretrained
 
-  return pretrained.load_tokenizer(path)
+  return pretrained.load_tokenizer(pretrained.api.resolve(path))
