@@ -106,7 +106,8 @@ def usage() -> str:
       "  --config.<key>=<value> override any key, typed by the config, e.g.",
       "                         --config.train.batch_size=128 --config.model.num_layers=6",
       "                         --config.model.dtype=bfloat16 (params stay float32)",
-      "                         --config.train.compiler_options=\"{'xla_backend_optimization_level': 0}\"",
+      "                         --config.train.compiler_options="
+      "\"{'xla_backend_optimization_level': 0}\"",
       "  -h, --help             this message",
       "",
       "List the keys: python train.py --config configs/gpt.py:smoke --print_config",

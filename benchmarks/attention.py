@@ -44,7 +44,9 @@ def batch_for(args, length: int) -> int:
 
 def measure(impl: str, b: int, t: int, dtype, args) -> dict[str, Any]:
   key = jax.random.PRNGKey(t)
-  q, k, v = (jax.random.normal(kk, (b, t, HEADS, HEAD_DIM), dtype) for kk in jax.random.split(key, 3))
+  q, k, v = (
+      jax.random.normal(kk, (b, t, HEADS, HEAD_DIM), dtype) for kk in jax.random.split(key, 3)
+  )
   mask = attn.causal_mask(t)
 
   def fwd(q, k, v):
@@ -62,7 +64,9 @@ def measure(impl: str, b: int, t: int, dtype, args) -> dict[str, Any]:
     t0 = time.perf_counter()
     compiled = fn.lower(q, k, v).compile(common.compiler_options(args))
     compile_s = time.perf_counter() - t0
-    timing = common.timed(lambda c=compiled: jax.block_until_ready(c(q, k, v)), args.warmup, args.steps)
+    timing = common.timed(
+        lambda c=compiled: jax.block_until_ready(c(q, k, v)), args.warmup, args.steps
+    )
     out[name] = {
         "step_s": timing["step_s"],
         "times_s": timing["times_s"],
@@ -121,7 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
       try:
         rows.append(measure(impl, b, t, dtype, args))
       except Exception as err:  # noqa: BLE001 - e.g. cuDNN refusing a shape: report it
-        rows.append({"implementation": impl, "batch": b, "length": t, "error": common.short_error(err)})
+        rows.append(
+            {"implementation": impl, "batch": b, "length": t, "error": common.short_error(err)}
+        )
   if hasattr(os, "getloadavg"):
     env["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
   report = {

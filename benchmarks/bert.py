@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
     lengths = common.parse_ints("--lengths", args.lengths)
   else:
     lengths = SMOKE_LENGTHS if args.smoke else LENGTHS
-  return common.run("BERT-base (bert-base, pretraining heads)", [case(args, n) for n in lengths], args)
+  return common.run(
+      "BERT-base (bert-base, pretraining heads)", [case(args, n) for n in lengths], args
+  )
 
 
 if __name__ == "__main__":

@@ -111,7 +111,8 @@ def parser(description: str) -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=description)
   p.add_argument("--smoke", action="store_true", help="tiny shapes: seconds on a CPU (tests)")
   p.add_argument("--batch-size", type=int, default=None, help="rows per step (default: per script)")
-  p.add_argument("--steps", type=int, default=None, help="timed steps (default 3 on CPU, 20 on GPU, 2 smoke)")
+  p.add_argument("--steps", type=int, default=None,
+                 help="timed steps (default 3 on CPU, 20 on GPU, 2 smoke)")
   p.add_argument("--warmup", type=int, default=None,
                  help="extra untimed steps before timing (default 0 on CPU, 3 on GPU); the "
                  "first (compiling) train step and the one measuring peak memory always run")
@@ -129,7 +130,8 @@ def parser(description: str) -> argparse.ArgumentParser:
                  help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
   p.add_argument("--scan-layers", action="store_true", help="zoo: nn.scan over layers")
   p.add_argument("--remat", default="none", help="zoo remat_policy (none|full|dots|...)")
-  p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
+  p.add_argument("--threads", type=int, default=None,
+                 help="CPU threads for PyTorch (default: all cores)")
   p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (TFLOP/s)")
   p.add_argument("--measure-peak", action="store_true",
                  help="CPU: use a timed float32 matmul as the peak for MFU")
@@ -172,7 +174,9 @@ def parse_ints(flag: str, text: str) -> list[int]:
   except ValueError:
     values = []
   if not values or min(values) < 1:
-    raise ValueError(f"{flag} takes a comma list of positive integers (e.g. 128,512); got {text!r}.")
+    raise ValueError(
+        f"{flag} takes a comma list of positive integers (e.g. 128,512); got {text!r}."
+    )
   return values
 
 
@@ -486,7 +490,9 @@ def prepare_zoo(case: Case, args) -> Prepared:
   train["xla_flops"] = _cost_flops(compiled)
   train["xla_memory_bytes"] = _xla_memory(compiled)
   if on_gpu():
-    train["memory"] = {"bytes": _jax_device_peak(), "how": "device peak_bytes_in_use (process-wide)"}
+    train["memory"] = {
+        "bytes": _jax_device_peak(), "how": "device peak_bytes_in_use (process-wide)"
+    }
   else:
     train["memory"] = host.peak()
   prepared = Prepared({"framework": "zoo", "train": train}, train=train_step, compiled=compiled,
@@ -532,7 +538,8 @@ def _to(x, device):
   return x.to(device) if isinstance(x, torch.Tensor) else x
 
 
-def prepare_torch(case: Case, library: str, mode: str, args) -> Prepared:
+# PLR0915 (too many statements): one linear recipe per peer mode.
+def prepare_torch(case: Case, library: str, mode: str, args) -> Prepared:  # noqa: PLR0915
   """Build and warm up one PyTorch peer (``mode`` "eager" or "compile").
 
   The ordinary training loop: ``loss = model(**inputs, labels=...).loss; loss.backward();
@@ -546,7 +553,9 @@ def prepare_torch(case: Case, library: str, mode: str, args) -> Prepared:
   cuda = device.type == "cuda"
   sync = torch.cuda.synchronize if cuda else (lambda: None)
   bf16 = args.dtype == "bfloat16" and cuda
-  autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+  autocast = (
+      (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+  )
   name = f"{library} {'torch.compile' if mode == 'compile' else 'eager'}"
   prepared = Prepared({"framework": name})
   host = HostMemory()
@@ -817,7 +826,8 @@ def case_markdown(case: dict[str, Any]) -> str:
       f"{CONVENTIONS['causal_half']}: {flops['causal_half'] / 1e12:.3g})"
   )
   cols = [
-      "framework", f"train {unit}/s", "train step s (min)", f"fwd {unit}/s", "compile (s) train / fwd",
+      "framework", f"train {unit}/s", "train step s (min)", f"fwd {unit}/s",
+      "compile (s) train / fwd",
       "peak mem (train)", "train TFLOP/s", f"MFU {CONVENTIONS['full']}",
       f"MFU {CONVENTIONS['causal_half']}", "zoo ÷ this train (best)", "zoo ÷ this fwd (best)",
   ]

@@ -126,7 +126,8 @@ def _ms(ms: float) -> str:
 def markdown(title: str, prof: dict[str, Any], top: int) -> str:
   rows, total = prof["groups"], sum(r["ms"] for r in prof["groups"])
   out = [f"### {title}", "",
-         f"One traced train step: {prof['wall_s']:.2f} s wall, {prof['op_s']:.2f} s inside XLA ops.",
+         f"One traced train step: {prof['wall_s']:.2f} s wall, "
+         f"{prof['op_s']:.2f} s inside XLA ops.",
          "", "| pass | ms | share |", "|---|---:|---:|"]
   out += [f"| {p} | {_ms(ms)} | {ms / total:.0%} |" for p, ms in by(rows, "pass")]
   out += ["", "| op kind | ms | share |", "|---|---:|---:|"]

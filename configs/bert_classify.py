@@ -11,7 +11,8 @@ Data: offline, docstring topic (which standard-library package a docstring comes
 
 from zoo.training.config import base_config, choose, config_args
 
-ARGS = config_args("bert", "smoke", "minilm", "minilm-scratch")  # the `:arg` choices; the first is the default
+# the `:arg` choices; the first is the default
+ARGS = config_args("bert", "smoke", "minilm", "minilm-scratch")
 
 
 def get_config(arg=None):

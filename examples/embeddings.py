@@ -79,7 +79,9 @@ def main() -> None:
   print(table(WORDS, words, 8))
   sim = words @ words.T
   i = {w: k for k, w in enumerate(WORDS)}
-  for a, b, c in (("apple", "fruit", "car"), ("king", "queen", "banana"), ("car", "truck", "fruit")):
+  for a, b, c in (
+      ("apple", "fruit", "car"), ("king", "queen", "banana"), ("car", "truck", "fruit")
+  ):
     print(f"  {a}-{b} {sim[i[a], i[b]]:.2f} > {a}-{c} {sim[i[a], i[c]]:.2f}: "
           f"{sim[i[a], i[b]] > sim[i[a], i[c]]}")
 

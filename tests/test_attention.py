@@ -396,7 +396,9 @@ def test_cross_attention_uses_kv_input():
   out = apply({"params": params}, x, enc, mask=mask)
   assert out.shape == (2, 4, D)
   # Changing padded encoder positions of row 1 changes nothing; a real position does.
-  np.testing.assert_array_equal(apply({"params": params}, x, enc.at[1, 3:].set(9.0), mask=mask), out)
+  np.testing.assert_array_equal(
+      apply({"params": params}, x, enc.at[1, 3:].set(9.0), mask=mask), out
+  )
   assert not np.allclose(apply({"params": params}, x, enc.at[1, 2].set(9.0), mask=mask), out)
   with pytest.raises(ValueError, match="decode=True caches self-attention only"):
     mha.apply({"params": params}, x, enc, decode=True)

@@ -66,7 +66,9 @@ def test_family_report_structure(reports, name):
   np.testing.assert_allclose(
       ratio["train"], zoo["train"]["units_per_s"] / peer["train"]["units_per_s"]
   )
-  np.testing.assert_allclose(ratio["forward_best"], peer["forward"]["min_s"] / zoo["forward"]["min_s"])
+  np.testing.assert_allclose(
+      ratio["forward_best"], peer["forward"]["min_s"] / zoo["forward"]["min_s"]
+  )
   assert env["schedule"] == ("sequential" if name == "vit" else "interleaved")
   # Same architecture, same random-label task: both start near log(V) (or log(classes)).
   z, h = zoo["train"]["loss_first"], case["results"][1]["train"]["loss_first"]
@@ -122,7 +124,8 @@ def test_zoo_step_is_the_training_loops(monkeypatch):
     # The loop's cached program for the benchmark's model, task, optimizer and one device.
     assert prog is loop.program_for(
         case.zoo().config, tasks.get_task("lm"), common.optim_config(),
-        num_steps=common.OPTIM_STEPS, mesh=mesh_lib.make_mesh(common.ONE_DEVICE_MESH, jax.devices()[:1]),
+        num_steps=common.OPTIM_STEPS,
+        mesh=mesh_lib.make_mesh(common.ONE_DEVICE_MESH, jax.devices()[:1]),
         rules=mesh_lib.rules_from_config(None), compiler_options=common.compiler_options(args),
     )
   finally:
@@ -158,7 +161,8 @@ def test_failing_peer_is_reported_not_fatal():
   fake_zoo = {"framework": "zoo", "train": {"step_s": 1.0, "min_s": 1.0}}
   row = common.case_markdown({
       "model": "m", "shape": "s", "unit": "tokens", "units_per_step": 4,
-      "flops_per_step": case.flops, "results": [result], "ratios": common.ratios([fake_zoo, result]),
+      "flops_per_step": case.flops, "results": [result],
+      "ratios": common.ratios([fake_zoo, result]),
   })
   assert "| hf torch.compile | failed: RuntimeError: no such kernel |" in row
 
@@ -207,6 +211,7 @@ def test_profile_attributes_the_step_to_passes_and_modules(tmp_path):
   assert not any("layers_0" in m for m in modules)
   assert abs(sum(g["share"] for g in groups) - 1) < 1e-6
   assert report["op_s"] > 0 and json.loads(out.read_text())["groups"][0]["ms"] > 0
-  assert profile.classify("jit(f)/transpose(jvp(GPT))/decoder/layers_3/attn/BTD,DH->BTH/dot_general") \
-      == ("backward", "decoder/layers_*/attn")
+  assert profile.classify(
+      "jit(f)/transpose(jvp(GPT))/decoder/layers_3/attn/BTD,DH->BTH/dot_general"
+  ) == ("backward", "decoder/layers_*/attn")
   assert profile.classify("jit(f)/jvp(jit(log_softmax))/reduce_max")[0] == "forward"

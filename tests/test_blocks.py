@@ -135,7 +135,9 @@ def test_dropout_only_when_not_deterministic():
   block = EncoderBlock(cfg)
   params = _random_params(block, x)
   apply = jax.jit(
-      lambda p, x, rng, det: block.apply({"params": p}, x, deterministic=det, rngs={"dropout": rng}),
+      lambda p, x, rng, det: block.apply(
+          {"params": p}, x, deterministic=det, rngs={"dropout": rng}
+      ),
       static_argnums=3,
   )
   # "rbg" keys: dropout behaves the same, and compiles several times faster than threefry.

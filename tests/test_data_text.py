@@ -48,7 +48,9 @@ def corpus(tmp_path_factory):
 
 def test_byte_tokenizer_layout_and_round_trip():
   tok = ByteTokenizer()
-  assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.cls_id, tok.sep_id, tok.mask_id) == tuple(range(6))
+  assert (
+      (tok.pad_id, tok.bos_id, tok.eos_id, tok.cls_id, tok.sep_id, tok.mask_id) == tuple(range(6))
+  )
   assert tok.vocab_size == 264
   ids = tok.encode("héllo ✓")
   assert ids == [b + 8 for b in "héllo ✓".encode()]
@@ -58,7 +60,8 @@ def test_byte_tokenizer_layout_and_round_trip():
 
 @pytest.mark.parametrize("kind", ["bpe", "sentencepiece"])
 def test_trained_tokenizer_round_trips_and_is_cached(kind, tmp_path):
-  texts = [f"{a} {b}" for a in FRENCH for b in FRENCH] * 20 + [d for _, d in offline.stdlib_docstrings()[:300]]
+  texts = ([f"{a} {b}" for a in FRENCH for b in FRENCH] * 20
+           + [d for _, d in offline.stdlib_docstrings()[:300]])
   tok = train_tokenizer(kind, texts, vocab_size=400, cache_dir=tmp_path, cache_key="t")
   assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
   for s in FRENCH + ["Return the value."]:
@@ -75,7 +78,8 @@ def test_trained_tokenizer_round_trips_and_is_cached(kind, tmp_path):
 
 
 def test_load_tokenizer_files(tmp_path):
-  vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "##s", "on", "mat", "."]
+  vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
+           "the", "cat", "sat", "##s", "on", "mat", "."]
   (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
   wp = load_tokenizer(tmp_path / "vocab.txt")
   assert (wp.pad_id, wp.unk_id, wp.cls_id, wp.sep_id, wp.mask_id) == (0, 1, 2, 3, 4)

@@ -62,7 +62,8 @@ def test_tfds_dataset_by_name(task, name, extra, tmp_path, mock):
     if task == "lm":
       assert b["input_ids"].shape == (4, 128) and b["weights"].any()
     elif task == "translation":
-      assert b["src_ids"].shape == (4, 64) and ds.info["source_lang"] == extra.get("source_lang", "en")
+      assert (b["src_ids"].shape == (4, 64)
+              and ds.info["source_lang"] == extra.get("source_lang", "en"))
       assert ds.info["target_lang"] in name
     elif task == "mlm_nsp":
       assert (b["mlm_targets"] != IGNORE).any() and set(b["nsp_labels"]) <= {0, 1}
@@ -117,13 +118,15 @@ def test_missing_data_dir(tmp_path):
 
 
 def test_unprepared_dataset(tmp_path):
-  with pytest.raises(zd.DataError, match="tiny_shakespeare is not prepared in .*--file_format=array_record"):
+  with pytest.raises(zd.DataError,
+                     match="tiny_shakespeare is not prepared in .*--file_format=array_record"):
     zd.build_dataset(tfds_cfg("lm", "tiny_shakespeare", tmp_path), split="train",
                      global_batch_size=2, seed=0)
 
 
 def test_unprepared_manual_dataset_names_the_files(tmp_path):
-  with pytest.raises(zd.DataError, match=r"(?s)manual download.*downloads/manual.*ILSVRC2012_img_train\.tar"):
+  with pytest.raises(zd.DataError,
+                     match=r"(?s)manual download.*downloads/manual.*ILSVRC2012_img_train\.tar"):
     zd.build_dataset(tfds_cfg("image_classification", "imagenet2012", tmp_path), split="train",
                      global_batch_size=2, seed=0)
   with pytest.raises(zd.DataError, match=r"needs a manual download into .*manual"):
@@ -137,6 +140,7 @@ def test_preparing_a_builder_that_needs_tensorflow(tmp_path, monkeypatch):
     raise ModuleNotFoundError("No module named 'tensorflow'")
 
   monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", needs_tf)
-  with pytest.raises(zd.DataError, match="preparing mnist needs TensorFlow.*pip install tensorflow"):
+  with pytest.raises(zd.DataError,
+                     match="preparing mnist needs TensorFlow.*pip install tensorflow"):
     zd.build_dataset(tfds_cfg("image_classification", "mnist", tmp_path, download=True),
                      split="train", global_batch_size=2, seed=0)

@@ -80,7 +80,8 @@ def test_fan_in_init_is_the_flat_matrix_reshaped():
 def test_unsupported_layouts_are_clear_errors():
   x = jnp.zeros((B, T, D))
   init = lambda module, eqn: module.init(jax.random.key(0), eqn, x)
-  with pytest.raises(ValueError, match=r"kernel_axes .* name 2 axes; the kernel shape \(8, 4, 2\) has 3"):
+  with pytest.raises(ValueError,
+                     match=r"kernel_axes .* name 2 axes; the kernel shape \(8, 4, 2\) has 3"):
     init(Einsum((D, N, H), (sh.EMBED, sh.HEADS)), "BTD,DNH->BTNH")
   with pytest.raises(ValueError, match=r"names 2 kernel axes; the kernel has 3"):
     init(Einsum((D, N, H), (None,) * 3), "BTD,DN->BTN")

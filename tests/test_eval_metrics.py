@@ -76,8 +76,8 @@ def test_corpus_bleu_equals_the_sacrebleu_command_line(tmp_path):
   (tmp_path / "hyp.txt").write_text("\n".join(hyps) + "\n")
   (tmp_path / "ref.txt").write_text("\n".join(refs) + "\n")
   cli = subprocess.run(
-      [sys.executable, "-m", "sacrebleu", str(tmp_path / "ref.txt"), "-i", str(tmp_path / "hyp.txt"),
-       "-b", "-w", "6"],
+      [sys.executable, "-m", "sacrebleu", str(tmp_path / "ref.txt"),
+       "-i", str(tmp_path / "hyp.txt"), "-b", "-w", "6"],
       capture_output=True, text=True, check=True, timeout=120,
   )
   assert eval_metrics.corpus_bleu(hyps, refs) == pytest.approx(float(cli.stdout.strip()), abs=1e-5)
@@ -93,7 +93,9 @@ def test_bits_per_byte_of_a_byte_model_is_nats_per_byte_over_ln2():
   weights = np.ones_like(ids, np.float32)
   weights[0, :3] = 0.0  # not predicted: their bytes do not count
   nll_sum = 37.5
-  collected = _collect(task, [None], [{"targets": jnp.asarray(ids), "weights": jnp.asarray(weights)}])
+  collected = _collect(
+      task, [None], [{"targets": jnp.asarray(ids), "weights": jnp.asarray(weights)}]
+  )
   got = task.host_metrics(collected, {"nll": (nll_sum, 1.0)}, {"tokenizer": tok})
   predicted_bytes = len(text) - 3  # EOS is no byte
   assert got["bits_per_byte"] == pytest.approx(nll_sum / math.log(2) / predicted_bytes)

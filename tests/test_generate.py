@@ -1,4 +1,5 @@
-"""Decoding: cached == full-forward greedy, padding invariance, samplers, compile counts, HF parity."""
+"""Decoding: cached == full-forward greedy, padding invariance, samplers, compile counts,
+HF parity."""
 
 import os
 

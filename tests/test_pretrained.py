@@ -256,7 +256,9 @@ def test_vit_classifier_matches_hf_at_native_and_other_sizes(tmp_path):
 
   zoo.save_pretrained(model, params, tmp_path / "zoo2hf")
   back = transformers.ViTForImageClassification.from_pretrained(str(tmp_path / "zoo2hf"))
-  assert _max_diff(_hf_vit(back.eval(), images).logits.numpy(), _hf_vit(hf, images).logits.numpy()) < ATOL
+  assert _max_diff(
+      _hf_vit(back.eval(), images).logits.numpy(), _hf_vit(hf, images).logits.numpy()
+  ) < ATOL
   _assert_same_params(zoo.from_pretrained(tmp_path / "zoo2hf")[1], params)
 
 
@@ -291,7 +293,9 @@ def _vision_transformer_npz(hf_dir, path, big_vision=False):
   n, h = N, D // N
   lin = lambda name: sd[name].T  # noqa: E731
   out = {
-      "embedding/kernel": sd["vit.embeddings.patch_embeddings.projection.weight"].transpose(2, 3, 1, 0),
+      "embedding/kernel": (
+          sd["vit.embeddings.patch_embeddings.projection.weight"].transpose(2, 3, 1, 0)
+      ),
       "embedding/bias": sd["vit.embeddings.patch_embeddings.projection.bias"],
       "cls": sd["vit.embeddings.cls_token"],
       "Transformer/posembed_input/pos_embedding": sd["vit.embeddings.position_embeddings"],
@@ -307,8 +311,10 @@ def _vision_transformer_npz(hf_dir, path, big_vision=False):
   for i in range(2):
     s = f"vit.encoder.layer.{i}."
     b = {
-        f"{ln0}/scale": sd[s + "layernorm_before.weight"], f"{ln0}/bias": sd[s + "layernorm_before.bias"],
-        f"{ln2}/scale": sd[s + "layernorm_after.weight"], f"{ln2}/bias": sd[s + "layernorm_after.bias"],
+        f"{ln0}/scale": sd[s + "layernorm_before.weight"],
+        f"{ln0}/bias": sd[s + "layernorm_before.bias"],
+        f"{ln2}/scale": sd[s + "layernorm_after.weight"],
+        f"{ln2}/bias": sd[s + "layernorm_after.bias"],
         f"{attn}/out/kernel": lin(s + "attention.output.dense.weight").reshape(n, h, D),
         f"{attn}/out/bias": sd[s + "attention.output.dense.bias"],
         f"{mlp}/Dense_0/kernel": lin(s + "intermediate.dense.weight"),
@@ -342,8 +348,9 @@ def test_vit_npz_matches_hf(big_vision, tmp_path):
   path = _vision_transformer_npz(_hf_save(hf, tmp_path / "hf"), tmp_path / "vit.npz", big_vision)
   model, params = zoo.from_pretrained(path)
   c = model.config
-  assert (c.image_size, c.patch_size, c.d_model, c.num_heads, c.num_layers, c.mlp_dim, c.num_classes) == (
-      32, 8, D, N, 2, F, 5)
+  assert (
+      c.image_size, c.patch_size, c.d_model, c.num_heads, c.num_layers, c.mlp_dim, c.num_classes
+  ) == (32, 8, D, N, 2, F, 5)
   assert c.activation == "gelu_tanh"  # flax nn.gelu, what the original code ran
   # HF ViT uses the erf GELU: compare with the same activation.
   model, params = zoo.from_pretrained(path, activation="gelu")
@@ -380,10 +387,14 @@ MARIAN_LAYOUTS = [(True, True), (True, False), (False, False)]
 def test_marian_matches_hf_with_padding_and_round_trips(tmp_path, share, tie):
   hf = _marian(share_encoder_decoder_embeddings=share, tie_word_embeddings=tie)
   if not tie:  # random tables that differ, so a table read from the wrong place shows
-    assert not torch.equal(hf.model.encoder.embed_tokens.weight, hf.model.decoder.embed_tokens.weight)
+    assert not torch.equal(
+        hf.model.encoder.embed_tokens.weight, hf.model.decoder.embed_tokens.weight
+    )
   model, params = zoo.from_pretrained(_hf_save(hf, tmp_path / "hf"))
   c = model.config
-  assert (c.sinusoid_layout, c.activation, c.pad_id, c.final_logits_bias) == ("split", "silu", PAD, True)
+  assert (c.sinusoid_layout, c.activation, c.pad_id, c.final_logits_bias) == (
+      "split", "silu", PAD, True
+  )
   rng = np.random.RandomState(2)
   src = rng.randint(0, PAD, IDS.shape)
   src[1, 5:] = PAD  # a padded source
@@ -429,7 +440,8 @@ def test_legacy_and_sharded_layouts_load_the_same_params(tmp_path):
   path = _hf_save(hf, tmp_path / "bert")
   _, want = zoo.from_pretrained(path)
   _rewrite(path, lambda t: {
-      k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+      (k.replace("LayerNorm.weight", "LayerNorm.gamma")
+       .replace("LayerNorm.bias", "LayerNorm.beta")): v
       for k, v in t.items()})
   _assert_same_params(zoo.from_pretrained(path)[1], want)
   sharded = _hf_save(hf, tmp_path / "sharded", max_shard_size="10KB")
@@ -449,19 +461,21 @@ def test_errors_name_the_tensor_and_shapes(tmp_path):
     zoo.from_pretrained(bad)
 
   _rewrite(path, lambda t: {k: v for k, v in t.items() if k != "transformer.h.1.ln_2.bias"})
-  with pytest.raises(ValueError, match=r"lacks tensor 'transformer\.h\.1\.ln_2\.bias' of shape \(16\)"
-                     r".*decoder/layers_1/mlp_norm/bias"):
+  with pytest.raises(ValueError, match=r"lacks tensor 'transformer\.h\.1\.ln_2\.bias' "
+                     r"of shape \(16\).*decoder/layers_1/mlp_norm/bias"):
     zoo.from_pretrained(path)
 
   path = _hf_save(_gpt2(), tmp_path / "hf2")
-  _rewrite(path, lambda t: {**t, "transformer.h.0.attn.c_attn.weight": np.zeros((16, 60), np.float32)})
-  with pytest.raises(ValueError, match=r"'transformer\.h\.0\.attn\.c_attn\.weight'.*shape \(16, 60\).*"
-                     r"expects \(16, 48\).*n_embd=16.*query/kernel"):
+  _rewrite(path, lambda t: {
+      **t, "transformer.h.0.attn.c_attn.weight": np.zeros((16, 60), np.float32)})
+  with pytest.raises(ValueError, match=r"'transformer\.h\.0\.attn\.c_attn\.weight'.*"
+                     r"shape \(16, 60\).*expects \(16, 48\).*n_embd=16.*query/kernel"):
     zoo.from_pretrained(path)
 
   path = _hf_save(_gpt2(), tmp_path / "hf3")
   _rewrite(path, lambda t: {**t, "transformer.h.0.extra.weight": np.zeros((3, 2), np.float32)})
-  with pytest.raises(ValueError, match=r"1 tensors the zoo model does not use: transformer\.h\.0\.extra\.weight \(3, 2\)"):
+  with pytest.raises(ValueError, match=r"1 tensors the zoo model does not use: "
+                     r"transformer\.h\.0\.extra\.weight \(3, 2\)"):
     zoo.from_pretrained(path)
   with pytest.warns(UserWarning, match=r"1 tensors unused: \['transformer\.h\.0\.extra\.weight'\]"):
     model, params = zoo.from_pretrained(path, strict=False)
@@ -629,7 +643,8 @@ def test_read_json_names_the_file_line_and_column(tmp_path):
 def test_base_bert_gets_a_fresh_classifier_and_keeps_every_backbone_tensor(tmp_path):
   path = _hf_save(_bert("BertModel", 11), tmp_path / "base")
   _, base = zoo.from_pretrained(path)
-  with pytest.warns(UserWarning, match=r"no weights for \['classifier/bias', 'classifier/kernel'\]"):
+  with pytest.warns(UserWarning,
+                    match=r"no weights for \['classifier/bias', 'classifier/kernel'\]"):
     model, params = zoo.from_pretrained(path, head="sequence_classification", num_labels=9)
   assert model.config.head == "sequence_classification" and model.config.num_labels == 9
   flat, want = _flat(params), _flat(base)
@@ -652,10 +667,12 @@ def test_heads_of_another_task_are_dropped_and_reshaped_heads_are_new(tmp_path):
   assert fitted.new == ["classifier/bias", "classifier/kernel"]
   assert {p.split("/")[0] for p in fitted.dropped} == {"mlm", "nsp"}
   # A ViT head with another number of classes is new, and every other tensor is loaded.
-  vit_path = _hf_save(_randomize(transformers.ViTForImageClassification(_vit_config(num_labels=5)), 3),
-                      tmp_path / "vit")
+  vit_path = _hf_save(
+      _randomize(transformers.ViTForImageClassification(_vit_config(num_labels=5)), 3),
+      tmp_path / "vit")
   fitted = api.load(vit_path, num_classes=10, image_size=48)
-  assert fitted.new == ["head/bias", "head/kernel"] and fitted.dropped == ["head/bias", "head/kernel"]
+  assert (fitted.new == ["head/bias", "head/kernel"]
+          and fitted.dropped == ["head/bias", "head/kernel"])
   assert fitted.flat["pos_embedding"].shape == (1, (48 // 8) ** 2 + 1, D)  # resized positions
 
 

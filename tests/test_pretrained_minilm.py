@@ -45,7 +45,9 @@ def zoo_minilm():
 def test_config_and_tokenizer(zoo_minilm, tmp_path):
   model, _, tok = zoo_minilm
   c = model.config
-  assert (c.num_layers, c.d_model, c.num_heads, c.mlp_dim, c.vocab_size) == (6, 384, 12, 1536, 30522)
+  assert (c.num_layers, c.d_model, c.num_heads, c.mlp_dim, c.vocab_size) == (
+      6, 384, 12, 1536, 30522
+  )
   assert (c.head, c.pooler, c.norm_eps) == ("none", True, 1e-12)
   transformers = pytest.importorskip("transformers")
   ref = transformers.AutoTokenizer.from_pretrained(FOLDER)

@@ -132,7 +132,9 @@ def test_unknown_config_key_fails_fast_with_close_matches(capsys):
   # The preset is the config argument: renaming it would not refill config.model.
   assert cli.main(argv + ["--config.model.name=gpt2-medium"]) == cli.EXIT_USAGE
   assert "chosen by the config argument" in capsys.readouterr().err
-  assert cli.main(["train.py", "--config", f"{ROOT}/configs/gpt.py:gpt2-smal", "--workdir", "w"]) == 2
+  assert cli.main(
+      ["train.py", "--config", f"{ROOT}/configs/gpt.py:gpt2-smal", "--workdir", "w"]
+  ) == 2
   assert "Did you mean gpt2-small" in capsys.readouterr().err
   assert not pathlib.Path("/nonexistent/w").exists()
 

@@ -158,7 +158,8 @@ def test_another_models_checkpoint_is_refused(gpt_runs):
   c, root, *_ = gpt_runs
   other = c.copy_and_resolve_references()
   other.model.d_model = 64
-  with pytest.raises(ValueError, match=r"(?s)another model.*model\.d_model: checkpoint 32, this run 64"):
+  with pytest.raises(ValueError,
+                     match=r"(?s)another model.*model\.d_model: checkpoint 32, this run 64"):
     run(other, root / "full")
 
 
@@ -204,7 +205,8 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
   c.data.packing = False  # one document per row: the stream position counts batches
   c.train.update(checkpoint_every=2, batch_size=8)
   positions_per_batch = 8
-  with pytest.raises(loop.NonFiniteLossError, match=r"nan.* at step 5;.*last good checkpoint is step 4") as e:
+  with pytest.raises(loop.NonFiniteLossError,
+                     match=r"nan.* at step 5;.*last good checkpoint is step 4") as e:
     run(c, tmp_path, dataset_fn=_Poisoned(bad=5 * positions_per_batch))
   assert e.value.step == 5
   ckpt = Checkpointer(tmp_path, every=2, keep=5, fingerprint={})
@@ -213,7 +215,9 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
   resumed = run(c, tmp_path, stop_at=6)  # clean data: carries on from step 4
   assert resumed.step == 6 and sorted(resumed.losses) == [5, 6]
   assert all(np.isfinite(v) for v in resumed.losses.values())
-  assert all(jax.tree.leaves(jax.tree.map(lambda x: np.isfinite(x).all(), host(resumed.state.params))))
+  assert all(
+      jax.tree.leaves(jax.tree.map(lambda x: np.isfinite(x).all(), host(resumed.state.params)))
+  )
 
 
 def test_gradient_accumulation_equals_one_big_batch():
@@ -238,7 +242,9 @@ def test_gradient_accumulation_equals_one_big_batch():
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       state = prog.init(jax.random.PRNGKey(0))
       before = host(state.params)
-      new_state, metrics = prog.step(state, mesh_lib.place_batch(batch, mesh), jax.random.PRNGKey(1))
+      new_state, metrics = prog.step(
+          state, mesh_lib.place_batch(batch, mesh), jax.random.PRNGKey(1)
+      )
     results.append((host(new_state.params), jax.device_get(metrics)))
   (p1, m1), (p4, m4) = results
   for k in ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "grad_norm"):

@@ -64,7 +64,9 @@ def test_cross_entropy_gradient_is_softmax_minus_target(eps):
 
   def plain(z):
     logp = jax.nn.log_softmax(z)
-    nll = -jnp.take_along_axis(logp, jnp.asarray(np.where(labels == IGNORE, 0, labels))[..., None], -1)[..., 0]
+    nll = -jnp.take_along_axis(
+        logp, jnp.asarray(np.where(labels == IGNORE, 0, labels))[..., None], -1
+    )[..., 0]
     loss = (1 - eps) * nll - eps * logp.mean(-1)
     return jnp.sum(loss * a) + jnp.sum(nll * b)
 
@@ -218,7 +220,9 @@ def test_config_arguments_and_fingerprint():
   c.model.d_modle = 3  # a typo in a config file adds a key; model_config refuses it
   with pytest.raises(ValueError, match="'d_modle'. Did you mean d_model"):
     config_lib.model_config(c, {"vocab_size": 100})
-  a = config_lib.fingerprint(config_lib.model_config(config_lib.base_config("lm", "gpt2-small")), "lm")
+  a = config_lib.fingerprint(
+      config_lib.model_config(config_lib.base_config("lm", "gpt2-small")), "lm"
+  )
   b = dict(a, **{"model.num_layers": 6})
   assert config_lib.fingerprint_diff(a, b) == ["model.num_layers: checkpoint 12, this run 6"]
   assert "model.dtype" not in a and "model.dropout_rate" not in a  # may change on resume
@@ -243,7 +247,9 @@ def test_distributed_initialize_only_when_launched_as_several_processes(monkeypa
   calls = []
   monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
-  for var in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"):
+  for var in (
+      "JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"
+  ):
     monkeypatch.delenv(var, raising=False)
   assert mesh_lib.maybe_initialize_distributed() is False and calls == []
   monkeypatch.setenv("SLURM_NTASKS", "1")  # one task: not distributed

@@ -141,8 +141,11 @@ def test_bad_patterns_are_named_with_the_fix():
     tr.frozen_mask(params, tr.Trainable(freeze="nothing/here"))
   with pytest.raises(ValueError, match="freezes every parameter"):
     tr.frozen_mask(params, tr.Trainable(freeze="."))
-  with pytest.raises(ValueError, match=r"lora.targets='attn/qkv' matches no projection.*attn/query"):
-    tr.add_adapters(boxed, tr.Trainable(lora_rank=2, lora_targets="attn/qkv"), jax.random.PRNGKey(0))
+  with pytest.raises(ValueError,
+                     match=r"lora.targets='attn/qkv' matches no projection.*attn/query"):
+    tr.add_adapters(
+        boxed, tr.Trainable(lora_rank=2, lora_targets="attn/qkv"), jax.random.PRNGKey(0)
+    )
   with pytest.raises(ValueError, match=r"freeze='\(' is not a regular expression"):
     tr.Trainable(freeze="(")
   with pytest.raises(ValueError, match="lora rank must be an integer >= 0"):

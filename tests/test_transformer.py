@@ -276,7 +276,9 @@ def _two_layers(params):
   )
   out = dict(params)
   for k, name in enumerate(("encoder", "decoder")):
-    out[name] = {"layers_0": params[name]["layers_0"], "layers_1": second(params[name]["layers_0"], k)}
+    out[name] = {
+        "layers_0": params[name]["layers_0"], "layers_1": second(params[name]["layers_0"], k)
+    }
   return out
 
 
@@ -305,7 +307,9 @@ def test_remat_equals_plain():
   r_loss, r_grads = _loss_and_grads(remat, params, ZERO_DELTA, SRC, TGT, TGT_OUT, ALL)
   np.testing.assert_allclose(r_loss, loss, rtol=1e-6)
   _assert_trees_close(r_grads, grads)
-  assert np.abs(np.asarray(grads[0]["decoder"]["layers_0"]["cross_attn"]["key"]["kernel"])).max() > 0
+  assert np.abs(
+      np.asarray(grads[0]["decoder"]["layers_0"]["cross_attn"]["key"]["kernel"])
+  ).max() > 0
   # The loss helper (embeddings passed in) is the model's own forward.
   logits = Transformer(TINY).apply({"params": params}, SRC, TGT)
   want = optax.softmax_cross_entropy_with_integer_labels(logits, TGT_OUT).mean()

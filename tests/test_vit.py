@@ -37,7 +37,9 @@ jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_lev
 
 
 def _images(seed=0, batch=2, height=32, width=32, channels=3):
-  return np.random.default_rng(seed).normal(size=(batch, height, width, channels)).astype(np.float32)
+  return np.random.default_rng(seed).normal(
+      size=(batch, height, width, channels)
+  ).astype(np.float32)
 
 
 def _shapes(cfg):
@@ -163,7 +165,9 @@ def test_other_resolutions_interpolate_positions():
   # bicubic resize of the 4x4 grid to 6x6 (what timm / HF interpolate_pos_encoding do).
   grid = _torch_bicubic(table[0, 1:].reshape(4, 4, 32), (6, 6))
   big = dataclasses.replace(TINY, image_size=48)
-  big_params = {**params, "pos_embedding": jnp.concatenate([table[:, :1], grid.reshape(1, 36, 32)], 1)}
+  big_params = {
+      **params, "pos_embedding": jnp.concatenate([table[:, :1], grid.reshape(1, 36, 32)], 1)
+  }
   images = _images(height=48, width=48)
   np.testing.assert_allclose(
       _apply(TINY, params, images), _apply(big, big_params, images), atol=1e-5
@@ -325,7 +329,9 @@ def _hf_to_zoo(state_dict, cfg):
   }
   conv = "vit.embeddings.patch_embeddings.projection"
   params = {
-      "embedding": {"kernel": get(f"{conv}.weight").transpose(2, 3, 1, 0), "bias": get(f"{conv}.bias")},
+      "embedding": {
+          "kernel": get(f"{conv}.weight").transpose(2, 3, 1, 0), "bias": get(f"{conv}.bias")
+      },
       "cls": get("vit.embeddings.cls_token"),
       "pos_embedding": get("vit.embeddings.position_embeddings"),
       "encoder": {},

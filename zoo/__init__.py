@@ -53,7 +53,9 @@ def build(name_or_config: Any, **overrides) -> nn.Module:
 
 def param_count(name_or_model: Any, **overrides) -> int:
   """Number of parameters, from shapes only (``jax.eval_shape``: nothing is allocated)."""
-  model = name_or_model if isinstance(name_or_model, nn.Module) else build(name_or_model, **overrides)
+  model = (
+      name_or_model if isinstance(name_or_model, nn.Module) else build(name_or_model, **overrides)
+  )
   args, kwargs = registry.family_of(model).dummy_inputs(model.config)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args, **kwargs))
   return count(shapes["params"])

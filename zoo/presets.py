@@ -1,8 +1,9 @@
 """The published size tables, in one place.
 
 Each preset is ``name -> (family name, config fields)``, the family as registered in
-``zoo.registry``; the rest of a config comes from the family's dataclass defaults. ``PUBLISHED_PARAMS`` holds the parameter counts the papers
-report, which ``tests/test_presets.py`` checks ``zoo.param_count`` against.
+``zoo.registry``; the rest of a config comes from the family's dataclass defaults.
+``PUBLISHED_PARAMS`` holds the parameter counts the papers report, which
+``tests/test_presets.py`` checks ``zoo.param_count`` against.
 """
 
 from __future__ import annotations

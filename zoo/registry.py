@@ -198,7 +198,8 @@ def config_from_json(data: Mapping[str, Any], where: str = "config", **overrides
 
 
 def make_config(family: Family, fields: Mapping[str, Any], where: str) -> Any:
-  """``family.config_cls(**fields)``: dtype names resolved, lists as tuples, errors with ``where``."""
+  """``family.config_cls(**fields)``: dtype names resolved, lists as tuples, errors with
+  ``where``."""
   values = {}
   for key, value in fields.items():
     if is_dtype_field(key) and value is not None:

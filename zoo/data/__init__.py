@@ -80,7 +80,8 @@ def make_tokenizer(data_cfg):
   if kind == "byte":
     return ByteTokenizer()
   if kind in ("bpe", "sentencepiece"):
-    name = cfg.tfds_name if cfg.source == "tfds" else f"offline:{cfg.path or platform.python_version()}"
+    name = (cfg.tfds_name if cfg.source == "tfds"
+            else f"offline:{cfg.path or platform.python_version()}")
     extra = (cfg.source_lang, cfg.target_lang, cfg.max_number) if cfg.task == "translation" else ()
     key = f"{cfg.task}|{name}|{cfg.train_split}|{extra}|{cfg.tokenizer_train_examples}"
 

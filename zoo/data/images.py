@@ -35,7 +35,9 @@ def as_hwc(image, where: str = "image") -> np.ndarray:
         "with 1 (grayscale) or 3 (RGB) channels; convert other layouts (e.g. drop alpha) first."
     )
   if x.dtype != np.uint8:
-    x = np.clip(np.round(x.astype(np.float32) * (255 if x.max() <= 1.0 else 1)), 0, 255).astype(np.uint8)
+    x = np.clip(
+        np.round(x.astype(np.float32) * (255 if x.max() <= 1.0 else 1)), 0, 255
+    ).astype(np.uint8)
   return x
 
 
@@ -98,7 +100,10 @@ def preprocess(image, rng, *, size: int, channels: int, mean, std, augment: bool
       x = x[top : top + size, left : left + size]
   if augment and flip and rng.random() < 0.5:
     x = x[:, ::-1]
-  return ((x.astype(np.float32) / 255.0 - channel_stats(mean, channels)) / channel_stats(std, channels)).astype(np.float32)
+  return (
+      (x.astype(np.float32) / 255.0 - channel_stats(mean, channels))
+      / channel_stats(std, channels)
+  ).astype(np.float32)
 
 
 def build(records: Sequence, *, cfg, train: bool, mean, std, flip: bool, variable_size: bool,
@@ -119,6 +124,8 @@ def build(records: Sequence, *, cfg, train: bool, mean, std, flip: bool, variabl
     return {"images": x, "labels": np.int32(label)}
 
   def empty():
-    return {"images": np.zeros((size, size, channels), np.float32), "labels": np.int32(IGNORE_INDEX)}
+    return {
+        "images": np.zeros((size, size, channels), np.float32), "labels": np.int32(IGNORE_INDEX)
+    }
 
   return ExampleDataset(make_example=make, empty_example=empty, **kwargs)

@@ -143,7 +143,9 @@ class Dataset:
       )
     clean = {k: v for k, v in state.items() if k != "fingerprint"}
     if set(clean) != set(self._initial_state()):
-      raise ValueError(f"data iterator state keys {sorted(clean)} are not {sorted(self._initial_state())}.")
+      raise ValueError(
+          f"data iterator state keys {sorted(clean)} are not {sorted(self._initial_state())}."
+      )
     self._state = {k: int(v) for k, v in clean.items()}
     if not self.repeat:
       self._resume = dict(self._state)

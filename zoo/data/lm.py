@@ -22,7 +22,10 @@ from zoo.data.iteration import Dataset, ExampleDataset
 
 def document_tokens(doc: str, tok) -> np.ndarray:
   ids = tok.encode(doc)
-  ends = ([tok.bos_id] if tok.bos_id is not None else [], [tok.eos_id] if tok.eos_id is not None else [])
+  ends = (
+      [tok.bos_id] if tok.bos_id is not None else [],
+      [tok.eos_id] if tok.eos_id is not None else [],
+  )
   return np.asarray(ends[0] + ids + ends[1], np.int32)
 
 
@@ -128,6 +131,7 @@ def build(docs: Sequence[str], tokenizer, *, seq_len: int, packing: bool, **kwar
     return row
 
   return ExampleDataset(
-      make_example=make, empty_example=lambda: _empty_row(seq_len, tokenizer.pad_id, False), **kwargs
+      make_example=make, empty_example=lambda: _empty_row(seq_len, tokenizer.pad_id, False),
+      **kwargs,
   )
 

@@ -94,7 +94,9 @@ def read_texts(path: str | None) -> tuple[tuple[str, str], ...]:
   else:
     root, pattern = pathlib.Path(path).expanduser(), ""
     if not root.exists():
-      raise ValueError(f"data path {str(root)!r} does not exist: point `path` at a text file or folder.")
+      raise ValueError(
+          f"data path {str(root)!r} does not exist: point `path` at a text file or folder."
+      )
   files = [root] if root.is_file() else []
   if root.is_dir():
     for d, sub, names in os.walk(root):
@@ -260,7 +262,9 @@ def sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
   Pixel values are 0..16 counts of set bits in 4x4 blocks; they are stretched to 0..255.
   """
   relative = pathlib.Path("sklearn", "datasets", "data", "digits.csv.gz")
-  path = next((pathlib.Path(p, relative) for p in sys.path if pathlib.Path(p, relative).is_file()), None)
+  path = next(
+      (pathlib.Path(p, relative) for p in sys.path if pathlib.Path(p, relative).is_file()), None
+  )
   if path is None:
     raise ValueError("the offline image dataset needs scikit-learn: `pip install scikit-learn`.")
   data = np.loadtxt(path, delimiter=",")
@@ -276,7 +280,9 @@ def image_records(path: str | None, split: str, fraction: float):
   else:
     with np.load(pathlib.Path(path).expanduser()) as f:
       if "images" not in f or "labels" not in f:
-        raise ValueError(f"{path!r} must be an .npz with arrays 'images' and 'labels'; has {list(f)}.")
+        raise ValueError(
+            f"{path!r} must be an .npz with arrays 'images' and 'labels'; has {list(f)}."
+        )
       images, labels = f["images"], f["labels"].astype(np.int64)
     if images.ndim == 3:
       images = images[..., None]

@@ -34,7 +34,9 @@ DATASETS: dict[str, dict[str, Any]] = {
     "conll2003": dict(tokens_key="tokens", label_key="ner"),
     "mnist": dict(eval_split="test", mean=(0.1307,), std=(0.3081,), flip=False),
     "cifar10": dict(eval_split="test", mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
-    "cifar100": dict(eval_split="test", mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
+    "cifar100": dict(
+        eval_split="test", mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)
+    ),
     "imagenet2012": dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, variable_size=True),
     "wmt": dict(eval_split="validation"),  # every wmt*_translate/xx-yy pair
 }
@@ -85,7 +87,8 @@ def builder(cfg):
   if cfg.data_dir is not None and not pathlib.Path(cfg.data_dir).expanduser().is_dir():
     raise DataError(
         f"data_dir {cfg.data_dir!r} does not exist. Point data_dir at the folder holding "
-        f"prepared TFDS datasets (<data_dir>/{name.split('/')[0]}/...), or {_prepare_hint(name, cfg.data_dir)}."
+        f"prepared TFDS datasets (<data_dir>/{name.split('/')[0]}/...), or "
+        f"{_prepare_hint(name, cfg.data_dir)}."
     )
   data_dir = None if cfg.data_dir is None else str(pathlib.Path(cfg.data_dir).expanduser())
   try:
@@ -184,7 +187,9 @@ def _text_keys(cfg, info) -> tuple[str, ...]:
 def _check_keys(cfg, info, keys) -> None:
   missing = [k for k in keys if k not in info.features]
   if missing:
-    raise DataError(f"{cfg.tfds_name} has no feature {missing}; its features: {list(info.features)}.")
+    raise DataError(
+        f"{cfg.tfds_name} has no feature {missing}; its features: {list(info.features)}."
+    )
 
 
 def documents(cfg, split: str):

@@ -233,7 +233,9 @@ def train_tokenizer(
   if kind not in TRAINABLE:
     raise ValueError(f"can only train {TRAINABLE} vocabularies; got {kind!r}.")
   if vocab_size < 300:
-    raise ValueError(f"vocab_size={vocab_size} is too small to train a {kind} vocabulary: use >= 300.")
+    raise ValueError(
+        f"vocab_size={vocab_size} is too small to train a {kind} vocabulary: use >= 300."
+    )
   root = pathlib.Path(cache_dir or os.environ.get("ZOO_CACHE", "~/.cache/zoo")).expanduser()
   root = root / "tokenizers" if cache_dir is None else root
   digest = hashlib.sha1(f"{kind}|{vocab_size}|{cache_key}".encode()).hexdigest()[:12]

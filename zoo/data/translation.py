@@ -70,13 +70,17 @@ class BucketedDataset(Dataset):
       n_batches = -(-(end - pos) // b)
       groups = [items[k * b : (k + 1) * b] for k in range(n_batches)]
       if self.repeat:
-        groups = [groups[k] for k in np.random.default_rng([self.order.seed, pos]).permutation(n_batches)]
+        groups = [
+            groups[k] for k in np.random.default_rng([self.order.seed, pos]).permutation(n_batches)
+        ]
       for k in range(first, n_batches):
         group = groups[k]
         s_len = self._round(max((len(s) for s, _ in group), default=1), self.src_len)
         t_len = self._round(max((len(t) + 1 for _, t in group), default=1), self.tgt_len)
         rows = [_row(s, t, self.tok, s_len, t_len) for s, t in group]
-        rows += [_row([], [], self.tok, s_len, t_len) | {"weights": np.zeros(t_len, np.float32)}] * (b - len(rows))
+        rows += [
+            _row([], [], self.tok, s_len, t_len) | {"weights": np.zeros(t_len, np.float32)}
+        ] * (b - len(rows))
         last = k + 1 == n_batches
         yield (
             {key: np.stack([r[key] for r in rows]) for key in rows[0]},

@@ -149,7 +149,9 @@ def _resolve_implementation(
   if implementation is None:
     return "xla" if needs_xla else default_implementation(query.dtype)
   if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"implementation must be one of {IMPLEMENTATIONS} or None; got {implementation!r}.")
+    raise ValueError(
+        f"implementation must be one of {IMPLEMENTATIONS} or None; got {implementation!r}."
+    )
   if implementation == "cudnn":
     if jax.default_backend() != "gpu":
       raise ValueError(
@@ -317,7 +319,9 @@ class MultiHeadAttention(nn.Module):
       raise ValueError(f"inputs_q must be [batch, length, features]; got {tuple(inputs_q.shape)}.")
     self_attention = inputs_kv is None
     if not self_attention and inputs_kv.ndim != 3:
-      raise ValueError(f"inputs_kv must be [batch, length, features]; got {tuple(inputs_kv.shape)}.")
+      raise ValueError(
+          f"inputs_kv must be [batch, length, features]; got {tuple(inputs_kv.shape)}."
+      )
     if decode and not self_attention:
       raise ValueError("decode=True caches self-attention only; call cross-attention without it.")
     num_kv = self.num_kv_heads or self.num_heads

@@ -354,7 +354,9 @@ def train_flops(config: BertConfig, params, shapes) -> dict[str, float]:
   """Training FLOPs of a step on ``input_ids`` of ``shapes["input_ids"] = (B, L)``."""
   b, length = shapes["input_ids"]
   emb = params["embeddings"]
-  lookups = sum(common.count(emb.get(k, {})) for k in ("position_embeddings", "token_type_embeddings"))
+  lookups = sum(
+      common.count(emb.get(k, {})) for k in ("position_embeddings", "token_type_embeddings")
+  )
   # The pooler, NSP and sequence-classifier heads see one [CLS] vector per row.
   per_row = common.count(params.get("pooler", {})) + common.count(params.get("nsp", {}))
   if config.head == "sequence_classification":

@@ -1,4 +1,5 @@
-"""The encoder-decoder Transformer for translation (Vaswani et al. 2017, "Attention Is All You Need").
+"""The encoder-decoder Transformer for translation (Vaswani et al. 2017,
+"Attention Is All You Need").
 
 Source and target token embeddings (one shared table by default) scaled by sqrt(d_model),
 sinusoidal positions (learned or RoPE by config), N post-LN encoder blocks, N decoder blocks

@@ -32,7 +32,8 @@ key (npz; ``E`` = ``Transformer/encoderblock_i``) of each tensor::
                                    transpose, reshape); npz E/MultiHeadDotProductAttention_1/...
                                    (same shapes)
     attn/out/kernel [N, H, D], bias [D]
-                                   HF ...attention.output.dense; npz E/MultiHeadDotProductAttention_1/out
+                                   HF ...attention.output.dense;
+                                   npz E/MultiHeadDotProductAttention_1/out
     mlp_norm/{scale,bias}          HF ...layernorm_after; npz E/LayerNorm_2
     mlp/wi/kernel [D, F], bias [F] HF ...intermediate.dense; npz E/MlpBlock_3/Dense_0
     mlp/wo/kernel [F, D], bias [D] HF ...output.dense; npz E/MlpBlock_3/Dense_1
@@ -128,7 +129,9 @@ class ViTConfig:
     if self.num_classes < 0:
       raise ValueError(f"num_classes must be >= 0 (0 = no head); got {self.num_classes}.")
     if self.representation_size is not None and self.representation_size <= 0:
-      raise ValueError(f"representation_size must be positive or None; got {self.representation_size}.")
+      raise ValueError(
+          f"representation_size must be positive or None; got {self.representation_size}."
+      )
     common.check_stack_options(self.scan_layers, self.remat_policy)
     self.block()  # validates activation and the rest of the block fields
 

@@ -25,7 +25,9 @@ def _is_zoo(path: str) -> bool:
   return os.path.isdir(path) and os.path.exists(os.path.join(path, ZOO_CONFIG))
 
 
-def convert(src: str, dst: str, *, to: str | None = None, dtype: str | None = None, **overrides) -> str:
+def convert(
+    src: str, dst: str, *, to: str | None = None, dtype: str | None = None, **overrides
+) -> str:
   """Convert ``src`` to ``dst``; returns the output format ("zoo" or "hf")."""
   from zoo.pretrained import api
 
@@ -53,12 +55,16 @@ def info(src: str) -> str:
 
   model, params = api.from_pretrained(src)
   n = sum(x.size for x in jax.tree.leaves(params))
-  fields = ", ".join(f"{f.name}={getattr(model.config, f.name)!r}" for f in dataclasses.fields(model.config))
+  fields = ", ".join(
+      f"{f.name}={getattr(model.config, f.name)!r}" for f in dataclasses.fields(model.config)
+  )
   return f"{type(model).__name__} ({n:,} parameters)\n{type(model.config).__name__}({fields})"
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m zoo.pretrained", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+      prog="python -m zoo.pretrained", description=__doc__.split("\n")[0]
+  )
   sub = parser.add_subparsers(dest="command", required=True)
   c = sub.add_parser("convert", help="convert IN (HF folder / zoo folder / .npz) to OUT")
   c.add_argument("src", metavar="IN")

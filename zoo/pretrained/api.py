@@ -190,7 +190,9 @@ def read_workdir(path: str, step: int | None = None, names=()) -> assemble.Weigh
   finally:
     ckpt.close()
   if not meta.get("model_config"):
-    raise ValueError(f"{path}: checkpoint {step} has no saved model config (an older zoo wrote it).")
+    raise ValueError(
+        f"{path}: checkpoint {step} has no saved model config (an older zoo wrote it)."
+    )
   config = registry.config_from_json(meta["model_config"], f"{path} step {step}")
   assemble.check_names(registry.family_of(config), names)
   tree = trainable.merge(jax.device_get(params))

@@ -47,7 +47,9 @@ def check_names(family: registry.Family, overrides) -> None:
   known = set(registry.field_names(family.config_cls))
   for key in overrides:
     if key not in known:
-      raise registry.unknown(key, known, f"{family.config_cls.__name__} field (from_pretrained override)")
+      raise registry.unknown(
+          key, known, f"{family.config_cls.__name__} field (from_pretrained override)"
+      )
 
 
 def loop_model(model: nn.Module) -> nn.Module:
@@ -224,4 +226,6 @@ def fresh(model: nn.Module, paths: Sequence[str], seed: int = 0) -> dict[str, np
     flat = traverse_util.flatten_dict(nn.unbox(model.init(rng, *args, **kwargs)["params"]), sep="/")
     return {p: flat[p] for p in paths}
 
-  return {k: np.asarray(v) for k, v in jax.device_get(jax.jit(init)(jax.random.PRNGKey(seed))).items()}
+  return {
+      k: np.asarray(v) for k, v in jax.device_get(jax.jit(init)(jax.random.PRNGKey(seed))).items()
+  }

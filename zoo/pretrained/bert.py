@@ -88,7 +88,9 @@ def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
   if pos != "absolute":
     raise ValueError(f"BERT position_embedding_type={pos!r} is not supported (only 'absolute').")
   if arch in ("BertForPreTraining", "BertForMaskedLM") and hf.get("tie_word_embeddings") is False:
-    raise ValueError("BERT with an untied MLM decoder (tie_word_embeddings=false) is not supported.")
+    raise ValueError(
+        "BERT with an untied MLM decoder (tie_word_embeddings=false) is not supported."
+    )
   if hf.get("is_decoder") or hf.get("add_cross_attention"):
     raise ValueError("BERT as a decoder (is_decoder / add_cross_attention) is not supported.")
   fields = dict(
@@ -128,7 +130,9 @@ def config_to_hf(cfg) -> dict[str, Any]:
         f"pooler={cfg.pooler} ({arch} {'has none' if arch in _NO_POOLER else 'needs one'})"
     )
   if problems:
-    raise ValueError("this BertConfig has no Hugging Face BERT equivalent: " + "; ".join(problems) + ".")
+    raise ValueError(
+        "this BertConfig has no Hugging Face BERT equivalent: " + "; ".join(problems) + "."
+    )
   labels = {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)}
   return {
       "architectures": [arch],

@@ -225,7 +225,8 @@ def activation_to_hf(
 
 
 def abstract_params(model: nn.Module, module) -> tuple[dict, dict]:
-  """``(shapes, logical_specs)`` of ``model``'s params, flattened by ``/`` path, from shapes only."""
+  """``(shapes, logical_specs)`` of ``model``'s params, flattened by ``/`` path, from shapes
+  only."""
   args, kwargs = module.dummy_inputs(model.config)
   boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args, **kwargs))["params"]
   specs = nn.get_partition_spec(boxed)

@@ -114,7 +114,9 @@ def config_to_hf(cfg) -> dict[str, Any]:
   if abs(cfg.norm_eps - 1e-5) > 1e-12:
     problems.append(f"norm_eps={cfg.norm_eps} (Marian's LayerNorm eps is 1e-5)")
   if problems:
-    raise ValueError("this TransformerConfig has no Marian equivalent: " + "; ".join(problems) + ".")
+    raise ValueError(
+        "this TransformerConfig has no Marian equivalent: " + "; ".join(problems) + "."
+    )
   return {
       "architectures": ["MarianMTModel"],
       "model_type": MODEL_TYPE,

@@ -41,7 +41,9 @@ class Tokenizer:
     self.backend, self.kind, self.pad_id, self.vocab_size = backend, kind, pad_id, vocab_size
     self._marian = marian
 
-  def encode(self, text: str, *, add_special_tokens: bool = True, target: bool = False) -> list[int]:
+  def encode(
+      self, text: str, *, add_special_tokens: bool = True, target: bool = False
+  ) -> list[int]:
     """Token ids of ``text`` (with [CLS]/[SEP] or </s> when the tokenizer adds them).
 
     ``target=True`` encodes with a Marian model's target-language SentencePiece model.
@@ -85,7 +87,9 @@ class Tokenizer:
       for real tokens.
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
-    pairs = [None] * len(texts) if pairs is None else [pairs] if isinstance(pairs, str) else list(pairs)
+    pairs = (
+        [None] * len(texts) if pairs is None else [pairs] if isinstance(pairs, str) else list(pairs)
+    )
     if len(pairs) != len(texts):
       raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs.")
     rows = [self._encode_with_types(t, p) for t, p in zip(texts, pairs)]
@@ -132,7 +136,9 @@ class _Marian:
     return ids + [self.eos] if add_special_tokens else ids
 
   def decode(self, ids: list[int], skip_special_tokens: bool) -> str:
-    pieces = [self.pieces.get(i, "<unk>") for i in ids if not (skip_special_tokens and i in self.special)]
+    pieces = [
+        self.pieces.get(i, "<unk>") for i in ids if not (skip_special_tokens and i in self.special)
+    ]
     return self.target.decode_pieces(pieces)
 
 
@@ -158,7 +164,9 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer | None:
 
   if has("source.spm", "target.spm", "vocab.json"):
     marian = _Marian(folder, config)
-    return Tokenizer(None, kind="marian", pad_id=marian.pad, vocab_size=len(marian.vocab), marian=marian)
+    return Tokenizer(
+        None, kind="marian", pad_id=marian.pad, vocab_size=len(marian.vocab), marian=marian
+    )
   if has("tokenizer.json"):
     return read_tokenizer_json(os.path.join(folder, "tokenizer.json"), config)
   if has("vocab.txt"):

@@ -86,7 +86,9 @@ def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
       pool="cls",
       position="learned",
       class_token=True,
-      representation_size=(hf.get("pooler_output_size") or d) if has_pooler and not classify else None,
+      representation_size=(
+          (hf.get("pooler_output_size") or d) if has_pooler and not classify else None
+      ),
       activation=activation,
       norm_eps=hf.get("layer_norm_eps", 1e-12),
       dropout_rate=hf.get("hidden_dropout_prob", 0.0),
@@ -105,7 +107,9 @@ def config_to_hf(cfg) -> dict[str, Any]:
   if cfg.num_classes and cfg.representation_size is not None:
     problems.append("representation_size with a head (HF's classifier has no pre-logits layer)")
   if problems:
-    raise ValueError("this ViTConfig has no Hugging Face ViT equivalent: " + "; ".join(problems) + ".")
+    raise ValueError(
+        "this ViTConfig has no Hugging Face ViT equivalent: " + "; ".join(problems) + "."
+    )
   labels = {str(i): f"LABEL_{i}" for i in range(cfg.num_classes)}
   out = {
       "architectures": ["ViTForImageClassification" if cfg.num_classes else "ViTModel"],

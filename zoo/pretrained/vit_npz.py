@@ -104,7 +104,11 @@ def config_fields(store: NpzStore, where: str) -> dict:
       )
   p, _, c, d = store.shape("embedding/kernel")
   _, n, _ = store.shape(_BLOCK.format(0) + "MultiHeadDotProductAttention_1/query/kernel")
-  layers = {int(m.group(1)) for k in store.keys() if (m := re.match(r"Transformer/encoderblock_(\d+)/", k))}
+  layers = {
+      int(m.group(1))
+      for k in store.keys()
+      if (m := re.match(r"Transformer/encoderblock_(\d+)/", k))
+  }
   class_token = "cls" in store
   fields = dict(
       patch_size=p,
@@ -114,7 +118,9 @@ def config_fields(store: NpzStore, where: str) -> dict:
       num_layers=max(layers) + 1,
       mlp_dim=store.shape(_BLOCK.format(0) + "MlpBlock_3/Dense_0/kernel")[1],
       num_classes=store.shape("head/kernel")[1] if "head/kernel" in store else 0,
-      representation_size=store.shape("pre_logits/kernel")[1] if "pre_logits/kernel" in store else None,
+      representation_size=(
+          store.shape("pre_logits/kernel")[1] if "pre_logits/kernel" in store else None
+      ),
       class_token=class_token,
       pool="cls" if class_token else "mean",
       activation="gelu_tanh",  # flax's nn.gelu default (approximate=True)
@@ -128,7 +134,9 @@ def config_fields(store: NpzStore, where: str) -> dict:
       raise ValueError(f"{where}: {pos} has {rows} patch rows, not a square grid.")
     fields.update(position="learned", image_size=g * p)
   else:
-    raise ValueError(f"{where} has no position table ({pos}); only learned positions are supported.")
+    raise ValueError(
+        f"{where} has no position table ({pos}); only learned positions are supported."
+    )
   return fields
 
 

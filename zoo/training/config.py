@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 RUN_KEYS = ("name", "match_data")
 
 
-def base_config(task: str, model: str) -> ml_collections.ConfigDict:
+# PLR0915 (too many statements): a flat list of every default key.
+def base_config(task: str, model: str) -> ml_collections.ConfigDict:  # noqa: PLR0915
   """Every key the loop reads, with defaults; ``task`` and ``model`` (a preset) filled in.
 
   ``config.data`` comes from ``zoo.data.default_config(task)``; ``config.model`` from
@@ -175,7 +176,9 @@ def _preset_values(preset: str) -> dict[str, Any]:
     value = getattr(cfg, name)
     if registry.is_dtype_field(name) and value is not None:
       value = jnp.dtype(value).name
-    elif isinstance(value, int) and not isinstance(value, bool) and _flag_type(hints[name]) is float:
+    elif (
+        isinstance(value, int) and not isinstance(value, bool) and _flag_type(hints[name]) is float
+    ):
       value = float(value)  # else the ConfigDict would type the key int and refuse "1e-4"
     out[name] = value
   return out
@@ -268,7 +271,9 @@ def model_config(
   fields = registry.field_names(family.config_cls)
   for key in config.model:
     if key not in fields and key not in RUN_KEYS:
-      raise registry.unknown(key, fields, f"config.model key (no {family.config_cls.__name__} field)")
+      raise registry.unknown(
+          key, fields, f"config.model key (no {family.config_cls.__name__} field)"
+      )
   preset = _preset_values(name)
   values = {k: config.model[k] if k in config.model else preset[k] for k in fields}
   if base is not None:
@@ -317,7 +322,9 @@ def _fine_tune_config(config, info, base, values, preset) -> Any:
       )
   wrong = {k: v for k, v in chosen.items() if not _may_differ(k) and v != fields.get(k)}
   if wrong:
-    detail = ", ".join(f"config.model.{k}={v!r} (checkpoint: {fields.get(k)!r})" for k, v in wrong.items())
+    detail = ", ".join(
+        f"config.model.{k}={v!r} (checkpoint: {fields.get(k)!r})" for k, v in wrong.items()
+    )
     raise ValueError(
         f"{detail}: the architecture comes from config.init.path, so these contradict its "
         "weights. Drop them (or use a config argument that does not set the architecture)."
@@ -341,7 +348,9 @@ def fingerprint(model_cfg: Any, task: str) -> dict[str, Any]:
     value = getattr(model_cfg, f.name)
     if registry.is_dtype_field(f.name) and value is not None:
       value = jnp.dtype(value).name  # "float32" whether the config holds a name, type or dtype
-    out[f"model.{f.name}"] = value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+    out[f"model.{f.name}"] = (
+        value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+    )
   return out
 
 

@@ -37,7 +37,9 @@ def macro_f1(labels: np.ndarray, preds: np.ndarray, num_labels: int | None = Non
   present = np.union1d(labels[keep], preds[keep])
   if classes is not None:
     classes = [c for c in classes if c in present]
-  return float(f1_score(labels[keep], preds[keep], labels=classes, average="macro", zero_division=0))
+  return float(
+      f1_score(labels[keep], preds[keep], labels=classes, average="macro", zero_division=0)
+  )
 
 
 def _is_bmes(label_names: Sequence[str]) -> bool:
@@ -80,7 +82,9 @@ def span_scores(
   }
 
 
-def rows_of_labelled(labels: np.ndarray, preds: np.ndarray) -> tuple[list[list[int]], list[list[int]]]:
+def rows_of_labelled(
+    labels: np.ndarray, preds: np.ndarray
+) -> tuple[list[list[int]], list[list[int]]]:
   """``[B, L]`` labels / predictions -> per row, the values at positions not ignored."""
   gold, pred = [], []
   for lab, prd in zip(np.asarray(labels), np.asarray(preds), strict=True):

@@ -163,7 +163,9 @@ def _fits(shape: tuple[int, ...], spec: PartitionSpec, mesh: Mesh) -> PartitionS
     names = tuple(a for a in names if a is not None)
     size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
     if names and dim % size:
-      log.warning("dimension %d is not divisible by mesh axes %s (%d): replicated", dim, names, size)
+      log.warning(
+          "dimension %d is not divisible by mesh axes %s (%d): replicated", dim, names, size
+      )
       fixed.append(None)
     else:
       fixed.append(axes)

@@ -138,7 +138,10 @@ class MetricWriter:
     if not self.active:
       return
     clean = {k: float(v) for k, v in metrics.items()}
-    row = {"step": int(step), "split": split, **{k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()}}
+    row = {
+        "step": int(step), "split": split,
+        **{k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()},
+    }
     self._jsonl.write(json.dumps(row) + "\n")
     self._jsonl.flush()
     if self._tb is not None:

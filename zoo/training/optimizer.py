@@ -81,7 +81,9 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(decayed, params)
 
 
-def make_optimizer(optim: Any, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+    optim: Any, num_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """``(tx, schedule)`` from ``config.optim``; gradient clipping comes first in the chain."""
   if optim.name not in OPTIMIZERS:
     raise ValueError(f"optim.name must be one of {OPTIMIZERS}; got {optim.name!r}.")

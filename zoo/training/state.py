@@ -37,7 +37,9 @@ class TrainState(struct.PyTreeNode):
     return self.replace(step=self.step + 1, params=params, opt_state=opt_state)
 
 
-def _init_fn(model: nn.Module, tx, init_args: tuple, init_kwargs: dict, boxed: bool, trainable=None):
+def _init_fn(
+    model: nn.Module, tx, init_args: tuple, init_kwargs: dict, boxed: bool, trainable=None
+):
   # ``tx`` already covers only the trainable leaves (``trainable.wrap_optimizer``).
   trainable = trainable or trainable_lib.Trainable()
 

@@ -63,7 +63,9 @@ class Trainable:
       try:
         re.compile(pattern)
       except re.error as e:
-        raise ValueError(f"{name}={pattern!r} is not a regular expression ({e}); fix the pattern.") from None
+        raise ValueError(
+            f"{name}={pattern!r} is not a regular expression ({e}); fix the pattern."
+        ) from None
     if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
       raise ValueError(f"lora rank must be an integer >= 0 (0 = off); got {self.lora_rank!r}.")
     if self.lora_rank and not self.lora_alpha > 0:
