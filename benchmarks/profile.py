@@ -29,7 +29,7 @@ import jax
 
 from benchmarks import common
 
-FAMILIES = ("gpt", "bert", "vit", "transformer")
+SCRIPTS = ("gpt", "bert", "vit", "transformer")  # benchmarks/<name>.py, one per family
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?op_name=\"((?:[^\"\\]|\\.)*)\"")
 _LAYER = re.compile(r"layers_\d+")
 
@@ -141,7 +141,7 @@ def markdown(title: str, prof: dict[str, Any], top: int) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   p = common.parser(__doc__.splitlines()[0])
-  p.add_argument("family", choices=FAMILIES)
+  p.add_argument("family", choices=SCRIPTS)
   p.add_argument("--top", type=int, default=15, help="rows in the detailed table")
   args = common.parse(p, argv)
   module = importlib.import_module(f"benchmarks.{args.family}")

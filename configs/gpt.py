@@ -17,7 +17,8 @@ Data: the offline default is the standard library's Python source (byte tokenize
 
 from zoo.training.config import base_config, choose, config_args
 
-ARGS = config_args("gpt", "demo", "smoke", "finetune")  # the `:arg` choices; the first is the default
+# The `:arg` choices; the first is the default.
+ARGS = config_args("gpt", "demo", "smoke", "finetune")
 
 
 def get_config(arg=None):

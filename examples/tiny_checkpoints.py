@@ -18,9 +18,8 @@ import sys
 
 def gpt2_tiny(out: str, vocab_size: int = 2048) -> str:
   """A GPT-2 folder: ``config.json``, ``model.safetensors``, ``tokenizer.json``."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
   import jax
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
   import zoo
   from zoo.data import offline
