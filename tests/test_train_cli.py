@@ -63,6 +63,20 @@ def test_smoke_config_trains(tmp_path, family):
   assert last < 0.92 * first, (family, first, last)
   assert "done: step" in proc.stdout and "eval" in proc.stdout  # the final evaluation ran
   assert Checkpointer(tmp_path, every=1, keep=1, fingerprint={}).latest_step() == steps[-1]
+  # The eval row carries the task's own metrics (JSONL; TensorBoard gets the same row).
+  row = [r for r in read_jsonl(str(tmp_path)) if r["split"] == "eval"][-1]
+  for key in TASK_METRICS[family]:
+    assert key in row and np.isfinite(row[key]), (family, key, row)
+
+
+TASK_METRICS = {
+    "gpt": ("bits_per_byte", "perplexity", "accuracy"),
+    "transformer": ("bleu", "accuracy"),
+    "bert_pretrain": ("mlm_accuracy", "nsp_accuracy"),
+    "bert_classify": ("macro_f1", "accuracy"),
+    "bert_tagging": ("span_precision", "span_recall", "span_f1"),
+    "vit": ("macro_f1", "accuracy"),
+}
 
 
 def _smoke_config(**train):

@@ -17,7 +17,7 @@ from zoo.data.bert import IGNORE_INDEX
 from zoo.data.config import TASKS, default_config, resolve
 from zoo.data.iteration import Dataset, ShardOrder
 from zoo.data.tfds_sources import DataError
-from zoo.data.tokenizers import ByteTokenizer, load_tokenizer, train_tokenizer
+from zoo.data.tokenizers import ByteTokenizer, tokenizer_from_file, train_tokenizer
 
 __all__ = [
     "IGNORE_INDEX", "TASKS", "DataError", "Dataset", "build_dataset", "default_config",
@@ -95,7 +95,7 @@ def make_tokenizer(data_cfg):
         cache_dir=cfg.tokenizer_dir,
         cache_key=key,
     )
-  return load_tokenizer(kind)
+  return tokenizer_from_file(kind)
 
 
 def build_dataset(

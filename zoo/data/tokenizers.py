@@ -161,8 +161,11 @@ def _first_id(lookup, candidates: Sequence[str]) -> int | None:
 # Loading from files.
 
 
-def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+def tokenizer_from_file(path: str | os.PathLike) -> Tokenizer:
   """A tokenizer from ``tokenizer.json``, ``vocab.txt``, a SentencePiece ``.model`` or a folder.
+
+  The files are read by :mod:`zoo.pretrained.tokenizer` (the one reader: special tokens,
+  padding and truncation cleared); this wraps the result in the data pipelines' interface.
 
   Raises:
     ValueError: the path does not exist or holds no tokenizer file this module can read.
@@ -249,7 +252,7 @@ def train_tokenizer(
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)  # atomic: concurrent processes never read half a file
-  return load_tokenizer(path)
+  return tokenizer_from_file(path)
 
 
 def _train_bpe(texts: list[str], vocab_size: int) -> bytes:
