@@ -661,11 +661,13 @@ def test_base_bert_gets_a_fresh_classifier_and_keeps_every_backbone_tensor(tmp_p
 
 
 def test_heads_of_another_task_are_dropped_and_reshaped_heads_are_new(tmp_path):
-  # Pretraining heads (MLM, NSP) are not used by a tagger; the pooler is unused too.
+  # Pretraining heads (MLM, NSP) are not used by a tagger, nor is the pooler (transformers'
+  # BertForTokenClassification has none, so the export matches it).
   path = _hf_save(_bert("BertForPreTraining", 12), tmp_path / "pre")
   fitted = api.load(path, head="token_classification", num_labels=4)
   assert fitted.new == ["classifier/bias", "classifier/kernel"]
-  assert {p.split("/")[0] for p in fitted.dropped} == {"mlm", "nsp"}
+  assert {p.split("/")[0] for p in fitted.dropped} == {"mlm", "nsp", "pooler"}
+  assert fitted.model.config.pooler is False
   # A ViT head with another number of classes is new, and every other tensor is loaded.
   vit_path = _hf_save(
       _randomize(transformers.ViTForImageClassification(_vit_config(num_labels=5)), 3),
