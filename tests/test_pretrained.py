@@ -684,3 +684,13 @@ def test_overrides_that_contradict_the_weights_are_refused(tmp_path):
     zoo.from_pretrained(path, d_model=64, num_heads=N)
   with pytest.raises(ValueError, match=r"unknown BertConfig field .*'num_label'.*num_labels"):
     zoo.from_pretrained(path, num_label=3)
+
+
+def test_a_shorter_context_keeps_the_first_rows_of_the_position_table(tmp_path):
+  path = _hf_save(_gpt2(), tmp_path / "gpt2")
+  _, full = zoo.from_pretrained(path)
+  model, short = zoo.from_pretrained(path, max_len=16)
+  assert model.config.max_len == 16
+  np.testing.assert_array_equal(_flat(short)["wpe/embedding"], _flat(full)["wpe/embedding"][:16])
+  with pytest.raises(ValueError, match="contradict"):
+    zoo.from_pretrained(path, max_len=64)  # longer than the table: no rows to read

@@ -174,6 +174,16 @@ def _top(path: str) -> str:
   return path.split("/", 1)[0]
 
 
+def _shorter_table(value, shape, native, config) -> bool:
+  """A learned position table read for a smaller ``max_len`` than the checkpoint's."""
+  old, new = getattr(native, "max_len", None), getattr(config, "max_len", None)
+  have = tuple(np.shape(value))
+  return (
+      old is not None and new is not None and new < old and len(have) == len(shape) == 2
+      and have[0] == old and shape[0] == new and have[1:] == tuple(shape[1:])
+  )
+
+
 def fit(weights: Weights, dtype: Any, overrides: Mapping[str, Any]) -> Fitted:
   """``weights`` into ``weights.config`` + ``overrides``; strict about every backbone tensor."""
   family = registry.family_of(weights.config)
@@ -190,7 +200,9 @@ def fit(weights: Weights, dtype: Any, overrides: Mapping[str, Any]) -> Fitted:
   heads = set(weights.heads)
   loaded, new = {}, []
   for path, shape in shapes.items():
-    if path in flat and tuple(np.shape(flat[path])) == tuple(shape):
+    if path in flat and _shorter_table(flat[path], shape, weights.config, config):
+      loaded[path] = flat[path][: shape[0]]  # a shorter context: the first rows of the table
+    elif path in flat and tuple(np.shape(flat[path])) == tuple(shape):
       loaded[path] = flat[path]
     elif _top(path) in heads:
       new.append(path)

@@ -227,11 +227,12 @@ def model_fields(preset: str) -> ml_collections.ConfigDict:
 
 
 # Fields a fine-tuning run may set differently from its checkpoint: how it computes, how it
-# regularises, and the task head (created fresh when it differs). Everything else is the
-# checkpoint's architecture.
+# regularises, the task head (created fresh when it differs) and a shorter context (max_len:
+# the first rows of a learned position table). Everything else is the checkpoint's
+# architecture.
 FINE_TUNE_FIELDS = (
     "dtype", "param_dtype", "remat_policy", "scan_layers", "attention_impl", "head", "num_labels",
-    "num_classes", "pooler", "image_size", "pad_id",
+    "num_classes", "pooler", "image_size", "pad_id", "max_len",
 )
 
 
