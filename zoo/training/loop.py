@@ -233,12 +233,17 @@ def translation_bleu(model, params, dataset, info: dict, *, num_batches: int, nu
   if tok is None or num_batches <= 0:
     return {}
   eos, pad = info.get("eos_id"), info.get("pad_id", 0)
+  cfg = model.config
+  # The decoder start token takes a position too: room for max_len - 1 new tokens.
+  room = cfg.max_len - cfg.position_offset - 1 if cfg.position != "rope" else None
   hyps, refs = [], []
   for i, local in enumerate(dataset):
     if i >= num_batches:
       break
+    length = local["tgt_out_ids"].shape[1]
     out = translate_ids(
-        model, params, np.asarray(local["src_ids"]), max_new_tokens=local["tgt_out_ids"].shape[1],
+        model, params, np.asarray(local["src_ids"]),
+        max_new_tokens=length if room is None else min(length, room),
         decoder_start_id=int(info["bos_id"]), eos_id=eos, num_beams=num_beams,
     )
     for hyp, ref in zip(out, np.asarray(local["tgt_out_ids"]), strict=True):
