@@ -337,7 +337,7 @@ def test_bad_fine_tuning_inputs_are_one_line_each(tmp_path, capsys):
       ([f"--config.init.path={bert300}", "--config.init.tokenizer=False", "--config.lora.rank=2",
         "--config.lora.targets=attn/qkv"], "lora.targets='attn/qkv' matches no projection"),
       ([f"--config.init.path={bert300}", "--config.init.tokenizer=False",
-        "--config.model.num_labels=0"], "num_labels must be >= 1; got 0"),
+        "--config.model.num_labels=0"], "BertConfig.num_labels=0 must be >= 1"),
       (["--config.init.path=not-a-real-checkpoint"], "is not a folder"),
   ]
   for extra, message in cases:

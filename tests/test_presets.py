@@ -1,5 +1,6 @@
 """Every preset reproduces its paper's parameter count, counted from shapes alone."""
 
+import re
 import resource
 
 import pytest
@@ -39,3 +40,20 @@ def test_gpt3_175b_is_counted_without_allocating():
   assert abs(count / 175e9 - 1) < 0.02
   # 175B float32 parameters would be 650 GiB; shape evaluation needs next to nothing.
   assert grown_gib < 1.0, f"param_count grew the process by {grown_gib:.1f} GiB"
+
+
+@pytest.mark.parametrize("preset", ["gpt2-small", "bert-base", "vit-b16", "transformer-base"])
+@pytest.mark.parametrize("field,value,message", [
+    ("d_model", 0, "d_model=0 must be >= 1"),
+    ("d_model", "768", "d_model='768' must be an integer (got str)"),
+    ("d_model", 768.0, "d_model=768.0 must be an integer (got float)"),
+    ("dropout_rate", 1.5, "dropout_rate must be in [0, 1) (a dropout rate); got 1.5"),
+    ("dropout_rate", -0.1, "dropout_rate must be in [0, 1) (a dropout rate); got -0.1"),
+    ("norm_eps", 0.0, "norm_eps=0.0 must be > 0"),
+    ("scan_layers", 1, "scan_layers=1 must be True or False"),
+    ("remat_policy", "everything", "remat_policy must be one of"),
+])
+def test_every_config_checks_types_and_ranges_first(preset, field, value, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    zoo.get_config(preset, **{field: value})
+  zoo.get_config(preset, dropout_rate=0.0)  # the edges that are allowed

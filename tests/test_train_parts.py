@@ -259,3 +259,12 @@ def test_distributed_initialize_only_when_launched_as_several_processes(monkeypa
   monkeypatch.setenv("JAX_PROCESS_ID", "2")
   assert mesh_lib.maybe_initialize_distributed() is True
   assert calls == [{"num_processes": 4, "process_id": 2}]
+
+
+@pytest.mark.parametrize("key,value", [("lr", -1e-3), ("eps", 0.0), ("weight_decay", -0.1),
+                                       ("clip_norm", -1.0)])
+def test_optimizer_refuses_impossible_values(key, value):
+  optim = config_lib.base_config("lm", "gpt2-small").optim
+  optim[key] = value
+  with pytest.raises(ValueError, match=rf"optim.{key}={value!r} must be"):
+    opt_lib.make_optimizer(optim, 10)

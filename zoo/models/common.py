@@ -9,6 +9,8 @@ are checked.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from typing import Any
 
 import jax
@@ -176,3 +178,60 @@ def train_flops(
     full += a
     half += a / 2 if causal else a
   return {"full": full, "causal_half": half}
+
+
+# ----------------------------------------------------------------------------------------------
+# Field checks shared by every family config.
+
+# Integer fields that may be 0 (everything else integer must be >= 1).
+NON_NEGATIVE_INTS = ("pad_id", "position_offset", "num_classes")
+
+
+def check_fields(config: Any) -> None:
+  """Type and range of every field of a frozen config dataclass, from its annotations.
+
+  Integers must be ints (not bools or strings) and >= 1 (0 allowed for
+  :data:`NON_NEGATIVE_INTS`); floats numbers; booleans bools; dropout rates in [0, 1); epsilons,
+  ``init_std`` and ``rope_base`` > 0; Literal fields one of their values. Runs first in each
+  family's ``__post_init__``, so a bad value is named before anything is built from it.
+  """
+  hints = typing.get_type_hints(type(config))
+  for field in dataclasses.fields(config):
+    name, value = field.name, getattr(config, field.name)
+    allowed = _union(hints[name])
+    kinds = [a for a in allowed if a is not type(None)]
+    where = f"{type(config).__name__}.{name}={value!r}"
+    if value is None:
+      if len(kinds) == len(allowed):
+        raise ValueError(f"{where}: this field must be set.")
+    elif len(kinds) == 1:
+      _check_value(where, name, value, kinds[0])
+
+
+def _check_value(where: str, name: str, value: Any, kind: Any) -> None:
+  if typing.get_origin(kind) is typing.Literal:
+    if value not in typing.get_args(kind):
+      owner = where.split("=", 1)[0]
+      raise ValueError(f"{owner} must be one of {typing.get_args(kind)}; got {value!r}.")
+  elif kind is bool and not isinstance(value, bool):
+    raise ValueError(f"{where} must be True or False.")
+  elif kind is int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+      raise ValueError(f"{where} must be an integer (got {type(value).__name__}).")
+    low = 0 if name in NON_NEGATIVE_INTS else 1
+    if value < low:
+      raise ValueError(f"{where} must be >= {low}.")
+  elif kind is float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+      raise ValueError(f"{where} must be a number (got {type(value).__name__}).")
+    if "dropout" in name and not 0.0 <= value < 1.0:
+      owner = where.split("=", 1)[0]
+      raise ValueError(f"{owner} must be in [0, 1) (a dropout rate); got {value!r}.")
+    if (name.endswith("eps") or name in ("init_std", "rope_base")) and not value > 0:
+      raise ValueError(f"{where} must be > 0.")
+
+
+def _union(hint: Any) -> tuple:
+  if typing.get_origin(hint) in (typing.Union, types.UnionType):
+    return typing.get_args(hint)
+  return (hint,)

@@ -62,6 +62,7 @@ class GPTConfig:
   param_dtype: Any = jnp.float32  # storage dtype
 
   def __post_init__(self):
+    common.check_fields(self)  # types and ranges of every field, from the annotations
     if self.d_model % self.num_heads and self.head_dim is None:
       raise ValueError(
           f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "

@@ -119,6 +119,7 @@ class TransformerConfig:
   param_dtype: Any = jnp.float32  # storage dtype
 
   def __post_init__(self):
+    common.check_fields(self)  # types and ranges of every field, from the annotations
     for name in ("vocab_size", "d_model", "num_encoder_layers", "num_decoder_layers", "max_len"):
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be positive; got {getattr(self, name)}.")

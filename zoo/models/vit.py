@@ -102,6 +102,7 @@ class ViTConfig:
   param_dtype: Any = jnp.float32  # storage dtype
 
   def __post_init__(self):
+    common.check_fields(self)  # types and ranges of every field, from the annotations
     for name in ("image_size", "patch_size", "num_channels"):
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be positive; got {getattr(self, name)}.")

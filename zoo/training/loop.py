@@ -565,7 +565,8 @@ def _pretrained(config) -> tuple[ml_collections.ConfigDict, Any]:
   config = config.copy_and_resolve_references()
   source = weights.info.get("tokenizer_path") or (path if os.path.isdir(path) else None)
   has_tokenizer = source and (os.path.isfile(source) or any(
-      os.path.exists(os.path.join(source, f)) for f in ("tokenizer.json", "vocab.txt")))
+      os.path.exists(os.path.join(source, f)) for f in ("tokenizer.json", "vocab.txt"))
+      or any(f.endswith(".model") for f in os.listdir(source)))  # SentencePiece
   if "tokenizer" in config.data and config.init.get("tokenizer", True) and has_tokenizer:
     config.data.tokenizer = source
   if config.task == "image_classification" and os.path.isdir(path):

@@ -87,6 +87,12 @@ def make_optimizer(
   """``(tx, schedule)`` from ``config.optim``; gradient clipping comes first in the chain."""
   if optim.name not in OPTIMIZERS:
     raise ValueError(f"optim.name must be one of {OPTIMIZERS}; got {optim.name!r}.")
+  # lr 0 is allowed (a run that only evaluates, or checks a checkpoint loads bit for bit).
+  for key, ok, rule in (("lr", optim.lr >= 0, ">= 0"), ("eps", optim.eps > 0, "> 0"),
+                        ("weight_decay", optim.weight_decay >= 0, ">= 0"),
+                        ("clip_norm", optim.clip_norm >= 0, ">= 0 (0 = off)")):
+    if not ok:
+      raise ValueError(f"optim.{key}={optim[key]!r} must be {rule}; fix the value.")
   schedule = make_schedule(
       optim.lr, optim.schedule, num_steps, optim.warmup_steps, optim.end_lr_ratio
   )
