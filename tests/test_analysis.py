@@ -7,8 +7,29 @@ import sys
 import numpy as np
 import pytest
 
-from zoo.analysis import AnalysisError, scaling
+import zoo
+from zoo.analysis import AnalysisError, positions, scaling
 from zoo.analysis.__main__ import main
+
+
+def _tiny(family, path, **kw):
+  """A tiny random GPT or BERT saved as a Hugging Face folder; returns (model, params)."""
+  import jax
+  from flax import linen as nn
+
+  from zoo.models.bert import BertConfig
+  from zoo.models.gpt import GPTConfig
+
+  common = dict(vocab_size=50, max_len=16, d_model=16, num_heads=2, num_layers=2, mlp_dim=32)
+  if family == "gpt":
+    config = GPTConfig(**common, **kw)
+  else:
+    config = BertConfig(**common, dropout_rate=0.0, attention_dropout_rate=0.0, **kw)
+  model = zoo.build(config)
+  ids = np.ones((1, 4), np.int32)
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), ids)["params"])
+  zoo.save_pretrained(model, params, path)
+  return model, params
 
 
 def _cli(*args):
@@ -47,3 +68,36 @@ def test_cli_errors_are_one_line_exit_2(tmp_path):
   with pytest.raises(AnalysisError):
     scaling.run(samples=1)
   assert np.isfinite(scaling._entropy(np.array([[1e4, 0.0]]))).all()
+
+
+def test_positions_rope_depends_on_offset_only_and_sinusoidal_is_d_over_2(tmp_path):
+  numbers = positions.run(length=32, dim=16, starts=(0, 3, 11, 29))
+  scores = np.asarray(numbers["rope"]["scores"])
+  np.testing.assert_allclose(scores, np.broadcast_to(scores[0], scores.shape), atol=1e-5)
+  assert np.ptp(scores[0]) > 1e-2  # the curve is not flat: offsets do change the score
+  dot = np.asarray(numbers["sinusoidal"]["dot_with_0"])
+  assert dot[0] == pytest.approx(16 / 2, abs=1e-5)
+  inv_freq = 1.0 / 10000 ** (np.arange(0, 16, 2) / 16)
+  want = np.cos(np.arange(32)[:, None] * inv_freq).sum(axis=1)  # sum_i cos(k w_i)
+  np.testing.assert_allclose(dot, want, atol=1e-3)
+  assert numbers["learned"]["given"] is False and "no learned table" in numbers["learned"]["note"]
+
+
+def test_positions_learned_table_from_a_gpt_checkpoint(tmp_path):
+  _, params = _tiny("gpt", tmp_path / "gpt")
+  assert main(["positions", "--out", str(tmp_path), "--checkpoint", str(tmp_path / "gpt"),
+               "--length", "8", "--dim", "8"]) == 0
+  data = json.loads((tmp_path / "positions.json").read_text())
+  wpe = np.asarray(params["wpe"]["embedding"])
+  assert data["learned"]["param"] == "wpe/embedding" and data["learned"]["shape"] == [16, 16]
+  np.testing.assert_allclose(data["learned"]["dot_with_0"], wpe[:8] @ wpe[0], rtol=1e-5)
+  assert (tmp_path / "positions.png").exists()
+
+
+def test_positions_learned_table_from_bert_and_missing_checkpoint(tmp_path):
+  _tiny("bert", tmp_path / "bert")
+  numbers = positions.run(length=8, dim=8, checkpoint=str(tmp_path / "bert"))
+  assert numbers["learned"]["param"] == "embeddings/position_embeddings/embedding"
+  r = _cli("positions", "--out", str(tmp_path), "--checkpoint", str(tmp_path / "nothing"))
+  assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+  assert r.stderr.startswith("python -m zoo.analysis positions: error:")
