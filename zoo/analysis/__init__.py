@@ -1,0 +1,18 @@
+"""Seeing inside the models: small experiments that each write a PNG and the JSON behind it.
+
+``python -m zoo.analysis <what> --out DIR``; ``<what>`` is one of
+
+* ``scaling``: why attention logits are divided by ``sqrt(d)`` (:mod:`zoo.analysis.scaling`);
+* ``positions``: sinusoidal, learned and rotary position encodings
+  (:mod:`zoo.analysis.positions`);
+* ``attention``: per-layer / per-head attention maps of a checkpoint
+  (:mod:`zoo.analysis.attention_maps`);
+* ``embeddings``: input embeddings, word analogies and sentence similarity
+  (:mod:`zoo.analysis.embeddings`).
+
+Every experiment is also a function returning the numbers as a dict, so tests call it directly.
+"""
+
+from zoo.analysis.common import AnalysisError
+
+__all__ = ["AnalysisError"]
