@@ -36,5 +36,5 @@ def get_config(arg=None):
     c.data.update(tokenizer="byte", src_len=48, tgt_len=48)
     c.train.update(batch_size=8, num_steps=30, log_every=10, checkpoint_every=10)
     c.optim.update(lr=1e-2, warmup_steps=5, clip_norm=1.0)
-    c.eval.update(every=0, num_batches=2)
+    c.eval.update(every=0, num_batches=2, decode_batches=1)
   return c

@@ -75,7 +75,9 @@ def test_no_mask_matches_xla(n, k, chunk):
   _assert_same(*_qkv(n, k), chunk=chunk)
 
 
-@pytest.mark.parametrize("n,k", [(4, 4), (4, 2)], ids=["mha", "gqa"])
+# Padding with grouped heads, causal with full ones: every mask kind and both head layouts are
+# covered without compiling each pair.
+@pytest.mark.parametrize("n,k", [(4, 2)], ids=["gqa"])
 def test_padding_mask_matches_xla(n, k):
   q_valid = valid_from_lengths(jnp.array([T, 4]), T)
   kv_valid = valid_from_lengths(jnp.array([S, 6]), S)
@@ -84,7 +86,7 @@ def test_padding_mask_matches_xla(n, k):
   _assert_same(*_qkv(n, k), mask=kv_valid[:, None, None, :])
 
 
-@pytest.mark.parametrize("n,k", [(4, 4), (4, 2)], ids=["mha", "gqa"])
+@pytest.mark.parametrize("n,k", [(4, 4)], ids=["mha"])
 def test_causal_mask_matches_xla(n, k):
   _assert_same(*_qkv(n, k, t=T, s=T), mask=causal_mask(T))
   _assert_same(*_qkv(n, k), mask=causal_mask(T, S))  # queries are the last T of S
@@ -191,7 +193,7 @@ def test_mha_attention_dropout_with_chunked_raises():
     mha.apply({"params": params}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
 
 
-@pytest.mark.parametrize("num_kv_heads", [None, 2], ids=["mha", "gqa"])
+@pytest.mark.parametrize("num_kv_heads", [2], ids=["gqa"])
 def test_gpt_chunked_logits_equal_xla(monkeypatch, num_kv_heads):
   monkeypatch.setattr(attn_lib, "CHUNK_SIZE", 4)
   calls = []
