@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 from flax import linen as nn  # noqa: E402
 
 from zoo import generate as zg  # noqa: E402
-from zoo.generate import seq2seq  # noqa: E402
+from zoo.generate import decoder, seq2seq  # noqa: E402
 from zoo.generate.sampling import next_token  # noqa: E402
 from zoo.models.gpt import GPT, GPTConfig  # noqa: E402
 from zoo.models.transformer import Transformer, TransformerConfig  # noqa: E402
@@ -378,7 +378,7 @@ def test_cli_workdir_checkpoint_and_missing_tokenizer(gpt, tmp_path, capsys):
   tok = loaded.tokenizer
   ids = [tok.bos_id] + tok.encode("(#")
   new = zg.generate(model, params, [ids], max_new_tokens=6, eos_id=tok.eos_id, pad_id=tok.pad_id)
-  assert text == tok.decode(ids[1:] + cli._until_eos(new[0], tok.eos_id))
+  assert text == tok.decode(ids[1:] + decoder.until_eos(new[0], tok.eos_id))
 
   with pytest.raises(ValueError, match="prompt is empty"):
     cli.complete(loaded, "", max_new_tokens=2)
@@ -393,4 +393,4 @@ def test_cli_workdir_checkpoint_and_missing_tokenizer(gpt, tmp_path, capsys):
   assert cli.main(["--checkpoint", str(tmp_path), "--prompt_ids", ids_text,
                    "--max_new_tokens", "6"]) == 0
   printed = [int(t) for t in capsys.readouterr().out.split()]
-  assert printed == ids + cli._until_eos(new[0], tok.eos_id)
+  assert printed == ids + decoder.until_eos(new[0], tok.eos_id)

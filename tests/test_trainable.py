@@ -1,7 +1,6 @@
 """Frozen parameters and LoRA: what changes, what the optimizer holds, what merging gives."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -158,4 +157,4 @@ def test_inactive_spec_changes_nothing():
   assert tr.wrap_optimizer(tx, spec) is tx
   apply = lambda v, x: x  # noqa: E731
   assert tr.wrap_apply(apply, spec) is apply
-  assert not spec.active and jnp.zeros(()).ndim == 0
+  assert not spec.active

@@ -161,6 +161,16 @@ def _first_id(lookup, candidates: Sequence[str]) -> int | None:
 # Loading from files.
 
 
+def tokenizer_file(folder: str | os.PathLike) -> pathlib.Path | None:
+  """The tokenizer file a folder holds, in order of preference, or None."""
+  p = pathlib.Path(folder).expanduser()
+  if not p.is_dir():
+    return None
+  found = [p / n for n in ("tokenizer.json", "vocab.txt") if (p / n).is_file()]
+  found += sorted(p.glob("*.model"))
+  return found[0] if found else None
+
+
 def tokenizer_from_file(path: str | os.PathLike) -> Tokenizer:
   """A tokenizer from ``tokenizer.json``, ``vocab.txt``, a SentencePiece ``.model`` or a folder.
 
@@ -172,13 +182,12 @@ def tokenizer_from_file(path: str | os.PathLike) -> Tokenizer:
   """
   p = pathlib.Path(path).expanduser()
   if p.is_dir():
-    found = [p / n for n in ("tokenizer.json", "vocab.txt") if (p / n).is_file()]
-    found += sorted(p.glob("*.model"))
-    if not found:
+    found = tokenizer_file(p)
+    if found is None:
       raise ValueError(
           f"tokenizer folder {str(p)!r} holds no tokenizer.json, vocab.txt or *.model file."
       )
-    p = found[0]
+    p = found
   if not p.is_file():
     raise ValueError(
         f"tokenizer file {str(p)!r} does not exist: give a tokenizer.json, vocab.txt or "

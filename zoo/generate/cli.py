@@ -176,11 +176,6 @@ def _encode(loaded: Loaded, text: str | list[int], what: str) -> list[int]:
   return list(loaded.tokenizer.encode(text))
 
 
-def _until_eos(ids, eos_id) -> list[int]:
-  ids = [int(t) for t in ids]
-  return ids[: ids.index(eos_id)] if eos_id is not None and eos_id in ids else ids
-
-
 def _decode(loaded: Loaded, ids: list[int]) -> str | list[int]:
   return ids if loaded.tokenizer is None else loaded.tokenizer.decode(ids)
 
@@ -213,7 +208,7 @@ def complete(loaded: Loaded, prompt: str | list[int], *, max_new_tokens: int = 6
       pad_id=loaded.pad_id, **sampling,
   )
   prompt_ids = ids[1:] if ids[0] == loaded.bos_id and not loaded.specials_in_encode else ids
-  return _decode(loaded, prompt_ids + _until_eos(new[0], loaded.eos_id))
+  return _decode(loaded, prompt_ids + decoder.until_eos(new[0], loaded.eos_id))
 
 
 def translate(
@@ -245,7 +240,7 @@ def translate(
       length_penalty=loaded.length_penalty if length_penalty is None else length_penalty,
       suppress_ids=loaded.suppress_ids, forced_eos=loaded.forced_eos,
   )
-  return _decode(loaded, _until_eos(out[0], loaded.eos_id))
+  return _decode(loaded, decoder.until_eos(out[0], loaded.eos_id))
 
 
 def _ids(text: str | None) -> list[int] | None:

@@ -31,6 +31,12 @@ Array = jax.Array
 TRACE_COUNTS: collections.Counter = collections.Counter()
 
 
+def until_eos(ids, eos_id: int | None) -> list[int]:
+  """The tokens before the first ``eos_id`` (all of them when there is none)."""
+  ids = [int(t) for t in ids]
+  return ids[: ids.index(eos_id)] if eos_id is not None and eos_id in ids else ids
+
+
 def bucket_length(length: int, min_bucket: int = 8) -> int:
   """The prompt bucket: the smallest power of two >= ``length`` (at least ``min_bucket``)."""
   bucket = max(1, min_bucket)

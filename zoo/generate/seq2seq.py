@@ -85,10 +85,11 @@ def generate(
   cfg = model.config
   if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be an int >= 1; got {max_new_tokens!r}.")
-  if cfg.position != "rope" and max_new_tokens > cfg.max_len - cfg.position_offset:
+  # The decoder start token takes a position too: max_len - 1 new tokens fit.
+  if cfg.position != "rope" and max_new_tokens > cfg.max_len - cfg.position_offset - 1:
     raise ValueError(
         f"max_new_tokens={max_new_tokens} exceeds the decoder's positions (max_len={cfg.max_len}"
-        f", position_offset={cfg.position_offset}); lower it."
+        f", position_offset={cfg.position_offset}, one of them for the start token); lower it."
     )
   if not isinstance(num_beams, int) or num_beams < 1:
     raise ValueError(f"num_beams must be an int >= 1; got {num_beams!r}.")

@@ -19,27 +19,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-IGNORE_INDEX = -100
 
-
-def macro_f1(labels: np.ndarray, preds: np.ndarray, num_labels: int | None = None) -> float:
+def macro_f1(labels: np.ndarray, preds: np.ndarray) -> float:
   """Unweighted mean of per-class F1 over the classes present in labels or predictions.
 
-  Rows labelled :data:`IGNORE_INDEX` (padding) are left out.
+  The caller leaves out rows that do not count (padding).
   """
   from sklearn.metrics import f1_score
 
   labels, preds = np.asarray(labels).ravel(), np.asarray(preds).ravel()
-  keep = labels != IGNORE_INDEX
-  if not keep.any():
+  if not labels.size:
     return 0.0
-  classes = None if num_labels is None else list(range(num_labels))
-  present = np.union1d(labels[keep], preds[keep])
-  if classes is not None:
-    classes = [c for c in classes if c in present]
-  return float(
-      f1_score(labels[keep], preds[keep], labels=classes, average="macro", zero_division=0)
-  )
+  return float(f1_score(labels, preds, average="macro", zero_division=0))
 
 
 def _is_bmes(label_names: Sequence[str]) -> bool:
@@ -80,19 +71,6 @@ def span_scores(
       "span_recall": float(recall_score(gold, pred, **kw)),
       "span_f1": float(f1_score(gold, pred, **kw)),
   }
-
-
-def rows_of_labelled(
-    labels: np.ndarray, preds: np.ndarray
-) -> tuple[list[list[int]], list[list[int]]]:
-  """``[B, L]`` labels / predictions -> per row, the values at positions not ignored."""
-  gold, pred = [], []
-  for lab, prd in zip(np.asarray(labels), np.asarray(preds), strict=True):
-    keep = lab != IGNORE_INDEX
-    if keep.any():
-      gold.append(lab[keep].tolist())
-      pred.append(prd[keep].tolist())
-  return gold, pred
 
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:

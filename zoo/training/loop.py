@@ -228,14 +228,14 @@ def translation_bleu(model, params, dataset, info: dict, *, num_batches: int, nu
   target side of the batch (``tgt_out_ids`` up to EOS).
   """
   from zoo.generate import translate_ids  # noqa: PLC0415
+  from zoo.generate.decoder import until_eos  # noqa: PLC0415
 
   tok = info.get("tokenizer")
   if tok is None or num_batches <= 0:
     return {}
-  eos, pad = info.get("eos_id"), info.get("pad_id", 0)
+  eos = info.get("eos_id")
   cfg = model.config
-  # The decoder start token takes a position too: room for max_len - 1 new tokens.
-  room = cfg.max_len - cfg.position_offset - 1 if cfg.position != "rope" else None
+  room = cfg.max_len - cfg.position_offset - 1 if cfg.position != "rope" else None  # + start
   hyps, refs = [], []
   for i, local in enumerate(dataset):
     if i >= num_batches:
@@ -247,18 +247,9 @@ def translation_bleu(model, params, dataset, info: dict, *, num_batches: int, nu
         decoder_start_id=int(info["bos_id"]), eos_id=eos, num_beams=num_beams,
     )
     for hyp, ref in zip(out, np.asarray(local["tgt_out_ids"]), strict=True):
-      hyps.append(tok.decode(_until(hyp, eos, pad)))
-      refs.append(tok.decode(_until(ref, eos, pad)))
+      hyps.append(tok.decode(until_eos(hyp, eos)))  # pad follows EOS in both
+      refs.append(tok.decode(until_eos(ref, eos)))
   return {"bleu": eval_metrics.corpus_bleu(hyps, refs)} if refs else {}
-
-
-def _until(ids, eos, pad) -> list[int]:
-  out = []
-  for t in np.asarray(ids).tolist():
-    if t == eos or t == pad or t < 0:
-      break
-    out.append(t)
-  return out
 
 
 class Program(NamedTuple):
@@ -559,14 +550,13 @@ def _pretrained(config) -> tuple[ml_collections.ConfigDict, Any]:
   if not config.get("init") or not config.init.path:
     return config, None
   from zoo import pretrained  # noqa: PLC0415
+  from zoo.data.tokenizers import tokenizer_file  # noqa: PLC0415
 
   path = pretrained.api.resolve(config.init.path)
   weights = pretrained.api.read(path, step=config.init.step)
   config = config.copy_and_resolve_references()
   source = weights.info.get("tokenizer_path") or (path if os.path.isdir(path) else None)
-  has_tokenizer = source and (os.path.isfile(source) or any(
-      os.path.exists(os.path.join(source, f)) for f in ("tokenizer.json", "vocab.txt"))
-      or any(f.endswith(".model") for f in os.listdir(source)))  # SentencePiece
+  has_tokenizer = source and (os.path.isfile(source) or tokenizer_file(source) is not None)
   if "tokenizer" in config.data and config.init.get("tokenizer", True) and has_tokenizer:
     config.data.tokenizer = source
   if config.task == "image_classification" and os.path.isdir(path):

@@ -287,8 +287,8 @@ class Classification(Task):
     return {"labels": batch["labels"], "preds": jnp.argmax(logits, axis=-1).astype(jnp.int32)}
 
   def host_metrics(self, collected, sums, info):
-    n = _labels(info)
-    return {"macro_f1": eval_metrics.macro_f1(collected["labels"], collected["preds"], n)}
+    keep = collected["labels"] != IGNORE_INDEX  # padded rows of a short last batch
+    return {"macro_f1": eval_metrics.macro_f1(collected["labels"][keep], collected["preds"][keep])}
 
   def model_overrides(self, info):
     out = {**_vocab(info), "head": "sequence_classification"}
@@ -340,7 +340,12 @@ class Tagging(Task):
     names = info.get("label_names")
     if not names:
       return {}
-    gold, pred = eval_metrics.rows_of_labelled(collected["labels"], collected["preds"])
+    gold, pred = [], []
+    for labels, preds in zip(collected["labels"], collected["preds"], strict=True):
+      keep = labels != IGNORE_INDEX  # the first piece of each word; specials and padding not
+      if keep.any():
+        gold.append(labels[keep].tolist())
+        pred.append(preds[keep].tolist())
     return eval_metrics.span_scores(gold, pred, names)
 
   def model_overrides(self, info):
