@@ -25,6 +25,22 @@ def _gpt3(num_layers: int, d_model: int, num_heads: int, head_dim: int) -> tuple
   )
 
 
+def _llama(
+    vocab: int, d_model: int, num_layers: int, num_heads: int, num_kv_heads: int, mlp_dim: int,
+    max_len: int, **fields,
+) -> tuple[str, dict]:
+  # The Llama layout in the GPT family: RoPE, RMSNorm, SwiGLU, no biases, untied head, GQA.
+  return "gpt", {
+      **dict(
+          vocab_size=vocab, d_model=d_model, num_layers=num_layers, num_heads=num_heads,
+          num_kv_heads=num_kv_heads, mlp_dim=mlp_dim, max_len=max_len, position="rope",
+          norm="rmsnorm", activation="silu", gated_mlp=True, use_bias=False,
+          tie_embeddings=False, dropout_rate=0.0, scale_residual_init=False,
+      ),
+      **fields,
+  }
+
+
 def _transformer(d_model: int, num_heads: int, mlp_dim: int, dropout: float) -> tuple[str, dict]:
   # Vaswani et al. 2017, Table 3: N=6, shared source/target BPE vocabulary of about 37000.
   return "transformer", dict(
@@ -66,6 +82,18 @@ PRESETS: dict[str, tuple[str, dict]] = {
     "gpt3-6.7b": _gpt3(32, 4096, 32, 128),
     "gpt3-13b": _gpt3(40, 5140, 40, 128),  # d_model 5140 as printed in Table 2.1
     "gpt3-175b": _gpt3(96, 12288, 96, 128),
+    # Touvron et al. 2023 (Llama 2), Table 1 / the released config.json files.
+    "llama2-7b": _llama(32000, 4096, 32, 32, 32, 11008, 4096, norm_eps=1e-5),
+    # Llama 3 (Meta, 2024): 128K vocabulary, 8 KV heads, rope_theta 500000.
+    "llama3-8b": _llama(128256, 4096, 32, 32, 8, 14336, 8192, norm_eps=1e-5, rope_base=5e5),
+    # Jiang et al. 2023 (Mistral 7B v0.1), Table 1: sliding window 4096.
+    "mistral-7b": _llama(32000, 4096, 32, 32, 8, 14336, 32768, norm_eps=1e-5,
+                         sliding_window=4096),
+    # Qwen2.5 0.5B (Qwen team 2024): tied embeddings, biases on q/k/v, head_dim 64.
+    "qwen2.5-0.5b": _llama(151936, 896, 24, 14, 2, 4864, 32768, norm_eps=1e-6, rope_base=1e6,
+                           tie_embeddings=True, qkv_bias=True),
+    # Zhang et al. 2024 (TinyLlama): the Llama 2 layout at 22 layers, 4 KV heads.
+    "tinyllama-1.1b": _llama(32000, 2048, 22, 32, 4, 5632, 2048, norm_eps=1e-5),
     "bert-base": _bert(768, 12, 12),
     "bert-large": _bert(1024, 24, 16),
     "vit-b16": _vit(16, 768, 12, 12, 3072),
@@ -92,6 +120,12 @@ PUBLISHED_PARAMS: dict[str, float] = {
     "gpt3-6.7b": 6.7e9,
     "gpt3-13b": 13.0e9,
     "gpt3-175b": 175.0e9,
+    # The model cards / papers of each Llama-family release.
+    "llama2-7b": 6.74e9,
+    "llama3-8b": 8.03e9,
+    "mistral-7b": 7.24e9,
+    "qwen2.5-0.5b": 494e6,
+    "tinyllama-1.1b": 1.10e9,
     # Devlin et al. 2019.
     "bert-base": 110e6,
     "bert-large": 340e6,

@@ -21,7 +21,7 @@ from flax import linen as nn
 
 from zoo import sharding as sh
 from zoo.layers.dense import Einsum
-from zoo.layers.positional import apply_rope
+from zoo.layers.positional import RopeScaling, apply_rope
 
 Array = jax.Array
 Implementation = Literal["xla", "cudnn", "chunked"]
@@ -79,6 +79,16 @@ def causal_mask_from_positions(q_positions: Array, kv_positions: Array | None = 
   """
   kv_positions = q_positions if kv_positions is None else kv_positions
   return q_positions[:, None, :, None] >= kv_positions[:, None, None, :]
+
+
+def sliding_window_mask(q_slots: Array, kv_slots: Array, window: int) -> Array:
+  """Slots ``[T]`` and ``[S]`` -> ``[1, 1, T, S]``: True where the key is fewer than ``window``
+  slots before the query (Mistral: each token sees itself and ``window - 1`` earlier ones).
+
+  Combine with a causal mask; it only bounds how far back a query reads. Slots are sequence
+  (or cache) indices, as Hugging Face counts them, so left padding counts towards the window.
+  """
+  return (jnp.asarray(q_slots)[:, None] - jnp.asarray(kv_slots)[None, :] < window)[None, None]
 
 
 def segment_mask(q_segment_ids: Array, kv_segment_ids: Array | None = None) -> Array:
@@ -400,6 +410,13 @@ def _chunked_attention(
 # Multi-head attention module.
 
 
+def _window(mask: Array | None, window: int | None, q_slots: Array, kv_slots: Array):
+  """``mask`` and, when ``window`` is set, :func:`sliding_window_mask` of these slots."""
+  if window is None:
+    return mask
+  return combine_masks(mask, sliding_window_mask(q_slots, kv_slots, window))
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head (or grouped-query / multi-query) attention with an optional KV cache.
 
@@ -421,6 +438,9 @@ class MultiHeadAttention(nn.Module):
   dropout_rate: float = 0.0  # on the attention weights
   use_rope: bool = False  # rotary positions on q and k (self-attention only)
   rope_base: float = 10000.0
+  rope_scaling: RopeScaling | None = None  # long-context frequency scaling (Llama 3)
+  qkv_bias: bool | None = None  # biases on query/key/value only (Qwen2); None = use_bias
+  sliding_window: int | None = None  # self-attention reads the last W slots only (Mistral)
   implementation: Implementation | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -474,10 +494,11 @@ class MultiHeadAttention(nn.Module):
           f"num_heads={self.num_heads} must be a multiple of num_kv_heads={num_kv}."
       )
     kv_in = inputs_q if self_attention else inputs_kv
+    qkv_bias = self.use_bias if self.qkv_bias is None else self.qkv_bias
     proj = lambda x, heads, heads_axis, name: Einsum(  # noqa: E731
         (x.shape[-1], heads, self.head_dim),
         (sh.EMBED, heads_axis, sh.HEAD_DIM),
-        use_bias=self.use_bias,
+        use_bias=qkv_bias,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
         kernel_init=self.kernel_init,
@@ -501,8 +522,9 @@ class MultiHeadAttention(nn.Module):
     positions = jnp.broadcast_to(jnp.asarray(positions), (b, t))
 
     if self.use_rope and self_attention:
-      query = apply_rope(query, positions, base=self.rope_base)
-      key = apply_rope(key, positions, base=self.rope_base)
+      query = apply_rope(query, positions, base=self.rope_base, scaling=self.rope_scaling)
+      key = apply_rope(key, positions, base=self.rope_base, scaling=self.rope_scaling)
+    slots = (jnp.arange(t), jnp.arange(t))  # query and key slots, for the sliding window
 
     if cache_index is not None:
       max_len = cached_key.value.shape[1]
@@ -517,6 +539,9 @@ class MultiHeadAttention(nn.Module):
       q_slot = cache_index + jnp.arange(t)
       cache_mask = (jnp.arange(max_len)[None, :] <= q_slot[:, None])[None, None]
       mask = combine_masks(mask, cache_mask)
+      slots = (q_slot, jnp.arange(max_len))
+    # The window is over slots (sequence or cache indices), like the causal mask.
+    mask = _window(mask, self.sliding_window if self_attention else None, *slots)
 
     dropout_rng = None
     if self.dropout_rate > 0.0 and not deterministic:

@@ -23,6 +23,7 @@ from jax.ad_checkpoint import checkpoint_name
 from zoo import sharding as sh
 from zoo.layers.attention import Implementation, MultiHeadAttention
 from zoo.layers.dense import Einsum
+from zoo.layers.positional import RopeScaling
 
 Array = jax.Array
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
@@ -56,11 +57,15 @@ class BlockConfig:
   norm_eps: float = 1e-6
   norm_position: NormPosition = "pre"  # "post" is the 2017 paper and BERT
   use_bias: bool = True  # biases on every projection
+  qkv_bias: bool | None = None  # biases on query/key/value only (Qwen2); None = use_bias
+  gated_mlp: bool = False  # SwiGLU-style: wo(act(gate(x)) * wi(x)) (Llama, Mistral, Qwen2)
   dropout_rate: float = 0.0  # on each sublayer output before the residual add
   attention_dropout_rate: float = 0.0  # on the attention weights
   mlp_dropout_rate: float = 0.0  # on the feed-forward hidden activations
   use_rope: bool = False  # rotary positions in self-attention
   rope_base: float = 10000.0
+  rope_scaling: RopeScaling | None = None  # long-context frequency scaling (Llama 3)
+  sliding_window: int | None = None  # self-attention over the last W slots (Mistral)
   attention_impl: Implementation | None = None  # None = best for device and dtype
   init_std: float | None = 0.02  # normal(init_std) kernels; None = Xavier-uniform (2017 paper)
   residual_init_scale: float = 1.0  # multiplies init_std of projections into the residual
@@ -136,7 +141,12 @@ def _dense(
 
 
 class MLP(nn.Module):
-  """Position-wise feed-forward: ``wo(dropout(act(wi(x))))``, ``[B, L, D] -> [B, L, D]``."""
+  """Position-wise feed-forward: ``wo(dropout(act(wi(x))))``, ``[B, L, D] -> [B, L, D]``.
+
+  With ``gated_mlp`` a second input projection ``gate`` is activated and multiplies ``wi``'s
+  output, ``wo(act(gate(x)) * wi(x))`` (Shazeer 2020; SwiGLU with ``activation="silu"``, Hugging
+  Face's ``down(act(gate_proj(x)) * up_proj(x))``).
+  """
 
   config: BlockConfig
 
@@ -145,7 +155,11 @@ class MLP(nn.Module):
     cfg = self.config
     d = x.shape[-1]
     h = _dense((d, cfg.mlp_dim), (sh.EMBED, sh.MLP), cfg, "wi")("BLD,DF->BLF", x)
-    h = ACTIVATIONS[cfg.activation](h)
+    if cfg.gated_mlp:
+      gate = _dense((d, cfg.mlp_dim), (sh.EMBED, sh.MLP), cfg, "gate")("BLD,DF->BLF", x)
+      h = ACTIVATIONS[cfg.activation](gate) * h
+    else:
+      h = ACTIVATIONS[cfg.activation](h)
     h = nn.with_logical_constraint(h, (sh.ACT_BATCH, sh.ACT_LENGTH, sh.ACT_MLP))
     h = checkpoint_name(h, "mlp_hidden")
     h = nn.Dropout(cfg.mlp_dropout_rate)(h, deterministic=deterministic)
@@ -162,6 +176,9 @@ def _attention(config: BlockConfig, name: str, use_rope: bool) -> MultiHeadAtten
       dropout_rate=config.attention_dropout_rate,
       use_rope=use_rope,
       rope_base=config.rope_base,
+      rope_scaling=config.rope_scaling if use_rope else None,
+      qkv_bias=config.qkv_bias,
+      sliding_window=config.sliding_window,  # self-attention only (MultiHeadAttention)
       implementation=config.attention_impl,
       dtype=config.dtype,
       param_dtype=config.param_dtype,

@@ -7,6 +7,7 @@ per segment) and cached decoding (positions continue from the cache index) work 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 import jax
@@ -92,12 +93,51 @@ class LearnedPositionEmbedding(nn.Module):
     return jnp.take(table, positions, axis=0).astype(self.dtype)
 
 
-def rope_frequencies(head_dim: int, base: float = 10000.0) -> Array:
-  """``[head_dim // 2]`` inverse frequencies ``base^(-2i/head_dim)``."""
-  return 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+RopeScalingKind = Literal["none", "linear", "llama3"]
 
 
-def apply_rope(x: Array, positions: Array, base: float = 10000.0) -> Array:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RopeScaling:
+  """How RoPE frequencies are stretched for a longer context than the model was trained on.
+
+  ``"linear"`` (position interpolation, Chen et al. 2023) divides every frequency by
+  ``factor``. ``"llama3"`` (Llama 3.1) divides only the low frequencies, whose wavelength
+  exceeds ``original_max_len / low_freq_factor``; wavelengths below ``original_max_len /
+  high_freq_factor`` stay, and those in between are interpolated smoothly. ``"none"`` keeps
+  ``base^(-2i/H)``. The fields mirror Hugging Face's ``rope_parameters``.
+  """
+
+  kind: RopeScalingKind = "none"
+  factor: float = 1.0
+  low_freq_factor: float = 1.0  # llama3 only
+  high_freq_factor: float = 4.0  # llama3 only
+  original_max_len: int = 8192  # llama3 only: the pre-training context
+
+
+def rope_frequencies(
+    head_dim: int, base: float = 10000.0, scaling: RopeScaling | None = None
+) -> Array:
+  """``[head_dim // 2]`` float32 inverse frequencies ``base^(-2i/head_dim)``, then ``scaling``."""
+  inv_freq = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  if scaling is None or scaling.kind == "none":
+    return inv_freq
+  if scaling.kind == "linear":
+    return inv_freq / scaling.factor
+  if scaling.kind == "llama3":
+    # Hugging Face's _compute_llama3_parameters, written as one interpolation weight.
+    old = scaling.original_max_len
+    low, high = scaling.low_freq_factor, scaling.high_freq_factor
+    wavelen = 2 * jnp.pi / inv_freq
+    smooth = jnp.clip((old / wavelen - low) / (high - low), 0.0, 1.0)
+    smooth = jnp.where(wavelen > old / low, 0.0, jnp.where(wavelen < old / high, 1.0, smooth))
+    return (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+  raise ValueError(f"rope scaling kind must be one of {RopeScalingKind.__args__}; got "
+                   f"{scaling.kind!r}.")
+
+
+def apply_rope(
+    x: Array, positions: Array, base: float = 10000.0, scaling: RopeScaling | None = None
+) -> Array:
   """Rotary position embedding (Su et al. 2021) on ``x`` ``[B, L, N, H]``.
 
   Dimension pairs ``(i, i + H/2)`` are rotated by ``positions * base^(-2i/H)`` (the
@@ -108,6 +148,7 @@ def apply_rope(x: Array, positions: Array, base: float = 10000.0) -> Array:
     x: ``[B, L, N, H]`` with H even.
     positions: ``[B, L]`` or ``[L]`` integer (or float) positions.
     base: the frequency base.
+    scaling: frequency scaling for long contexts (:class:`RopeScaling`); None = none.
 
   Returns:
     ``x`` rotated, same shape and dtype.
@@ -124,7 +165,7 @@ def apply_rope(x: Array, positions: Array, base: float = 10000.0) -> Array:
     raise ValueError(
         f"positions length {positions.shape[-1]} does not match sequence length {x.shape[1]}."
     )
-  angles = positions[:, :, None, None] * rope_frequencies(h, base)  # [B, L, 1, H/2]
+  angles = positions[:, :, None, None] * rope_frequencies(h, base, scaling)  # [B, L, 1, H/2]
   sin, cos = jnp.sin(angles), jnp.cos(angles)
   x32 = x.astype(jnp.float32)
   x1, x2 = x32[..., : h // 2], x32[..., h // 2 :]

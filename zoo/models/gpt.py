@@ -4,6 +4,11 @@ Token + learned position embeddings, pre-LN decoder blocks without cross-attenti
 LayerNorm and an output projection tied to the token embedding. RoPE (instead of learned
 positions) and grouped key/value heads are config switches.
 
+The Llama family is a configuration of this one (``zoo/presets.py``: ``llama2-7b``,
+``mistral-7b``, ``qwen2.5-0.5b`` ...): RoPE with optional frequency scaling, RMSNorm, a gated
+SiLU MLP (SwiGLU), no biases (Qwen2: on q/k/v only), an untied head, grouped KV heads and, for
+Mistral, sliding-window attention. ``zoo/pretrained/llama.py`` converts their checkpoints.
+
 Shapes: B batch, L length, S key length (= L, or the cache length when decoding), D width,
 V vocabulary.
 """
@@ -24,7 +29,12 @@ from zoo import sharding as sh
 from zoo.layers import attention as attn
 from zoo.layers.blocks import Activation, BlockInputs, DecoderBlock, NormKind, make_norm
 from zoo.layers.dense import Einsum
-from zoo.layers.positional import LearnedPositionEmbedding, sinusoid_at
+from zoo.layers.positional import (
+    LearnedPositionEmbedding,
+    RopeScaling,
+    RopeScalingKind,
+    sinusoid_at,
+)
 from zoo.layers.stack import RematPolicy
 from zoo.models import common
 
@@ -45,11 +55,19 @@ class GPTConfig:
   head_dim: int | None = None  # None = d_model // num_heads
   num_kv_heads: int | None = None  # grouped-query attention; None = num_heads
   position: GPTPosition = "learned"
-  rope_base: float = 10000.0
+  rope_base: float = 10000.0  # Hugging Face rope_theta
+  rope_scaling: RopeScalingKind = "none"  # frequency scaling for long contexts
+  rope_factor: float = 1.0  # linear / llama3: low frequencies divided by this
+  rope_low_freq_factor: float = 1.0  # llama3: wavelengths > original / this are scaled
+  rope_high_freq_factor: float = 4.0  # llama3: wavelengths < original / this are kept
+  rope_original_max_len: int = 8192  # llama3: the pre-training context
+  sliding_window: int | None = None  # attend to the last W tokens only (Mistral); None = all
   activation: Activation = "gelu_tanh"  # GPT-2's "gelu_new"
+  gated_mlp: bool = False  # wo(act(gate(x)) * wi(x)): SwiGLU with activation="silu"
   norm: NormKind = "layernorm"
   norm_eps: float = 1e-5
   use_bias: bool = True
+  qkv_bias: bool | None = None  # biases on query/key/value only (Qwen2); None = use_bias
   tie_embeddings: bool = True  # output projection = token embedding transposed
   dropout_rate: float = 0.0  # embedding and residual dropout
   attention_dropout_rate: float = 0.0
@@ -73,13 +91,44 @@ class GPTConfig:
           f"position must be one of {typing.get_args(GPTPosition)}; got {self.position!r}."
       )
     common.check_stack_options(self.scan_layers, self.remat_policy)
+    if self.rope_scaling != "none" and self.position != "rope":
+      raise ValueError(
+          f"rope_scaling={self.rope_scaling!r} scales RoPE frequencies but position="
+          f"{self.position!r}; set position='rope' or rope_scaling='none'."
+      )
+    if self.rope_scaling != "none" and not self.rope_factor > 0:
+      raise ValueError(f"rope_factor={self.rope_factor} must be > 0.")
+    if self.rope_scaling == "llama3" and not self.rope_high_freq_factor > self.rope_low_freq_factor:
+      raise ValueError(
+          f"rope_high_freq_factor={self.rope_high_freq_factor} must exceed "
+          f"rope_low_freq_factor={self.rope_low_freq_factor} (llama3 rope scaling)."
+      )
+    if self.sliding_window is not None and self.sliding_window > self.max_len:
+      # The KV cache never holds more than max_len tokens, so such a window would never cut
+      # anything: almost certainly a misread config (a window meant for a longer context).
+      raise ValueError(
+          f"sliding_window={self.sliding_window} is longer than max_len={self.max_len}, the "
+          "longest KV cache this model decodes with, so the window would never apply; set "
+          "sliding_window=None (full attention) or a window <= max_len."
+      )
     self.block()  # validates heads, activation, norm
+
+  def rope(self) -> RopeScaling | None:
+    """The RoPE frequency scaling of this config (None when there is none)."""
+    if self.rope_scaling == "none":
+      return None
+    return RopeScaling(
+        kind=self.rope_scaling, factor=self.rope_factor,
+        low_freq_factor=self.rope_low_freq_factor, high_freq_factor=self.rope_high_freq_factor,
+        original_max_len=self.rope_original_max_len,
+    )
 
   def block(self):
     return common.block_config(
         self,
         norm_position="pre",
         use_rope=self.position == "rope",
+        rope_scaling=self.rope(),
         residual_init_scale=(2 * self.num_layers) ** -0.5 if self.scale_residual_init else 1.0,
     )
 
@@ -210,6 +259,6 @@ registry.register(registry.Family(
     dummy_inputs=dummy_inputs,
     train_flops=train_flops,
     tasks=("lm",),
-    converters=("zoo.pretrained.gpt2",),
+    converters=("zoo.pretrained.gpt2", "zoo.pretrained.llama"),
     validate=validate,
 ))
