@@ -74,18 +74,24 @@ def _heads(family: registry.Family) -> tuple[str, ...]:
   return tuple(getattr(convs[0], "HEAD_PARAMS", ())) if convs else ()
 
 
-def read_hf(path: str, *, strict: bool = True, names=()) -> assemble.Weights:
+def read_hf(path: str, *, strict: bool = True, names=(), lazy: bool = False) -> assemble.Weights:
   """A Hugging Face folder -> its weights in zoo's layout, with the checkpoint's own config.
 
   ``names`` (override field names) are checked against the family before any tensor is read.
+  ``lazy``: safetensors tensors stay on disk as :class:`zoo.pretrained.keymap.Lazy` blocks
+  (shapes checked now), read per device when placed on a mesh.
   """
-  hf = read_json(os.path.join(path, "config.json"))
-  arch, conv = _pick_converter(hf, os.path.join(path, "config.json"))
+  config_path = os.path.join(path, "config.json")
+  hf = read_json(config_path)
+  arch, conv = _pick_converter(hf, config_path)
   store = TensorStore(path)
   family = registry.family_of(conv.CONFIG)
   assemble.check_names(family, names)
-  fields = conv.config_from_hf(hf, arch, store.keys())
-  native = assemble.make_config(family, fields, None, {}, path)
+  try:
+    fields = conv.config_from_hf(hf, arch, store.keys())
+  except ValueError as e:  # converters name the field and value; the file is named here
+    raise ValueError(f"{config_path}: {e}") from None
+  native = assemble.make_config(family, fields, None, {}, config_path)
   shapes, _ = assemble.param_shapes(family.model_cls(native))
   flat, unused = km.load_entries(
       conv.entries(native, arch),
@@ -96,6 +102,7 @@ def read_hf(path: str, *, strict: bool = True, names=()) -> assemble.Weights:
       strict=strict,
       what=f"{path} ({arch})",
       describe=f"config.json {conv.describe(native)}",
+      lazy=lazy,
   )
   if unused:
     warnings.warn(f"{path}: {len(unused)} tensors unused: {unused[:10]}", stacklevel=3)
@@ -106,6 +113,13 @@ def read_hf(path: str, *, strict: bool = True, names=()) -> assemble.Weights:
   )
 
 
+def export_converter(family: registry.Family, cfg: Any):
+  """The converter that writes ``cfg``: the first whose ``matches(cfg)`` holds, else the
+  family's first (whose ``config_to_hf`` then names what has no equivalent)."""
+  convs = registry.converter_modules(family)
+  return next((c for c in convs if getattr(c, "matches", None) and c.matches(cfg)), convs[0])
+
+
 def save_hf(model: nn.Module, params, path: str, extra: dict | None = None) -> None:
   """``(model, params)`` -> a Hugging Face folder; see :func:`save_pretrained`.
 
@@ -114,8 +128,8 @@ def save_hf(model: nn.Module, params, path: str, extra: dict | None = None) -> N
   family = registry.family_of(model)
   if not family.converters:
     raise ValueError(f"{family.config_cls.__name__} has no Hugging Face format to export to.")
-  conv = registry.converter_modules(family)[0]
   cfg = model.config
+  conv = export_converter(family, cfg)
   hf = conv.config_to_hf(cfg)
   arch = hf["architectures"][0]
   flat = assemble.host_flat(params)
@@ -232,12 +246,14 @@ def resolve(path: str | os.PathLike) -> str:
 
 
 def read(
-    path: str | os.PathLike, *, strict: bool = True, names=(), step: int | None = None
+    path: str | os.PathLike, *, strict: bool = True, names=(), step: int | None = None,
+    lazy: bool = False,
 ) -> assemble.Weights:
   """The weights of a Hugging Face folder, zoo checkpoint folder, train.py workdir or ``.npz``.
 
   ``path`` may also be a :data:`KNOWN` short name. ``names``: config fields the caller will
-  override, checked before the weights are read; ``step``: a workdir's checkpoint.
+  override, checked before the weights are read; ``step``: a workdir's checkpoint; ``lazy``:
+  Hugging Face safetensors are read later, block by block (see :func:`read_hf`).
   """
   path = resolve(path)
   if path.endswith(".npz"):
@@ -258,10 +274,12 @@ def read(
         f"{path} has neither config.json (Hugging Face), {ZOO_CONFIG} (zoo checkpoint) nor "
         "checkpoints/ (train.py workdir): it is no checkpoint zoo can read."
     )
-  return read_hf(path, strict=strict, names=names)
+  return read_hf(path, strict=strict, names=names, lazy=lazy)
 
 
-def load(path, *, dtype: Any = None, strict: bool = True, **overrides) -> assemble.Fitted:
+def load(
+    path, *, dtype: Any = None, strict: bool = True, lazy: bool = False, **overrides
+) -> assemble.Fitted:
   """The model ``path``'s config + ``overrides`` describes, and what of it ``path`` provides.
 
   Heads of another task are handled as a fine-tuning run needs them: a head the checkpoint
@@ -269,7 +287,7 @@ def load(path, *, dtype: Any = None, strict: bool = True, **overrides) -> assemb
   model does not use is listed in ``dropped``. Every backbone tensor must be there, with the
   shape the model needs.
   """
-  return assemble.fit(read(path, strict=strict, names=overrides), dtype, overrides)
+  return assemble.fit(read(path, strict=strict, names=overrides, lazy=lazy), dtype, overrides)
 
 
 def from_pretrained(
@@ -290,7 +308,8 @@ def from_pretrained(
       + ``params.msgpack``), or a google-research / big_vision ViT ``.npz`` file.
     dtype: compute and parameter dtype (e.g. ``jnp.bfloat16``); None keeps float32.
     mesh: place every parameter directly into its ``NamedSharding`` on this mesh, from the
-      model's logical axis names and ``rules``.
+      model's logical axis names and ``rules``. Safetensors are then read per device: each
+      process reads only the blocks its devices hold, one block at a time.
     rules: logical -> mesh axis rules; default :data:`zoo.sharding.DEFAULT_RULES`.
     strict: checkpoint tensors the model does not use are an error (else a warning).
     seed: initialises task heads the checkpoint does not have.
@@ -303,7 +322,7 @@ def from_pretrained(
     ``(model, params)``: the linen module and its ``params`` tree (use
     ``model.apply({"params": params}, ...)``).
   """
-  fitted = load(path, dtype=dtype, strict=strict, **overrides)
+  fitted = load(path, dtype=dtype, strict=strict, lazy=mesh is not None, **overrides)
   if fitted.new:
     warnings.warn(
         f"{os.fspath(path)} has no weights for {fitted.new}: they are newly initialised "

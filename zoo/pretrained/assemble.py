@@ -102,10 +102,45 @@ def place(params: dict, model: nn.Module, mesh: Mesh | None, rules: Sequence | N
   return jax.device_put(params, param_shardings(model, mesh, rules))
 
 
+def place_lazy(
+    flat: dict[str, Any], model: nn.Module, mesh: Mesh, rules: Sequence | None, dtype: Any
+) -> dict:
+  """Flat loop-layout parameters -> placed tree, reading each device's block on its own.
+
+  A :class:`zoo.pretrained.keymap.Lazy` parameter is read block by block: for every device of
+  this process, only the slice it holds (``addressable_devices_indices_map``) is read from the
+  checkpoint, cast, and put on that device before the next is read, so the host never holds
+  more than one block of a sharded tensor. Other (eager) values are placed as usual.
+  """
+  shardings = traverse_util.flatten_dict(param_shardings(model, mesh, rules), sep="/")
+  out = {}
+  for path, value in flat.items():
+    sharding = shardings[path]
+    if not isinstance(value, km.Lazy):
+      out[path] = jax.device_put(np.asarray(value).astype(dtype), sharding)
+      continue
+    blocks, by_index = [], {}
+    for device, index in sharding.addressable_devices_indices_map(value.shape).items():
+      key = tuple((s.start, s.stop) for s in index)
+      if key not in by_index:  # a replicated block is read once, then copied device to device
+        by_index[key] = jax.device_put(np.asarray(value[index]).astype(dtype), device)
+        blocks.append(by_index[key])
+      else:
+        blocks.append(jax.device_put(by_index[key], device))
+    out[path] = jax.make_array_from_single_device_arrays(value.shape, sharding, blocks)
+  return traverse_util.unflatten_dict(out, sep="/")
+
+
 def finish(model: nn.Module, flat: dict[str, np.ndarray], mesh, rules) -> dict:
-  """Flat loop-layout host arrays -> the model's (possibly scanned) placed param tree."""
+  """Flat loop-layout host arrays -> the model's (possibly scanned) placed param tree.
+
+  :class:`zoo.pretrained.keymap.Lazy` values are read per device when placed on a mesh
+  (:func:`place_lazy`); without a mesh, or with scanned layers, they are read whole.
+  """
   cfg = model.config
   param_dtype = jnp.dtype(getattr(cfg, "param_dtype", jnp.float32))
+  if mesh is not None and not getattr(cfg, "scan_layers", False):
+    return place_lazy(flat, model, mesh, rules, param_dtype)
   tree = traverse_util.unflatten_dict(
       {k: np.asarray(v).astype(param_dtype) for k, v in flat.items()}, sep="/"
   )

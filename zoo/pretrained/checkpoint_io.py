@@ -87,6 +87,21 @@ class _SafetensorsFile:
   def shape(self, key: str) -> tuple[int, ...]:
     return tuple(self.header[key]["shape"])
 
+  def dtype(self, key: str) -> np.dtype:
+    tag = self.header[key]["dtype"]
+    if tag not in _ST_DTYPES:
+      raise ValueError(f"{self.path}: tensor {key!r} has unsupported dtype {tag}.")
+    return _ST_DTYPES[tag]
+
+  def read_slice(self, key: str, index: tuple[slice, ...]) -> np.ndarray:
+    """``tensor[index]`` read from the file without reading the rest of the tensor."""
+    if self._handle is None:
+      from safetensors import safe_open
+
+      self._handle = safe_open(self.path, framework="numpy")
+    out = self._handle.get_slice(key)[index]
+    return np.asarray(out).view(self.dtype(key)).reshape(out.shape)
+
   def get(self, key: str) -> np.ndarray:
     info = self.header[key]
     if info["dtype"] in _NUMPY_NATIVE:
@@ -134,7 +149,18 @@ class TensorStore:
       )
 
   def _shards(self, index_path: str) -> list[str]:
-    files = sorted(set(read_json(index_path)["weight_map"].values()))
+    weight_map = read_json(index_path).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+      raise ValueError(f"{index_path} has no weight_map (tensor name -> shard file).")
+    files = sorted(set(weight_map.values()))
+    for name in files:
+      if not os.path.exists(os.path.join(self.folder, name)):
+        held = sorted(k for k, v in weight_map.items() if v == name)
+        raise ValueError(
+            f"{index_path} lists shard {name} (holding {len(held)} tensors, e.g. {held[0]!r}) "
+            f"but {os.path.join(self.folder, name)} does not exist; download the missing shard "
+            "(all files of the checkpoint) or fix weight_map."
+        )
     return [os.path.join(self.folder, name) for name in files]
 
   def _add_safetensors(self, paths):
@@ -170,6 +196,19 @@ class TensorStore:
   def get(self, key: str) -> np.ndarray:
     src = self._files[key]
     return src.get(key) if isinstance(src, _SafetensorsFile) else src[key]
+
+  def can_slice(self, key: str) -> bool:
+    """The tensor can be read piecewise (:meth:`read_slice`): safetensors, not ``.bin``."""
+    return isinstance(self._files[key], _SafetensorsFile)
+
+  def dtype(self, key: str) -> np.dtype:
+    src = self._files[key]
+    return src.dtype(key) if isinstance(src, _SafetensorsFile) else src[key].dtype
+
+  def read_slice(self, key: str, index: tuple[slice, ...]) -> np.ndarray:
+    """``tensor[index]``; from a safetensors file only the requested bytes are read."""
+    src = self._files[key]
+    return src.read_slice(key, index) if isinstance(src, _SafetensorsFile) else src[key][index]
 
 
 def save_safetensors(tensors: dict[str, np.ndarray], path: str, metadata: dict | None = None):

@@ -29,14 +29,25 @@ from flax import traverse_util
 Arrays = list[np.ndarray]
 
 
+# A block reader of a one-to-one entry: ``(read, index) -> zoo[index]``, where ``index`` is a
+# tuple of ``slice(start, stop)`` in the zoo layout and ``read(src_index)`` returns that block
+# of the checkpoint tensor. It lets a mesh load read only what each device holds.
+SliceFn = Callable[[Callable[[tuple], np.ndarray], tuple], np.ndarray]
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
-  """Checkpoint tensors ``src`` <-> zoo parameters ``dst`` through ``to_zoo`` / ``to_src``."""
+  """Checkpoint tensors ``src`` <-> zoo parameters ``dst`` through ``to_zoo`` / ``to_src``.
+
+  ``slice_fn`` (one-to-one entries only; None = read whole tensors) reads one block of the
+  zoo parameter from the matching block of the checkpoint tensor.
+  """
 
   src: tuple[str, ...]
   dst: tuple[str, ...]
   to_zoo: Callable[[Arrays], Arrays]
   to_src: Callable[[Arrays], Arrays]
+  slice_fn: SliceFn | None = None
 
 
 def _one(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[Arrays], Arrays]:
@@ -48,9 +59,15 @@ def tensor(
     dst: str,
     to_zoo: Callable[[np.ndarray], np.ndarray] = lambda x: x,
     to_src: Callable[[np.ndarray], np.ndarray] = lambda x: x,
+    slice_fn: SliceFn | None = None,
 ) -> Entry:
   """One checkpoint tensor <-> one zoo parameter."""
-  return Entry((src,), (dst,), _one(to_zoo), _one(to_src))
+  return Entry((src,), (dst,), _one(to_zoo), _one(to_src), slice_fn)
+
+
+def _rows(s: slice, h: int) -> slice:
+  """Head slice ``s`` -> the rows ``[s.start * h, s.stop * h)`` of a flattened ``[N*H]`` axis."""
+  return slice(s.start * h, s.stop * h)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -60,26 +77,40 @@ def tensor(
 
 def linear(src: str, dst: str) -> Entry:
   """``nn.Linear`` weight ``[out, in]`` <-> flax kernel ``[in, out]``."""
-  return tensor(src, dst, lambda w: w.T, lambda k: k.T)
+  return tensor(src, dst, lambda w: w.T, lambda k: k.T,
+                lambda read, i: read((i[1], i[0])).T)
 
 
 def linear_to_heads(src: str, dst: str, n: int, h: int) -> Entry:
   """``nn.Linear`` q/k/v weight ``[N*H, D]`` <-> ``[D, N, H]``."""
-  return tensor(src, dst, lambda w: w.T.reshape(-1, n, h), lambda k: k.reshape(k.shape[0], -1).T)
+
+  def block(read, i):  # i = (D slice, N slice, H slice)
+    w = read((_rows(i[1], h), i[0]))
+    return w.T.reshape(w.shape[1], -1, h)[:, :, i[2]]
+
+  return tensor(src, dst, lambda w: w.T.reshape(-1, n, h),
+                lambda k: k.reshape(k.shape[0], -1).T, block)
 
 
 def linear_from_heads(src: str, dst: str, n: int, h: int) -> Entry:
   """``nn.Linear`` out weight ``[D, N*H]`` <-> ``[N, H, D]``."""
-  return tensor(src, dst, lambda w: w.T.reshape(n, h, -1), lambda k: k.reshape(n * h, -1).T)
+
+  def block(read, i):  # i = (N slice, H slice, D slice)
+    w = read((i[2], _rows(i[0], h)))
+    return w.T.reshape(-1, h, w.shape[0])[:, i[1], :]
+
+  return tensor(src, dst, lambda w: w.T.reshape(n, h, -1),
+                lambda k: k.reshape(n * h, -1).T, block)
 
 
 def heads_bias(src: str, dst: str, n: int, h: int) -> Entry:
   """q/k/v bias ``[N*H]`` <-> ``[N, H]``."""
-  return tensor(src, dst, lambda b: b.reshape(n, h), lambda b: b.reshape(n * h))
+  return tensor(src, dst, lambda b: b.reshape(n, h), lambda b: b.reshape(n * h),
+                lambda read, i: read((_rows(i[0], h),)).reshape(-1, h)[:, i[1]])
 
 
 def same(src: str, dst: str) -> Entry:
-  return tensor(src, dst)
+  return tensor(src, dst, slice_fn=lambda read, i: read(i))
 
 
 def fused(src: str, dsts: Sequence[str], axis: int, to_part, from_part) -> Entry:
@@ -236,6 +267,42 @@ def abstract_params(model: nn.Module, module) -> tuple[dict, dict]:
   return flat_shapes, flat_specs
 
 
+@dataclasses.dataclass(frozen=True)
+class Lazy:
+  """A zoo parameter not read yet: ``lazy[index]`` reads just that block from the checkpoint.
+
+  ``np.asarray(lazy)`` reads all of it. Placing parameters on a mesh reads one block per
+  device (``zoo.pretrained.assemble.finish``), so no host holds a whole sharded tensor.
+  """
+
+  shape: tuple[int, ...]
+  dtype: np.dtype
+  block: Callable[[tuple], np.ndarray]  # normalised index -> array
+
+  @property
+  def ndim(self) -> int:
+    return len(self.shape)
+
+  def __getitem__(self, index) -> np.ndarray:
+    index = index if isinstance(index, tuple) else (index,)
+    index = index + (slice(None),) * (len(self.shape) - len(index))
+    norm = []
+    for s, n in zip(index, self.shape, strict=True):
+      start, stop, step = s.indices(n)
+      if step != 1:
+        raise ValueError(f"Lazy parameters read contiguous blocks; got step {step}.")
+      norm.append(slice(start, stop))
+    out = self.block(tuple(norm))
+    want = tuple(s.stop - s.start for s in norm)
+    if out.shape != want:  # a slice_fn bug, not a user error
+      raise AssertionError(f"block {norm} has shape {out.shape}, expected {want}.")
+    return out
+
+  def __array__(self, dtype=None, copy=None):
+    out = self[()]
+    return out if dtype is None else out.astype(dtype)
+
+
 def _zeros(shape) -> np.ndarray:
   return np.broadcast_to(np.zeros((), np.float32), shape)
 
@@ -296,6 +363,7 @@ def load_entries(
     strict: bool = True,
     what: str = "the checkpoint",
     describe: str = "",
+    lazy: bool = False,
 ) -> tuple[dict[str, np.ndarray], list[str]]:
   """Run ``entries`` over ``store``: flat ``{zoo path: array}`` and the unused tensor names.
 
@@ -309,6 +377,8 @@ def load_entries(
     strict: unused tensors are an error (else returned for a warning).
     what: how to name the source in messages.
     describe: the config numbers that imply the expected shapes, for messages.
+    lazy: entries with a ``slice_fn`` over a store that can read blocks give :class:`Lazy`
+      values (shapes checked now, data read when placed); the others are read now.
   """
   check_entries(entries, zoo_shapes)
   lookup = Lookup(store, prefix)
@@ -333,7 +403,14 @@ def load_entries(
             "weights disagree."
         )
       lookup.used.add(found)
-      arrays.append(np.asarray(store.get(found)))
+      arrays.append(found)
+    if lazy and e.slice_fn is not None and getattr(store, "can_slice", lambda _: False)(arrays[0]):
+      found, fn = arrays[0], e.slice_fn
+      read = lambda i, found=found: store.read_slice(found, i)  # noqa: E731
+      out[e.dst[0]] = Lazy(zoo_shapes[e.dst[0]], store.dtype(found),
+                           lambda i, fn=fn, read=read: fn(read, i))
+      continue
+    arrays = [np.asarray(store.get(name)) for name in arrays]
     for d, x in zip(e.dst, e.to_zoo(arrays)):
       if x.shape != zoo_shapes[d]:  # a transform bug, not a user error
         raise AssertionError(f"{e.src} -> {d}: got {x.shape}, expected {zoo_shapes[d]}.")
