@@ -52,6 +52,16 @@ class Sampling:
     )
 
 
+def repetition_penalty(logits_BxV: Array, seen_BxV: Array, penalty: Array | float) -> Array:
+  """Hugging Face's repetition penalty (Keskar et al. 2019): for tokens already in the prompt
+  or the output (``seen_BxV`` True), positive logits are divided by ``penalty`` and negative
+  ones multiplied by it, so ``penalty > 1`` makes repeats less likely. Applied before
+  temperature and the filters, and in greedy decoding too."""
+  logits = logits_BxV.astype(jnp.float32)
+  penalised = jnp.where(logits < 0, logits * penalty, logits / penalty)
+  return jnp.where(seen_BxV, penalised, logits)
+
+
 def _sorted_descending(logits: Array) -> Array:
   return -jnp.sort(-logits, axis=-1)
 
