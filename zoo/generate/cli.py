@@ -22,6 +22,7 @@ import dataclasses
 import os
 import runpy
 import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from zoo.generate import decoder, seq2seq
@@ -45,6 +46,12 @@ class Loaded:
   forced_eos: bool = False
   num_beams: int = 1
   length_penalty: float = 1.0
+  stop_ids: tuple[int, ...] = ()  # every EOS id a GPT stops at (Llama 3 lists several)
+
+  @property
+  def stops(self):
+    """What a GPT stops at: every listed EOS id, else ``eos_id``."""
+    return self.stop_ids or self.eos_id
 
   @property
   def family(self):
@@ -145,6 +152,8 @@ def load_pretrained(path: str) -> Loaded:
       decoder_start_id=hf.get("decoder_start_token_id", hf.get("bos_token_id")),
       suppress_ids=bad, forced_eos=hf.get("forced_eos_token_id") is not None,
       num_beams=int(hf.get("num_beams") or 1), length_penalty=float(hf.get("length_penalty", 1.0)),
+      stop_ids=tuple(int(t) for t in hf["eos_token_id"])
+      if isinstance(hf.get("eos_token_id"), list) else (),
   )
 
 
@@ -180,15 +189,27 @@ def _decode(loaded: Loaded, ids: list[int]) -> str | list[int]:
   return ids if loaded.tokenizer is None else loaded.tokenizer.decode(ids)
 
 
-def complete(loaded: Loaded, prompt: str | list[int], *, max_new_tokens: int = 64, **sampling):
+def complete(
+    loaded: Loaded,
+    prompt: str | list[int],
+    *,
+    max_new_tokens: int = 64,
+    stop: Sequence[str] = (),
+    on_text: Callable[[str], None] | None = None,
+    **sampling,
+):
   """The prompt continued by a GPT: text (or ids when ``prompt`` is ids and no tokenizer).
 
   Args:
     loaded: from :func:`load`.
     prompt: text, or token ids.
     max_new_tokens: tokens to add (capped by the context).
-    **sampling: ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``seed`` of
-      :func:`zoo.generate.generate`.
+    stop: stop strings: generation ends at the first of them in the new text, which is cut
+      before it (needs a tokenizer).
+    on_text: streaming callback, called with each new piece of text as tokens are produced
+      (the prompt first); the pieces join to the returned text.
+    **sampling: ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``repetition_penalty``,
+      ``seed`` of :func:`zoo.generate.generate`.
   """
   if "lm" not in loaded.family.tasks:
     raise ValueError(
@@ -200,15 +221,57 @@ def complete(loaded: Loaded, prompt: str | list[int], *, max_new_tokens: int = 6
     ids = [loaded.bos_id] + ids  # zoo LM documents start with BOS
   if not ids:
     raise ValueError("the prompt is empty; give at least one token.")
+  stop = [s for s in stop if s]
+  if stop and loaded.tokenizer is None:
+    raise ValueError(
+        f"stop strings {stop} need a tokenizer to read the text, and {loaded.where} has none; "
+        "drop --stop or give a checkpoint (or --config) with a tokenizer."
+    )
   cfg = loaded.model.config
   if cfg.position == "learned" and len(ids) <= cfg.max_len:
     max_new_tokens = min(max_new_tokens, cfg.max_len - len(ids) + 1)
-  new = decoder.generate(
-      loaded.model, loaded.params, [ids], max_new_tokens=max_new_tokens, eos_id=loaded.eos_id,
-      pad_id=loaded.pad_id, **sampling,
-  )
   prompt_ids = ids[1:] if ids[0] == loaded.bos_id and not loaded.specials_in_encode else ids
-  return _decode(loaded, prompt_ids + decoder.until_eos(new[0], loaded.eos_id))
+  kw = dict(max_new_tokens=max_new_tokens, eos_id=loaded.stops, pad_id=loaded.pad_id, **sampling)
+  if not stop and on_text is None:  # one compiled program, no host loop
+    new = decoder.generate(loaded.model, loaded.params, [ids], **kw)
+    return _decode(loaded, prompt_ids + decoder.until_eos(new[0], loaded.stops))
+  return _stream_text(loaded, ids, prompt_ids, stop, on_text, kw)
+
+
+def _stream_text(loaded: Loaded, ids, prompt_ids, stop, on_text, kw):
+  """:func:`complete` through :func:`zoo.generate.stream`: callback and stop strings."""
+  emit = on_text or (lambda _: None)
+  head = _decode(loaded, prompt_ids)
+  emit(head if isinstance(head, str) else " ".join(map(str, head)) + " ")
+  new, shown = [], 0
+  # Text that could still become the start of a stop string is held back until it cannot.
+  hold = max((len(s) for s in stop), default=1) - 1
+  steps = decoder.stream(loaded.model, loaded.params, [ids], **kw)
+  for token_B in steps:
+    token = int(token_B[0])
+    if not decoder.until_eos([token], loaded.stops):
+      break  # a stop id
+    new.append(token)
+    if loaded.tokenizer is None:
+      emit(f"{token} ")
+      continue
+    text = _decode(loaded, new)
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    if cut >= 0:
+      emit(text[shown:cut])
+      steps.close()
+      return head + text[:cut]
+    ready = len(text) - hold
+    while ready > shown and text[ready - 1] == "\ufffd":  # an incomplete UTF-8 sequence
+      ready -= 1
+    if ready > shown:
+      emit(text[shown:ready])
+      shown = ready
+  if loaded.tokenizer is None:
+    return prompt_ids + new
+  text = _decode(loaded, new)
+  emit(text[shown:])
+  return head + text
 
 
 def translate(
@@ -267,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--temperature", type=float, default=1.0)
   p.add_argument("--top_k", type=int, default=0)
   p.add_argument("--top_p", type=float, default=1.0)
+  p.add_argument("--repetition_penalty", type=float, default=1.0,
+                 help="GPT: > 1 discourages tokens already in the prompt/output (HF semantics)")
+  p.add_argument("--stop", action="append", default=[],
+                 help="GPT: stop at this string (repeatable); the output is cut before it")
+  p.add_argument("--stream", action="store_true", help="GPT: print tokens as they come")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--num_beams", type=int, help="Transformer (default: the checkpoint's or 1)")
   p.add_argument("--length_penalty", type=float)
@@ -274,11 +342,16 @@ def main(argv: list[str] | None = None) -> int:
   try:
     loaded = load(args.checkpoint, config=args.config, step=args.step)
     if args.prompt is not None or args.prompt_ids is not None:
+      printer = (lambda piece: print(piece, end="", flush=True)) if args.stream else None
       out = complete(
           loaded, args.prompt if args.prompt is not None else _ids(args.prompt_ids),
           max_new_tokens=args.max_new_tokens, do_sample=args.sample,
           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+          repetition_penalty=args.repetition_penalty, stop=args.stop, on_text=printer,
       )
+      if args.stream:
+        print()
+        return 0
     else:
       out = translate(
           loaded, args.source if args.source is not None else _ids(args.source_ids),
