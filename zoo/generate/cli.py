@@ -241,21 +241,28 @@ def complete(
 def _stream_text(loaded: Loaded, ids, prompt_ids, stop, on_text, kw):
   """:func:`complete` through :func:`zoo.generate.stream`: callback and stop strings."""
   emit = on_text or (lambda _: None)
+  steps = decoder.stream(loaded.model, loaded.params, [ids], **kw)
+  new = []
+  if loaded.tokenizer is None:  # ids in, ids out
+    emit(" ".join(map(str, prompt_ids)))
+    for token_B in steps:
+      if not decoder.until_eos([int(token_B[0])], loaded.stops):
+        break
+      new.append(int(token_B[0]))
+      emit(f" {new[-1]}")
+    return prompt_ids + new
   head = _decode(loaded, prompt_ids)
-  emit(head if isinstance(head, str) else " ".join(map(str, head)) + " ")
-  new, shown = [], 0
+  emit(head)
+  shown, text = 0, ""
   # Text that could still become the start of a stop string is held back until it cannot.
   hold = max((len(s) for s in stop), default=1) - 1
-  steps = decoder.stream(loaded.model, loaded.params, [ids], **kw)
   for token_B in steps:
-    token = int(token_B[0])
-    if not decoder.until_eos([token], loaded.stops):
+    if not decoder.until_eos([int(token_B[0])], loaded.stops):
       break  # a stop id
-    new.append(token)
-    if loaded.tokenizer is None:
-      emit(f"{token} ")
-      continue
-    text = _decode(loaded, new)
+    new.append(int(token_B[0]))
+    # The continuation as it reads after the prompt: tokenizers that drop a word's leading
+    # space at the start of a text (SentencePiece, word-level) need the prompt in front.
+    text = _decode(loaded, prompt_ids + new)[len(head):]
     cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
     if cut >= 0:
       emit(text[shown:cut])
@@ -267,9 +274,6 @@ def _stream_text(loaded: Loaded, ids, prompt_ids, stop, on_text, kw):
     if ready > shown:
       emit(text[shown:ready])
       shown = ready
-  if loaded.tokenizer is None:
-    return prompt_ids + new
-  text = _decode(loaded, new)
   emit(text[shown:])
   return head + text
 

@@ -226,7 +226,7 @@ def stream(
                    static=static)
   for i in range(max_new_tokens):
     token_B, state = _stream_step(params, jnp.asarray(i, jnp.int32), state, rng, *values, stops,
-                                  pad, model=model, static=static, last=i == max_new_tokens - 1)
+                                  pad, model=model, static=static)
     token_B = np.asarray(token_B)
     yield token_B
     if bool(np.asarray(state["done"]).all()):
@@ -272,8 +272,8 @@ def _start(params, prompt_BxP, valid_BxP, *, model, max_new_tokens, static):
 
 
 def _advance(params, i, state, rng, temperature, top_k, top_p, penalty, stops, pad_id, *,
-             model, static, feed=True):
-  """One step: choose token ``i`` of every row from the state, then (``feed``) run it."""
+             model, static):
+  """One step: choose token ``i`` of every row from the state, then run it through the model."""
   logits_BxV = state["logits"]
   if static[3]:
     logits_BxV = repetition_penalty(logits_BxV, state["seen"], penalty)
@@ -284,11 +284,9 @@ def _advance(params, i, state, rng, temperature, top_k, top_p, penalty, stops, p
   state = dict(state, done=state["done"] | jnp.any(token_B[:, None] == stops[None, :], axis=1))
   if static[3]:
     state["seen"] = state["seen"].at[jnp.arange(token_B.shape[0]), token_B].set(True)
-  if feed:
-    logits_BxV, cache = _apply(model, params, state["cache"], token_B[:, None],
-                               (state["lengths"] + i)[:, None], state["valid"])
-    state = dict(state, logits=logits_BxV, cache=cache)
-  return token_B, state
+  logits_BxV, cache = _apply(model, params, state["cache"], token_B[:, None],
+                             (state["lengths"] + i)[:, None], state["valid"])
+  return token_B, dict(state, logits=logits_BxV, cache=cache)
 
 
 _prefill = functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "static"))(
@@ -296,10 +294,12 @@ _prefill = functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"
 )
 
 
-@functools.partial(jax.jit, static_argnames=("model", "static", "last"))
-def _stream_step(params, i, state, rng, *values, model, static, last):
+@functools.partial(jax.jit, static_argnames=("model", "static"))
+def _stream_step(params, i, state, rng, *values, model, static):
+  # The last step also runs its token through the model, as generate's loop does: one
+  # program for every step rather than a second one for the last.
   TRACE_COUNTS["stream"] += 1
-  return _advance(params, i, state, rng, *values, model=model, static=static, feed=not last)
+  return _advance(params, i, state, rng, *values, model=model, static=static)
 
 
 @functools.partial(
