@@ -295,17 +295,17 @@ def test_bad_checkpoints_are_clear_errors_before_tracing(tmp_path):
                      "default, linear, llama3"):
     zoo.from_pretrained(path)
 
-  _edit_config(path, **original, max_position_embeddings=4)
+  _edit_config(path, **{**original, "max_position_embeddings": 4})
   with pytest.raises(ValueError, match=rf"{config}.*sliding_window=5 is longer than max_len=4, "
                      r"the longest KV cache.*sliding_window=None"):
     zoo.from_pretrained(path)
 
-  _edit_config(path, **original, num_key_value_heads=3)
+  _edit_config(path, **{**original, "num_key_value_heads": 3})
   with pytest.raises(ValueError, match=rf"{config}: num_attention_heads=4 is not a multiple of "
                      r"num_key_value_heads=3.*e\.g\. 1, 2, 4"):
     zoo.from_pretrained(path)
 
-  _edit_config(path, **original, num_key_value_heads=4)  # the weights hold 2 KV heads
+  _edit_config(path, **{**original, "num_key_value_heads": 4})  # the weights hold 2 KV heads
   with pytest.raises(ValueError, match=r"'model\.layers\.0\.self_attn\.k_proj\.weight'.*shape "
                      r"\(16, 32\) but the zoo model expects \(32, 32\).*num_key_value_heads=4"):
     zoo.from_pretrained(path)

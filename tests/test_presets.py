@@ -13,6 +13,9 @@ from zoo.presets import PRESETS, PUBLISHED_PARAMS
 # matched to 0.5% by the same formula). We hold that one preset to the formula's value and
 # check it against the published figure with the 3% the paper's rounding leaves.
 TOLERANCE = {"transformer-base": 0.03}
+# The Llama family's model cards give three significant figures: held to 1%.
+LLAMA_FAMILY = ("llama2-7b", "llama3-8b", "mistral-7b", "qwen2.5-0.5b", "tinyllama-1.1b")
+TOLERANCE.update(dict.fromkeys(LLAMA_FAMILY, 0.01))
 
 
 def test_every_family_has_presets_and_published_counts():
@@ -27,6 +30,16 @@ def test_param_count_matches_paper(name):
   published = PUBLISHED_PARAMS[name]
   tol = TOLERANCE.get(name, 0.02)
   assert abs(count / published - 1) <= tol, f"{name}: {count / 1e6:.1f}M vs {published / 1e6:.0f}M"
+
+
+def test_llama_family_presets_are_gpt_configurations():
+  for name in LLAMA_FAMILY:
+    cfg = zoo.get_config(name)
+    assert type(cfg).__name__ == "GPTConfig", name
+    assert (cfg.position, cfg.norm, cfg.activation, cfg.gated_mlp) == ("rope", "rmsnorm", "silu",
+                                                                        True), name
+  assert zoo.get_config("mistral-7b").sliding_window == 4096
+  assert zoo.get_config("qwen2.5-0.5b").qkv_bias and zoo.get_config("llama3-8b").num_kv_heads == 8
 
 
 def test_scan_and_loop_count_the_same():

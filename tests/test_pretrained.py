@@ -453,11 +453,11 @@ def test_errors_name_the_tensor_and_shapes(tmp_path):
   path = _hf_save(_gpt2(), tmp_path / "hf")
   cfg = json.load(open(os.path.join(path, "config.json")))
 
-  bad = tmp_path / "llama"
+  bad = tmp_path / "falcon"
   bad.mkdir()
-  json.dump({**cfg, "architectures": ["LlamaForCausalLM"], "model_type": "llama"},
+  json.dump({**cfg, "architectures": ["FalconForCausalLM"], "model_type": "falcon"},
             open(bad / "config.json", "w"))
-  with pytest.raises(ValueError, match=r"LlamaForCausalLM.*not supported.*GPT2LMHeadModel"):
+  with pytest.raises(ValueError, match=r"FalconForCausalLM.*not supported.*GPT2LMHeadModel"):
     zoo.from_pretrained(bad)
 
   _rewrite(path, lambda t: {k: v for k, v in t.items() if k != "transformer.h.1.ln_2.bias"})
@@ -578,7 +578,8 @@ def test_supported_architectures_cover_the_issue():
   assert set(api.supported_architectures()) == {
       "GPT2LMHeadModel", "GPT2Model", "BertModel", "BertForPreTraining", "BertForMaskedLM",
       "BertForSequenceClassification", "BertForTokenClassification", "ViTModel",
-      "ViTForImageClassification", "MarianMTModel",
+      "ViTForImageClassification", "MarianMTModel", "LlamaForCausalLM", "MistralForCausalLM",
+      "Qwen2ForCausalLM",
   }
 
 
