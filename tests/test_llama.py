@@ -296,8 +296,9 @@ def test_bad_checkpoints_are_clear_errors_before_tracing(tmp_path):
     zoo.from_pretrained(path)
 
   _edit_config(path, **{**original, "max_position_embeddings": 4})
-  with pytest.raises(ValueError, match=rf"{config}.*sliding_window=5 is longer than max_len=4, "
-                     r"the longest KV cache.*sliding_window=None"):
+  with pytest.raises(ValueError, match=rf"{config}: sliding_window=5 is longer than "
+                     r"max_position_embeddings=4, so every KV cache .* shorter than the window.*"
+                     "set sliding_window to null"):
     zoo.from_pretrained(path)
 
   _edit_config(path, **{**original, "num_key_value_heads": 3})

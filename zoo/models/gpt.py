@@ -103,14 +103,6 @@ class GPTConfig:
           f"rope_high_freq_factor={self.rope_high_freq_factor} must exceed "
           f"rope_low_freq_factor={self.rope_low_freq_factor} (llama3 rope scaling)."
       )
-    if self.sliding_window is not None and self.sliding_window > self.max_len:
-      # The KV cache never holds more than max_len tokens, so such a window would never cut
-      # anything: almost certainly a misread config (a window meant for a longer context).
-      raise ValueError(
-          f"sliding_window={self.sliding_window} is longer than max_len={self.max_len}, the "
-          "longest KV cache this model decodes with, so the window would never apply; set "
-          "sliding_window=None (full attention) or a window <= max_len."
-      )
     self.block()  # validates heads, activation, norm
 
   def rope(self) -> RopeScaling | None:

@@ -77,9 +77,19 @@ def _sliding_window(hf: dict[str, Any], arch: str) -> int | None:
   window = hf.get("sliding_window")
   if arch == "LlamaForCausalLM" or window is None:
     return None
+  if arch == "Qwen2ForCausalLM" and not hf.get("use_sliding_window", False):
+    return None
+  longest = hf.get("max_position_embeddings")
+  if longest is not None and window > longest:
+    # zoo's KV cache is full-length (one slot per position, no ring buffer), so a cache
+    # shorter than the window is harmless at run time; a checkpoint whose every cache must be
+    # shorter than its window, though, describes a window that never cuts: a misread config.
+    raise ValueError(
+        f"sliding_window={window} is longer than max_position_embeddings={longest}, so every "
+        "KV cache of this model is shorter than the window and it would never apply; set "
+        f"sliding_window to null (full attention) or to at most {longest}."
+    )
   if arch == "Qwen2ForCausalLM":
-    if not hf.get("use_sliding_window", False):
-      return None
     layers = hf.get("layer_types") or []
     if any(t != "sliding_attention" for t in layers) or hf.get("max_window_layers", 0) > 0:
       raise ValueError(
@@ -186,6 +196,9 @@ def config_to_hf(cfg) -> dict[str, Any]:
   }
   if arch == "MistralForCausalLM":
     out["sliding_window"] = cfg.sliding_window
+    # A model trained at a context shorter than its window (mistral-7b at 2048) still names
+    # a context the window fits in, so that the file reads back (see _sliding_window).
+    out["max_position_embeddings"] = max(cfg.max_len, cfg.sliding_window)
   if arch == "Qwen2ForCausalLM":
     out.update(use_sliding_window=False, sliding_window=None, max_window_layers=0)
   if arch == "LlamaForCausalLM":
