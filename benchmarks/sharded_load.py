@@ -103,14 +103,19 @@ def write_checkpoint(preset: str, folder: str, shard_bytes: int = 1 << 30) -> in
   return sum(int(np.prod(s)) for s in names.values())
 
 
+def _status(field: str) -> int:
+  """A memory field of ``/proc/self/status`` in bytes (Linux)."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith(field + ":"):
+        return int(line.split()[1]) * 1024
+  return 0
+
+
 def _anon_bytes() -> int:
   """Anonymous resident memory of this process (``RssAnon``): what the load allocates, without
   the file pages of the memory-mapped safetensors (``RssFile``, page cache the kernel can drop)."""
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("RssAnon:"):
-        return int(line.split()[1]) * 1024
-  return 0
+  return _status("RssAnon")
 
 
 class _AnonPeak:
@@ -140,14 +145,12 @@ def _measure(folder: str, devices: int, mode: str) -> dict:
 
   import jax
   import jax.numpy as jnp
-  import psutil
 
   from zoo.pretrained import api, assemble
 
   mesh = jax.make_mesh((1, devices, 1), ("data", "fsdp", "tensor"),
                        axis_types=(jax.sharding.AxisType.Auto,) * 3)
-  proc = psutil.Process()
-  rss0 = proc.memory_info().rss
+  rss0 = _status("VmRSS")
   peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   anon0 = _anon_bytes()
   sampler = _AnonPeak()
