@@ -129,6 +129,15 @@ def test_logits_export_and_greedy_generation_match_hugging_face(tmp_path, name):
   ours = zg.generate(model, params, PROMPTS, max_new_tokens=NEW, pad_id=pad)
   assert ours.tolist() == want.tolist()
 
+  # Several stop ids (Llama 3 lists two): each row stops at the first, the same program runs.
+  traces = zg.TRACE_COUNTS["decoder"]
+  stops = [int(want[0, 2]), int(want[1, 1])]
+  cut = zg.generate(model, params, PROMPTS, max_new_tokens=NEW, pad_id=pad, eos_id=stops)
+  assert zg.TRACE_COUNTS["decoder"] == traces
+  for row, full in zip(cut.tolist(), want.tolist()):
+    n = next((j for j, t in enumerate(full) if t in stops), NEW - 1) + 1
+    assert row == full[:n] + [pad] * (NEW - n)
+
   if name == "mistral":  # streaming yields the same tokens, step by step
     steps = list(zg.stream(model, params, PROMPTS, max_new_tokens=NEW, pad_id=pad))
     assert np.stack(steps, axis=1).tolist() == want.tolist()
