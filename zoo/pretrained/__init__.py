@@ -1,8 +1,9 @@
 """Pretrained weights in and out: Hugging Face folders, zoo checkpoints and ViT ``.npz`` files.
 
 ``model, params = from_pretrained(path)`` reads a Hugging Face folder (``GPT2LMHeadModel``,
-``GPT2Model``, ``Bert*``, ``ViT*``, ``MarianMTModel``), a zoo checkpoint or a big_vision ViT
-``.npz``; ``save_pretrained(model, params, path)`` writes the Hugging Face layout;
+``GPT2Model``, ``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM``, ``Bert*``,
+``ViT*``, ``MarianMTModel``), a zoo checkpoint or a big_vision ViT ``.npz``;
+``save_pretrained(model, params, path)`` writes the Hugging Face layout;
 ``load_tokenizer(path)`` loads the tokenizer files next to the weights. One converter module
 per source format holds an explicit key map (see ``keymap.py``). CLI: ``python -m
 zoo.pretrained convert IN OUT``.

@@ -1,9 +1,10 @@
 """``from_pretrained`` / ``save_pretrained``: Hugging Face folders, zoo checkpoints, ViT ``.npz``.
 
-Each supported architecture has a converter module (``gpt2``, ``bert``, ``vit``, ``marian``)
-with the same small interface: ``FAMILY``, ``MODEL_TYPE``, ``ARCHITECTURES``, ``PREFIX``,
-``config_from_hf(hf, arch)``, ``config_to_hf(cfg)``, ``entries(cfg, arch)``,
-``ignore(hf, arch)`` and ``describe(cfg)``. This module finds the converter, builds the zoo
+Each supported architecture has a converter module (``gpt2``, ``llama``, ``bert``, ``vit``,
+``marian``) with the same small interface: ``FAMILY``, ``MODEL_TYPE``, ``ARCHITECTURES``,
+``PREFIX``, ``config_from_hf(hf, arch)``, ``config_to_hf(cfg)``, ``entries(cfg, arch)``,
+``ignore(hf, arch)`` and ``describe(cfg)``; a family with several converters picks the one that
+writes a config by its ``matches(cfg)``. This module finds the converter, builds the zoo
 model, runs the key map and places the parameters (on one device, or straight into their
 shardings on a mesh).
 """
@@ -340,8 +341,9 @@ def save_pretrained(
   """Write ``config.json`` + ``model.safetensors`` in the Hugging Face layout.
 
   ``transformers.AutoModel*.from_pretrained(path)`` then loads the model (GPT ->
-  ``GPT2LMHeadModel``, BERT -> the ``BertFor*`` class of its head, ViT ->
-  ``ViTForImageClassification`` / ``ViTModel``, Transformer -> ``MarianMTModel``). A config
-  with no Hugging Face equivalent (RoPE, RMSNorm, ...) is a ValueError naming the fields.
+  ``GPT2LMHeadModel``, or ``Llama`` / ``Mistral`` / ``Qwen2ForCausalLM`` in the Llama layout;
+  BERT -> the ``BertFor*`` class of its head, ViT -> ``ViTForImageClassification`` /
+  ``ViTModel``, Transformer -> ``MarianMTModel``). A config with no Hugging Face equivalent
+  (RoPE with LayerNorm, ...) is a ValueError naming the fields.
   """
   save_hf(model, params, os.fspath(path), extra)
