@@ -58,8 +58,11 @@ def _pick_converter(hf: dict[str, Any], where: str):
   model_type = hf.get("model_type")
   if not archs:  # a bare config: the model type's first (default) architecture
     for conv in convs:
-      if conv.MODEL_TYPE == model_type:
-        return conv.ARCHITECTURES[0], conv
+      # A converter of several model types (llama, mistral, qwen2) maps each to its class.
+      types = getattr(conv, "MODEL_TYPES", {conv.ARCHITECTURES[0]: conv.MODEL_TYPE})
+      for arch, kind in types.items():
+        if kind == model_type:
+          return arch, conv
   raise ValueError(
       f"{where}: architecture {archs} (model_type {model_type!r}) is not supported; zoo "
       f"converts {sorted(supported_architectures())}."
