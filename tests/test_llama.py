@@ -20,6 +20,7 @@ from zoo import generate as zg  # noqa: E402
 from zoo.generate import cli  # noqa: E402
 from zoo.layers.positional import RopeScaling, rope_frequencies  # noqa: E402
 from zoo.pretrained import assemble, checkpoint_io  # noqa: E402
+from zoo.pretrained import export as export_lib  # noqa: E402
 from zoo.training import loop  # noqa: E402
 from zoo.training import trainable as tr  # noqa: E402
 
@@ -252,6 +253,15 @@ def test_lora_fine_tuning_trains_only_adapters_in_bfloat16(tmp_path):
   assert any(np.any(params[k] != 0) for k in adapters if k.endswith("lora_b"))
   cfg = zoo.pretrained.api.read_workdir(str(tmp_path / "run")).config
   assert np.dtype(cfg.dtype) == np.dtype("bfloat16") and cfg.gated_mlp
+
+  # Out again: export merges the adapters; transformers reads the merged float32 weights.
+  export_lib.export_run(str(tmp_path / "run"), str(tmp_path / "export"))
+  back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "export")).eval()
+  assert type(back).__name__ == "LlamaForCausalLM"
+  merged = zoo.build(cfg, dtype=np.float32)
+  ids = np.random.RandomState(2).randint(0, 300, (1, 8))
+  ours = _forward(merged, tr.merge(result.state.params), ids, np.ones_like(ids, bool))
+  assert _max_diff(ours, _hf_logits(back, ids, np.ones_like(ids))) < ATOL
 
 
 def _word_tokenizer(folder, size):
