@@ -17,7 +17,6 @@ import time
 
 import jax
 import numpy as np
-import pytest
 
 from zoo.training.checkpoint import Checkpointer
 from zoo.training.metrics import read_jsonl

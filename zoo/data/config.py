@@ -22,10 +22,11 @@ def default_config(task: str) -> ml_collections.ConfigDict:
   <data_dir>/downloads/manual), ``download`` (let TFDS download and prepare: network, and
   often TensorFlow); ``train_split`` / ``eval_split`` (TFDS split strings; None = the
   dataset's usual ones); ``shuffle`` (train split only); ``read_threads`` and ``prefetch``
-  (Grain threads reading ahead, elements each), ``workers`` (Grain worker processes, 0 = none). Text tasks add ``tokenizer`` ("byte",
-  "bpe", "sentencepiece" or a tokenizer.json / vocab.txt / .model path), ``vocab_size`` and
-  ``tokenizer_train_examples`` (for trained vocabularies), ``tokenizer_dir`` (their cache) and
-  ``text_keys`` (TFDS text fields; None = automatic).
+  (Grain threads reading ahead, elements each), ``workers`` (Grain worker processes, 0 =
+  none). Text tasks add ``tokenizer`` ("byte", "bpe", "sentencepiece" or a tokenizer.json /
+  vocab.txt / .model path), ``vocab_size`` and ``tokenizer_train_examples`` (for trained
+  vocabularies), ``tokenizer_dir`` (their cache) and ``text_keys`` (TFDS text fields; None =
+  automatic).
   """
   if task not in TASKS:
     raise _unknown(task, TASKS, "data task")

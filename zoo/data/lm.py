@@ -20,7 +20,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from zoo.data.iteration import (
-    Dataset, Layout, PackedRows, empty_lm_row, example_dataset, row_dataset,
+  Dataset,
+  Layout,
+  PackedRows,
+  empty_lm_row,
+  example_dataset,
+  row_dataset,
 )
 
 

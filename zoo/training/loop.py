@@ -401,7 +401,9 @@ class Run:
   ) -> list[Action]:
     """What happens between steps, in this order: log, checkpoint, evaluate, stop."""
     config = self.config
-    out = [LogTrain(int(config.train.log_every), history, writer), SaveCheckpoint(self.ckpt, history)]
+    out = [
+        LogTrain(int(config.train.log_every), history, writer), SaveCheckpoint(self.ckpt, history)
+    ]
     if self.eval_ds is not None:
       rows = _eval_batch_size(config) // jax.process_count()
       out.append(Evaluate(
