@@ -84,8 +84,20 @@ def read_hf(path: str, *, strict: bool = True, names=()) -> assemble.Weights:
   store = TensorStore(path)
   family = registry.family_of(conv.CONFIG)
   assemble.check_names(family, names)
-  fields = conv.config_from_hf(hf, arch, store.keys())
-  native = assemble.make_config(family, fields, None, {}, path)
+  config_path = os.path.join(path, "config.json")
+  try:
+    fields = conv.config_from_hf(hf, arch, store.keys())
+  except KeyError as e:
+    raise ValueError(
+        f"{config_path} lacks the field {e.args[0]!r}, which a {arch} config needs; restore it "
+        "(transformers' save_pretrained writes it) or re-export the folder."
+    ) from None
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{config_path} has a field of the wrong type or value: {e}") from None
+  try:
+    native = assemble.make_config(family, fields, None, {}, path)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{config_path} describes no valid {arch}: {e}") from None
   shapes, _ = assemble.param_shapes(family.model_cls(native))
   flat, unused = km.load_entries(
       conv.entries(native, arch),
@@ -114,6 +126,7 @@ def save_hf(model: nn.Module, params, path: str, extra: dict | None = None) -> N
   family = registry.family_of(model)
   if not family.converters:
     raise ValueError(f"{family.config_cls.__name__} has no Hugging Face format to export to.")
+  assemble.check_params_fit(model, params)
   conv = registry.converter_modules(family)[0]
   cfg = model.config
   hf = conv.config_to_hf(cfg)

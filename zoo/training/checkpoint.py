@@ -182,7 +182,9 @@ class Checkpointer:
 
   def all_steps(self) -> list[int]:
     """The steps of complete checkpoints, oldest first."""
-    steps = sorted(self.manager.all_steps())
+    # Orbax also lists a step still being written (its folder not renamed into place yet).
+    steps = [s for s in sorted(self.manager.all_steps())
+             if os.path.isdir(os.path.join(self.directory, str(s)))]
     good = [s for s in steps if self._complete(s)]
     if len(good) < len(steps):
       log.warning("skipping damaged checkpoints %s in %s",

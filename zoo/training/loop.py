@@ -741,8 +741,8 @@ class _History:
     return out
 
   def _non_finite(self, step: int, m) -> NonFiniteLossError:
+    self.ckpt.wait()  # a checkpoint being written is a good one once written
     good = self.ckpt.latest_step()
-    self.ckpt.wait()
     if good is None:
       kept = "no checkpoint was saved before it"
     else:
