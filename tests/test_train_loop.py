@@ -17,6 +17,7 @@ from flax import linen as nn
 
 import zoo
 import zoo.data as zd
+from zoo.generate import cli as generate_cli
 from zoo.training import config as config_lib
 from zoo.training import loop
 from zoo.training import mesh as mesh_lib
@@ -151,7 +152,9 @@ def test_resume_inside_a_logging_window_logs_the_uninterrupted_rows(gpt_runs, tm
   assert resumed[8] == full[8] and resumed[12] == full[12]  # exact floats
 
 
-def test_damaged_and_half_deleted_checkpoints_are_never_listed_or_restored(gpt_runs, tmp_path):
+def test_damaged_and_half_deleted_checkpoints_are_never_listed_or_restored(
+    gpt_runs, tmp_path, capsys
+):
   c, root, *_ = gpt_runs
   ckpts = tmp_path / "checkpoints"
   for step in (6, 9, 12):
@@ -166,6 +169,14 @@ def test_damaged_and_half_deleted_checkpoints_are_never_listed_or_restored(gpt_r
   with pytest.raises(ValueError, match=r"step 7 .* does not exist.*nearest good step is 6"):
     ckpt.read_params(7)
   ckpt.close()
+  (tmp_path / "config.json").write_text((root / "full" / "config.json").read_text())
+  code = generate_cli.main(["--checkpoint", str(tmp_path), "--step", "12", "--prompt_ids", "1"])
+  err = capsys.readouterr().err
+  assert code == 2 and "step 12" in err and "nearest good step is 9" in err, err
+  assert "Traceback" not in err and err.strip().count("\n") == 0
+  code = generate_cli.main(["--checkpoint", str(tmp_path), "--config", "configs/nope.py",
+                            "--prompt_ids", "1"])
+  assert code == 2 and "configs/nope.py" in capsys.readouterr().err
   resumed = run(c, tmp_path, stop_at=9)  # resumes the latest good step: nothing to train
   assert resumed.step == 9 and not resumed.losses
 

@@ -66,13 +66,17 @@ def as_rows(prompts, name: str = "prompts") -> list[list[int]]:
   rows = list(prompts)
   if rows and all(isinstance(t, (int, np.integer)) for t in rows):
     rows = [rows]  # a single prompt given as a flat list
-  try:
-    return [list(map(int, r)) for r in rows]
-  except (TypeError, ValueError):
+  ints = (int, np.integer)
+  if not all(
+      isinstance(r, (list, tuple, np.ndarray)) and all(
+          isinstance(t, ints) and not isinstance(t, bool) for t in r
+      ) for r in rows
+  ):
     raise ValueError(
         f"{name} must be token ids: a list of int lists, or a [batch, length] int array; got "
         f"{prompts!r:.80}."
-    ) from None
+    )
+  return [list(map(int, r)) for r in rows]
 
 
 def check_family(model, family: str, use: str) -> None:

@@ -641,6 +641,10 @@ def build_run(
   Raises:
     ValueError: bad config (indivisible batch, another model's checkpoint in ``workdir`` ...).
   """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(
+        f"--workdir {workdir} is a file; give a directory (it is created if missing)."
+    )
   config, weights = _pretrained(config)
   tc = config.train
   mesh = mesh_lib.make_mesh(config.mesh, devices)
