@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import zoo
-from zoo.generate import generate, translate_ids
 from zoo.generate import cli as generate_cli
+from zoo.generate import generate, translate_ids
 from zoo.models.bert import BertConfig
 from zoo.models.gpt import GPTConfig
 from zoo.pretrained import __main__ as pretrained_cli
