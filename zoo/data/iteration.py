@@ -7,9 +7,9 @@ batch ``N`` is rows ``[N*G, (N+1)*G)`` of it, and process ``i`` of ``n`` yields 
 read, plus a packer's position inside a document) means the same thing on every process: a
 run resumes on any process count with the same global batch size.
 
-The order of the records is Grain's (``grain.MapDataset.range(...).shuffle(seed).repeat()``:
-a fresh seeded permutation each epoch, computed per index, nothing materialised); batching,
-process slicing, thread prefetch and iterator checkpointing are Grain's too. The tasks' own
+The stream is a Grain ``MapDataset`` (epoch ``e`` reads the records in a permutation seeded by
+``[seed, e]``); batching, process slicing, thread and worker prefetch and iterator
+checkpointing are Grain's. The tasks' own
 transforms (tokenise, pack, mask, augment, bucket) are plain functions of a record and a
 ``np.random.Generator`` seeded by ``[seed, epoch, record]``, so a row depends on nothing that
 is not in the state.
@@ -27,6 +27,7 @@ Three shapes of stream, by how much of the global stream a process must compute:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -74,14 +75,24 @@ class Layout:
     return self.global_batch_size // self.process_count
 
   def records(self) -> grain.MapDataset:
-    """``(stream position, record index)`` for every position of the split (infinite if
-    ``repeat``)."""
-    ds = grain.MapDataset.range(self.num_records)
-    if self.shuffle:
-      ds = ds.shuffle(seed=self.seed)
-    if self.repeat:  # "forever": 2**50 positions (a finite length keeps Grain's lengths exact)
-      ds = ds.repeat(max(1, 2**50 // self.num_records))
-    return ds.map_with_index(lambda k, r: (k, int(r)))
+    """``(stream position, record index)`` for every position of the split (2**50 of them if
+    ``repeat``).
+
+    Epoch ``e`` reads ``np.random.default_rng([seed, e]).permutation(num_records)`` (computed
+    once per epoch, per process): the order zoo has always used, so that a single-process run
+    reproduces earlier runs and the figures measured with them bit for bit.
+    """
+    r = self.num_records
+    total = max(1, 2**50 // r) * r if self.repeat else r
+    positions = grain.MapDataset.range(total)
+    if not self.shuffle:
+      return positions.map(lambda k: (k, k % r))
+    return positions.map(lambda k: (k, int(self._permutation(k // r)[k % r])))
+
+  @functools.lru_cache(maxsize=2)  # noqa: B019 - one Layout per dataset, two epochs at a time
+  def _permutation(self, epoch: int) -> np.ndarray:
+    dtype = np.int32 if self.num_records < 2**31 else np.int64
+    return np.random.default_rng([self.seed, epoch]).permutation(self.num_records).astype(dtype)
 
   def rng(self, position: int, record: int) -> np.random.Generator:
     """The randomness of the example built from ``record`` at stream ``position``."""

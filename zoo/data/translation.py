@@ -3,10 +3,10 @@
 
 Sources longer than ``src_len`` and targets longer than ``tgt_len`` are truncated (EOS is kept).
 Rows are padded to ``[B, src_len]`` / ``[B, tgt_len]``. With ``bucket_window = W > 0`` the
-examples of each window of ``W`` batches are sorted by length and cut into ``W`` batches (in a
-seeded random order on the train split), each padded only to its longest row rounded up to a
-multiple of ``pad_to_multiple``: less padding, at the price of a few distinct shapes (one
-compilation each).
+examples of each window of ``W`` global batches are sorted by length and cut into ``W`` global
+batches (in a seeded random order on the train split), each padded only to its longest row
+rounded up to a multiple of ``pad_to_multiple``: less padding, at the price of a few distinct
+shapes (one compilation each); every process's slice of a global batch has its shape.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def bucketed(pairs, tok, *, src_len, tgt_len, window, multiple, layout: Layout,
     items.sort(key=lambda st: (len(st[1]), len(st[0])))
     out = [items[k * g : (k + 1) * g] for k in range(-(-len(items) // g))]
     if layout.repeat:
-      out = [out[k] for k in np.random.default_rng([layout.seed, w]).permutation(len(out))]
+      out = [out[k] for k in np.random.default_rng([layout.seed, w * span]).permutation(len(out))]
     return out
 
   def global_batch(n: int):
