@@ -141,7 +141,6 @@ def build_dataset(
       len(records), seed=seed, shuffle=train and cfg.shuffle, repeat=train,
       global_batch_size=global_batch_size, process_index=process_index,
       process_count=process_count, read_threads=cfg.read_threads, prefetch=cfg.prefetch,
-      workers=cfg.workers,
   )
   batch_size = layout.batch_size
   info: dict[str, Any] = {

@@ -8,8 +8,8 @@ read, plus a packer's position inside a document) means the same thing on every 
 run resumes on any process count with the same global batch size.
 
 The stream is a Grain ``MapDataset`` (epoch ``e`` reads the records in a permutation seeded by
-``[seed, e]``); batching, process slicing, thread and worker prefetch and iterator
-checkpointing are Grain's. The tasks' own
+``[seed, e]``); batching, process slicing, thread prefetch and iterator checkpointing are
+Grain's. The tasks' own
 transforms (tokenise, pack, mask, augment, bucket) are plain functions of a record and a
 ``np.random.Generator`` seeded by ``[seed, epoch, record]``, so a row depends on nothing that
 is not in the state.
@@ -51,7 +51,6 @@ class Layout:
     process_count: processes sharing each global batch.
     read_threads: Grain prefetch threads (0 = read in the calling thread).
     prefetch: elements each thread reads ahead.
-    workers: Grain worker processes (``mp_prefetch``; 0 = none).
   """
 
   num_records: int
@@ -63,7 +62,6 @@ class Layout:
   process_count: int = 1
   read_threads: int = 1
   prefetch: int = 4
-  workers: int = 0
 
   def __post_init__(self):
     if self.num_records <= 0:
@@ -108,16 +106,9 @@ class Layout:
 
   def read(self, ds: grain.MapDataset) -> grain.IterDataset:
     """An iterable (checkpointable) view of ``ds`` with the configured prefetch."""
-    it = ds.to_iter_dataset(
+    return ds.to_iter_dataset(
         grain.ReadOptions(num_threads=self.read_threads, prefetch_buffer_size=self.prefetch)
     )
-    return self.parallel(it)
-
-  def parallel(self, ds: grain.IterDataset) -> grain.IterDataset:
-    if self.workers > 0:
-      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers))
-    return ds
-
 
 class Dataset:
   """Batches of numpy arrays for one process, with an exact, JSON-serialisable state.
@@ -248,7 +239,8 @@ def example_dataset(
   # Global batch N is local chunks N*n .. N*n + n - 1: this process takes chunk N*n + i.
   mine = rows[layout.process_index :: layout.process_count]
   return Dataset(
-      layout.read(mine), layout=layout, info=info, tag=tag, num_batches=lambda: -(-r // g)
+      layout.read(mine), layout=layout, info=info, tag=tag,
+      num_batches=lambda: -(-r // g),
   )
 
 
@@ -264,7 +256,7 @@ def row_dataset(
   def count() -> int:
     return sum(1 for _ in batches)
 
-  return Dataset(layout.parallel(batches), layout=layout, info=info, tag=tag, num_batches=count)
+  return Dataset(batches, layout=layout, info=info, tag=tag, num_batches=count)
 
 
 def batch_dataset(
@@ -281,7 +273,8 @@ def batch_dataset(
 
   mine = global_batches.map(local)
   return Dataset(
-      layout.read(mine), layout=layout, info=info, tag=tag, num_batches=lambda: len(mine)
+      layout.read(mine), layout=layout, info=info, tag=tag,
+      num_batches=lambda: len(mine),
   )
 
 
