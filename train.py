@@ -33,6 +33,7 @@ from ml_collections import config_flags
 EXIT_USAGE = 2  # bad command line or config
 EXIT_NONFINITE = 3  # loss became NaN / inf
 EXIT_SIGNAL = {"SIGTERM": 143, "SIGINT": 130}  # 128 + signal number, checkpoint saved
+EXIT_PEER = 4  # several processes: another process died (or this one failed) mid-run
 CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 
 
@@ -233,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
 
   from zoo.training import mesh as mesh_lib  # noqa: PLC0415
 
-  mesh_lib.maybe_initialize_distributed()  # before anything touches a device
   try:
+    mesh_lib.maybe_initialize_distributed()  # before anything touches a device
     config, workdir, print_config = parse(argv)
   except ValueError as e:
     print(f"train.py: error: {e}", file=sys.stderr)
@@ -246,8 +247,49 @@ def main(argv: list[str] | None = None) -> int:
     print(config)
     return 0
 
+  import jax  # noqa: PLC0415
+
   from zoo.training.loop import NonFiniteLossError, train  # noqa: PLC0415
 
+  if jax.process_count() > 1:
+    return _several_processes(lambda: _train(train, config, workdir, NonFiniteLossError))
+  return _train(train, config, workdir, NonFiniteLossError)
+
+
+def _several_processes(body) -> int:
+  """Run ``body`` as one of several processes: on any failure, say which process failed and
+  why, then leave at once.
+
+  Leaving without ``jax.distributed.shutdown()`` matters: its barrier would hold this process
+  for minutes waiting for a dead peer, and a live peer blocked in a collective only notices
+  this process is gone when its sockets close (the coordination service's heartbeat timeout,
+  ``ZOO_HEARTBEAT_TIMEOUT_S``, catches a host that vanished without closing them).
+  """
+  import jax  # noqa: PLC0415
+
+  who = f"process {jax.process_index()} of {jax.process_count()}"
+  try:
+    code = body()
+  except BaseException as e:  # noqa: BLE001 - every failure ends this process the same way
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    if isinstance(e, jax.errors.JaxRuntimeError):
+      why = (f"a collective or the coordination service failed ({first}): another process "
+             "has probably died (its log says why), or the network between hosts broke")
+    else:
+      why = f"{type(e).__name__}: {first}"
+    print(f"train.py: {who} stopped: {why}. The last complete checkpoint in the workdir is "
+          "intact; run the same command on every host again to resume from it.",
+          file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(EXIT_PEER)
+  if code:  # an expected error, already printed: the peers are not waiting for this one
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  return code
+
+
+def _train(train, config, workdir, NonFiniteLossError) -> int:  # noqa: N803
   try:
     result = train(config, workdir)
   except NonFiniteLossError as e:

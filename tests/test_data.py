@@ -8,7 +8,7 @@ import pytest
 
 import zoo.data as zd
 from zoo.data import offline
-from zoo.data.iteration import ShardOrder
+from zoo.data.iteration import Layout
 from zoo.data.tokenizers import ByteTokenizer
 
 IGNORE = zd.IGNORE_INDEX
@@ -228,17 +228,53 @@ def test_state_of_another_configuration_is_refused(corpus):
     b.set_state(a.get_state())
 
 
-def test_shard_order_partitions_each_epoch():
-  n, count = 24, 3
-  orders = [ShardOrder(n, seed=1, shuffle=True, repeat=True, process_index=i, process_count=count)
-            for i in range(count)]
-  for epoch in range(3):
-    seen = [[o.record(epoch * o.per_epoch + p) for p in range(o.per_epoch)] for o in orders]
-    flat = sum(seen, [])
-    assert sorted(flat) == list(range(n)), epoch
-  first = [orders[0].record(p) for p in range(8)]
-  second = [orders[0].record(8 + p) for p in range(8)]
-  assert set(first) != set(second) or first != second  # epochs are reshuffled
+def test_record_order_is_a_fresh_permutation_each_epoch():
+  n = 24
+  records = Layout(n, seed=1, shuffle=True, repeat=True, global_batch_size=4).records()
+  epochs = [[records[e * n + p][1] for p in range(n)] for e in range(3)]
+  for epoch in epochs:
+    assert sorted(epoch) == list(range(n))
+  assert epochs[0] != epochs[1] != epochs[2] and epochs[0] != list(range(n))
+  assert [records[p][0] for p in range(5)] == list(range(5))  # (stream position, record)
+
+
+GLOBAL_CASES = {
+    "lm_packed": lambda c, n: cfg_for("lm", path=str(c), seq_len=32),
+    "mlm_nsp": lambda c, n: cfg_for("mlm_nsp", path=str(c), seq_len=32),
+    "translation_bucketed": RESUME_CASES["translation_bucketed"],
+    "images_augmented": lambda c, n: cfg_for("image_classification", path=str(n),
+                                             image_size=12, offline_eval_fraction=0.5),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GLOBAL_CASES))
+def test_global_batches_do_not_depend_on_the_process_count(case, corpus, digits_npz):
+  """Global batch N is the same rows for 1, 2 or 4 processes, on train and eval, and a state
+  saved by one process count resumes on another."""
+  cfg = GLOBAL_CASES[case](corpus, digits_npz)
+  make = lambda split, i, n: zd.build_dataset(cfg, split=split, global_batch_size=4, seed=5,
+                                              process_index=i, process_count=n)
+  one = take(make("train", 0, 1), 6)
+  for n in (2, 4):
+    shards = [take(make("train", i, n), 6) for i in range(n)]
+    for step in range(6):
+      for k in one[step]:
+        np.testing.assert_array_equal(
+            one[step][k], np.concatenate([s[step][k] for s in shards]), err_msg=f"{n} {k}")
+  single = make("train", 0, 1)
+  take(single, 3)
+  state = json.loads(json.dumps(single.get_state()))
+  second = make("train", 1, 2)
+  second.set_state(state)  # 1 process saved, process 1 of 2 resumes
+  for step, batch in enumerate(take(second, 3), start=3):
+    for k in batch:
+      np.testing.assert_array_equal(batch[k], one[step][k][2:], err_msg=k)
+  whole = list(make("validation", 0, 1))[:3]
+  halves = [list(make("validation", i, 2))[:3] for i in range(2)]
+  for step, batch in enumerate(whole):
+    for k in batch:
+      np.testing.assert_array_equal(
+          batch[k], np.concatenate([h[step][k] for h in halves]), err_msg=f"eval {k}")
 
 
 def test_process_shards_disjoint_and_covering_through_batches(digits_npz):

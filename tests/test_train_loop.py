@@ -6,6 +6,7 @@ compiles per (model, task, optimizer, mesh), so runs of one config share one com
 
 import dataclasses
 import functools
+import shutil
 import types
 
 import jax
@@ -16,12 +17,14 @@ from flax import linen as nn
 
 import zoo
 import zoo.data as zd
+from zoo.generate import cli as generate_cli
 from zoo.training import config as config_lib
 from zoo.training import loop
 from zoo.training import mesh as mesh_lib
 from zoo.training import state as state_lib
 from zoo.training import tasks as tasks_lib
 from zoo.training.checkpoint import Checkpointer
+from zoo.training.metrics import read_jsonl
 from zoo.training.optimizer import make_optimizer
 
 MESHES = {
@@ -113,6 +116,7 @@ def gpt_runs(tmp_path_factory):
   """An uninterrupted 12-step GPT run (with dropout) and one stopped at step 5, then resumed."""
   root = tmp_path_factory.mktemp("gpt_runs")
   c = tiny("lm", "gpt2-small")
+  c.train.log_every = 4  # rows at 4, 8, 12; checkpoints at 3, 6, 9, 12: inside the windows
   full = run(c, root / "full")
   first = run(c, root / "resumed", stop_at=5)
   second = run(c, root / "resumed")
@@ -130,6 +134,51 @@ def test_stop_and_resume_is_bitwise_identical(gpt_runs):
   assert all(jax.tree.leaves(chex_equal))
   opt_equal = jax.tree.map(np.array_equal, host(full.state.opt_state), host(second.state.opt_state))
   assert all(jax.tree.leaves(opt_equal))
+
+
+def _rows(workdir) -> dict[int, dict]:
+  keys = ("loss", "nll", "accuracy", "grad_norm", "learning_rate")
+  return {r["step"]: {k: r[k] for k in keys} for r in read_jsonl(str(workdir))
+          if r["split"] == "train"}
+
+
+def test_resume_inside_a_logging_window_logs_the_uninterrupted_rows(gpt_runs, tmp_path):
+  """Checkpoint 6 holds the sums of steps 5-6, so the row at 8 (steps 5-8) is the same."""
+  c, root, *_ = gpt_runs
+  shutil.copytree(root / "full" / "checkpoints" / "6", tmp_path / "checkpoints" / "6")
+  run(c, tmp_path)  # as if killed after step 6
+  full, resumed = _rows(root / "full"), _rows(tmp_path)
+  assert sorted(full) == [4, 8, 12] and sorted(resumed) == [8, 12]
+  assert resumed[8] == full[8] and resumed[12] == full[12]  # exact floats
+
+
+def test_damaged_and_half_deleted_checkpoints_are_never_listed_or_restored(
+    gpt_runs, tmp_path, capsys
+):
+  c, root, *_ = gpt_runs
+  ckpts = tmp_path / "checkpoints"
+  for step in (6, 9, 12):
+    shutil.copytree(root / "full" / "checkpoints" / str(step), ckpts / str(step))
+  (ckpts / "12" / "state" / "manifest.ocdbt").unlink()  # a folder rmtree stopped halfway in
+  shutil.copytree(root / "full" / "checkpoints" / "6", ckpts / "deleted" / "3")  # trash
+  ckpt = Checkpointer(tmp_path, every=3, keep=3, fingerprint={})
+  assert ckpt.all_steps() == [6, 9] and ckpt.latest_step() == 9
+  assert not (ckpts / "deleted").exists()  # emptied at start-up
+  with pytest.raises(ValueError, match=r"step 12 .* is damaged.*nearest good step is 9"):
+    ckpt.read_params(12)
+  with pytest.raises(ValueError, match=r"step 7 .* does not exist.*nearest good step is 6"):
+    ckpt.read_params(7)
+  ckpt.close()
+  (tmp_path / "config.json").write_text((root / "full" / "config.json").read_text())
+  code = generate_cli.main(["--checkpoint", str(tmp_path), "--step", "12", "--prompt_ids", "1"])
+  err = capsys.readouterr().err
+  assert code == 2 and "step 12" in err and "nearest good step is 9" in err, err
+  assert "Traceback" not in err and err.strip().count("\n") == 0
+  code = generate_cli.main(["--checkpoint", str(tmp_path), "--config", "configs/nope.py",
+                            "--prompt_ids", "1"])
+  assert code == 2 and "configs/nope.py" in capsys.readouterr().err
+  resumed = run(c, tmp_path, stop_at=9)  # resumes the latest good step: nothing to train
+  assert resumed.step == 9 and not resumed.losses
 
 
 def test_keeps_last_k_checkpoints(gpt_runs):
@@ -193,7 +242,7 @@ class _Poisoned:
 
       def __iter__(self):
         for batch in ds:
-          if ds.get_state()["position"] == bad:
+          if ds.get_state()["grain"]["next_index"] == bad:  # batches read so far
             batch = {**batch, "weights": np.full_like(batch["weights"], np.nan)}
           yield batch
 
@@ -202,12 +251,11 @@ class _Poisoned:
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
   c = tiny("lm", "gpt2-small")
-  c.data.packing = False  # one document per row: the stream position counts batches
+  c.data.packing = False  # one document per row: the Grain iterator counts batches
   c.train.update(checkpoint_every=2, batch_size=8)
-  positions_per_batch = 8
   with pytest.raises(loop.NonFiniteLossError,
                      match=r"nan.* at step 5;.*last good checkpoint is step 4") as e:
-    run(c, tmp_path, dataset_fn=_Poisoned(bad=5 * positions_per_batch))
+    run(c, tmp_path, dataset_fn=_Poisoned(bad=5))
   assert e.value.step == 5
   ckpt = Checkpointer(tmp_path, every=2, keep=5, fingerprint={})
   assert ckpt.all_steps() == [2, 4]

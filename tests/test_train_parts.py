@@ -257,8 +257,12 @@ def test_distributed_initialize_only_when_launched_as_several_processes(monkeypa
   monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
   monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
   monkeypatch.setenv("JAX_PROCESS_ID", "2")
+  monkeypatch.delenv("ZOO_HEARTBEAT_TIMEOUT_S", raising=False)
   assert mesh_lib.maybe_initialize_distributed() is True
-  assert calls == [{"num_processes": 4, "process_id": 2}]
+  assert calls == [{"num_processes": 4, "process_id": 2, "heartbeat_timeout_seconds": 15}]
+  monkeypatch.setenv("ZOO_HEARTBEAT_TIMEOUT_S", "soon")
+  with pytest.raises(ValueError, match="ZOO_HEARTBEAT_TIMEOUT_S='soon'.*e.g. ZOO_HEARTBEAT"):
+    mesh_lib.maybe_initialize_distributed()
 
 
 @pytest.mark.parametrize("key,value", [("lr", -1e-3), ("eps", 0.0), ("weight_decay", -0.1),

@@ -15,7 +15,7 @@ from zoo.data import bert, images, lm, offline, translation
 from zoo.data import tfds_sources as tfds_src
 from zoo.data.bert import IGNORE_INDEX
 from zoo.data.config import TASKS, default_config, resolve
-from zoo.data.iteration import Dataset, ShardOrder
+from zoo.data.iteration import Dataset, Layout
 from zoo.data.tfds_sources import DataError
 from zoo.data.tokenizers import ByteTokenizer, tokenizer_from_file, train_tokenizer
 
@@ -113,7 +113,7 @@ def build_dataset(
     data_cfg: a ``default_config(task)`` (possibly edited) or a partial dict with ``task``.
     split: "train" or "validation" (TFDS sources also take any split string, e.g. "test").
     global_batch_size: rows over all processes; each yields ``global_batch_size //
-      process_count``.
+      process_count`` of them, the same global batches whatever the process count.
     seed: shuffling and per-example randomness (masking, augmentation).
     process_index: this process (``jax.process_index()``).
     process_count: ``jax.process_count()``.
@@ -137,18 +137,18 @@ def build_dataset(
     raise ValueError(f"seed must be a non-negative int; got {seed!r}.")
   train = split == "train"
   records, meta = _records(cfg, split)
-  order = ShardOrder(
+  layout = Layout(
       len(records), seed=seed, shuffle=train and cfg.shuffle, repeat=train,
-      process_index=process_index, process_count=process_count,
+      global_batch_size=global_batch_size, process_index=process_index,
+      process_count=process_count, read_threads=cfg.read_threads, prefetch=cfg.prefetch,
   )
-  batch_size = global_batch_size // process_count
+  batch_size = layout.batch_size
   info: dict[str, Any] = {
       "task": cfg.task, "split": split, "source": cfg.source, "num_records": len(records),
       "global_batch_size": global_batch_size, "batch_size": batch_size, "tokenizer": None,
       **meta,
   }
-  common = dict(order=order, batch_size=batch_size, info=info,
-                tag={"task": cfg.task, "split": split})
+  common = dict(layout=layout, info=info, tag={"task": cfg.task, "split": split})
   if cfg.task == "image_classification":
     return _images(cfg, records, info, train, common)
 

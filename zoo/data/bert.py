@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from zoo.data.iteration import ExampleDataset, pad_to
+from zoo.data.iteration import Dataset, example_dataset, pad_to
 from zoo.data.offline import sentences
 from zoo.data.tokenizers import normal_ids
 
@@ -84,7 +84,7 @@ def mask_tokens(ids: np.ndarray, candidates: np.ndarray, tok, rng, *, mask_rate:
   return ids, targets
 
 
-def build_mlm_nsp(docs: Sequence[str], tok, *, cfg, **kwargs) -> ExampleDataset:
+def build_mlm_nsp(docs: Sequence[str], tok, *, cfg, **kwargs) -> Dataset:
   """MLM + NSP examples; record ``i`` supplies segment A (see the module docstring)."""
   if tok.mask_id is None:
     raise ValueError(
@@ -131,10 +131,10 @@ def build_mlm_nsp(docs: Sequence[str], tok, *, cfg, **kwargs) -> ExampleDataset:
         "nsp_labels": np.int32(IGNORE_INDEX),
     }
 
-  return ExampleDataset(make_example=make, empty_example=empty, **kwargs)
+  return example_dataset(make_example=make, empty_example=empty, **kwargs)
 
 
-def build_classification(records: Sequence, tok, *, seq_len: int, **kwargs) -> ExampleDataset:
+def build_classification(records: Sequence, tok, *, seq_len: int, **kwargs) -> Dataset:
   """``records[i] = ((text,) or (text_a, text_b), label)`` -> classification rows."""
 
   def make(record, rng):
@@ -149,10 +149,10 @@ def build_classification(records: Sequence, tok, *, seq_len: int, **kwargs) -> E
     return {"input_ids": np.full(seq_len, tok.pad_id, np.int32), "token_type_ids": z,
             "attention_mask": z, "labels": np.int32(IGNORE_INDEX)}
 
-  return ExampleDataset(make_example=make, empty_example=empty, **kwargs)
+  return example_dataset(make_example=make, empty_example=empty, **kwargs)
 
 
-def build_tagging(records: Sequence, tok, *, seq_len: int, **kwargs) -> ExampleDataset:
+def build_tagging(records: Sequence, tok, *, seq_len: int, **kwargs) -> Dataset:
   """``records[i] = (words, tags)`` -> one label per word on its first token.
 
   Later sub-tokens of a word, [CLS], [SEP] and padding get ``IGNORE_INDEX``; words that do not
@@ -184,4 +184,4 @@ def build_tagging(records: Sequence, tok, *, seq_len: int, **kwargs) -> ExampleD
             "attention_mask": np.zeros(seq_len, np.int32),
             "labels": np.full(seq_len, IGNORE_INDEX, np.int32)}
 
-  return ExampleDataset(make_example=make, empty_example=empty, **kwargs)
+  return example_dataset(make_example=make, empty_example=empty, **kwargs)

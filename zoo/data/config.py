@@ -21,10 +21,12 @@ def default_config(task: str) -> ml_collections.ConfigDict:
   ~/tensorflow_datasets), ``manual_dir`` (manual downloads, default
   <data_dir>/downloads/manual), ``download`` (let TFDS download and prepare: network, and
   often TensorFlow); ``train_split`` / ``eval_split`` (TFDS split strings; None = the
-  dataset's usual ones); ``shuffle`` (train split only). Text tasks add ``tokenizer`` ("byte",
-  "bpe", "sentencepiece" or a tokenizer.json / vocab.txt / .model path), ``vocab_size`` and
-  ``tokenizer_train_examples`` (for trained vocabularies), ``tokenizer_dir`` (their cache) and
-  ``text_keys`` (TFDS text fields; None = automatic).
+  dataset's usual ones); ``shuffle`` (train split only); ``read_threads`` and ``prefetch``
+  (Grain threads reading ahead, elements each). Text tasks add ``tokenizer`` ("byte", "bpe",
+  "sentencepiece" or a tokenizer.json /
+  vocab.txt / .model path), ``vocab_size`` and ``tokenizer_train_examples`` (for trained
+  vocabularies), ``tokenizer_dir`` (their cache) and ``text_keys`` (TFDS text fields; None =
+  automatic).
   """
   if task not in TASKS:
     raise _unknown(task, TASKS, "data task")
@@ -40,6 +42,8 @@ def default_config(task: str) -> ml_collections.ConfigDict:
       train_split=None,
       eval_split=None,
       shuffle=True,
+      read_threads=1,
+      prefetch=4,
   )
   if task in TEXT_TASKS:
     c.update(tokenizer="byte", vocab_size=8000, tokenizer_train_examples=20000,
@@ -93,6 +97,9 @@ def _validate(cfg) -> None:
   for key in ("seq_len", "src_len", "tgt_len", "image_size", "max_number"):
     if key in cfg and (not isinstance(cfg[key], int) or cfg[key] < 4):
       raise ValueError(f"{key} must be an integer >= 4; got {cfg[key]!r}.")
+  for key, low in (("read_threads", 0), ("prefetch", 1)):
+    if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < low:
+      raise ValueError(f"{key} must be an integer >= {low}; got {cfg[key]!r}.")
   if not 0.0 < cfg.offline_eval_fraction < 1.0:
     raise ValueError(f"offline_eval_fraction must be in (0, 1); got {cfg.offline_eval_fraction}.")
   if cfg.task == "mlm_nsp":

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from zoo.data.bert import IGNORE_INDEX
-from zoo.data.iteration import ExampleDataset
+from zoo.data.iteration import Dataset, example_dataset
 
 
 def as_hwc(image, where: str = "image") -> np.ndarray:
@@ -107,7 +107,7 @@ def preprocess(image, rng, *, size: int, channels: int, mean, std, augment: bool
 
 
 def build(records: Sequence, *, cfg, train: bool, mean, std, flip: bool, variable_size: bool,
-          **kwargs) -> ExampleDataset:
+          **kwargs) -> Dataset:
   """``records[i] = (image, label)`` -> image-classification rows."""
   size, channels = cfg.image_size, cfg.num_channels
   if channels not in (1, 3):
@@ -128,4 +128,4 @@ def build(records: Sequence, *, cfg, train: bool, mean, std, flip: bool, variabl
         "images": np.zeros((size, size, channels), np.float32), "labels": np.int32(IGNORE_INDEX)
     }
 
-  return ExampleDataset(make_example=make, empty_example=empty, **kwargs)
+  return example_dataset(make_example=make, empty_example=empty, **kwargs)

@@ -1,82 +1,114 @@
-"""Deterministic, resumable, index-based iteration shared by every task.
+"""Deterministic, resumable iteration on Grain, shared by every task.
 
-A process reads an infinite (train) or single-pass (eval) *stream of positions*. Position ``p``
-of process ``i`` of ``n`` maps to a record index: epoch ``e = p // per_epoch`` draws a seeded
-permutation of all records (the same on every process), and the process takes every ``n``-th
-entry from its own offset ``i``, so shards are disjoint and together cover the epoch (the
-``num_records % n`` leftovers of a shuffled epoch are skipped, so every process has the same
-number of positions). The iterator state is the stream position (plus, for packed language
-modelling, how far into the current document it got), so ``get_state`` is a few integers and a
-restored iterator recomputes exactly the batches an uninterrupted one yields. Randomness used to
-build an example (MLM masking, NSP partners, augmentation) comes from
-``np.random.default_rng([seed, epoch, record_index])``: it depends on nothing that is not in the
-state.
+Every split is one *global* stream of rows, the same whatever the number of processes: global
+batch ``N`` is rows ``[N*G, (N+1)*G)`` of it, and process ``i`` of ``n`` yields rows
+``[N*G + i*b, N*G + (i+1)*b)`` with ``b = G / n``. So 2 processes train on exactly the batches
+1 process trains on, and an iterator state (a Grain iterator's state: how many batches were
+read, plus a packer's position inside a document) means the same thing on every process: a
+run resumes on any process count with the same global batch size.
+
+The stream is a Grain ``MapDataset`` (epoch ``e`` reads the records in a permutation seeded by
+``[seed, e]``); batching, process slicing, thread prefetch and iterator checkpointing are
+Grain's. The tasks' own
+transforms (tokenise, pack, mask, augment, bucket) are plain functions of a record and a
+``np.random.Generator`` seeded by ``[seed, epoch, record]``, so a row depends on nothing that
+is not in the state.
+
+Three shapes of stream, by how much of the global stream a process must compute:
+
+* :func:`example_dataset`: one record -> one row. Each process computes only its own rows.
+* :func:`row_dataset`: rows that depend on their neighbours (packing: a document continues in
+  the next row). Every process computes the whole global stream (cheap next to a train step)
+  and keeps its slice of each global batch.
+* :func:`batch_dataset`: global batches computed as a whole (length bucketing sorts a window
+  of global batches), sliced per process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import dataclasses
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import grain
 import numpy as np
 
 Batch = dict[str, np.ndarray]
 
 
-class ShardOrder:
-  """Maps stream positions of one process to record indices."""
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Which records, in which order, and which rows of each global batch this process keeps.
 
-  def __init__(
-      self,
-      num_records: int,
-      *,
-      seed: int,
-      shuffle: bool,
-      repeat: bool,
-      process_index: int,
-      process_count: int,
-  ):
-    if num_records <= 0:
+  Attributes:
+    num_records: records in the split.
+    seed: the permutation of each epoch and every example's randomness.
+    shuffle: permute the records (each epoch anew) rather than reading them in order.
+    repeat: loop forever (train) rather than one pass (eval).
+    global_batch_size: rows of one global batch, over all processes.
+    process_index: this process.
+    process_count: processes sharing each global batch.
+    read_threads: Grain prefetch threads (0 = read in the calling thread).
+    prefetch: elements each thread reads ahead.
+  """
+
+  num_records: int
+  seed: int
+  shuffle: bool
+  repeat: bool
+  global_batch_size: int
+  process_index: int = 0
+  process_count: int = 1
+  read_threads: int = 1
+  prefetch: int = 4
+
+  def __post_init__(self):
+    if self.num_records <= 0:
       raise ValueError("the dataset split has no records: nothing to iterate over.")
-    self.num_records = num_records
-    self.seed, self.shuffle, self.repeat = seed, shuffle, repeat
-    self.process_index, self.process_count = process_index, process_count
-    if repeat:
-      self.per_epoch = num_records // process_count
-      if self.per_epoch == 0:
-        raise ValueError(
-            f"{num_records} records cannot be shared by {process_count} processes: every "
-            "process needs at least one; use a bigger split or fewer processes."
-        )
-      self.padded_len = None
-    else:
-      self.per_epoch = len(range(process_index, num_records, process_count))
-      # Every process runs the same number of positions (collectives must line up); the
-      # extra ones are padding.
-      self.padded_len = -(-num_records // process_count)
-    self._cached: tuple[int, np.ndarray] | None = None
 
-  def epoch(self, position: int) -> int:
-    return position // self.per_epoch if self.per_epoch else 0
+  @property
+  def batch_size(self) -> int:
+    """Rows this process yields per batch."""
+    return self.global_batch_size // self.process_count
 
-  def _perm(self, epoch: int) -> np.ndarray:
-    if self._cached is None or self._cached[0] != epoch:
-      rng = np.random.default_rng([self.seed, epoch])
-      dtype = np.int32 if self.num_records < 2**31 else np.int64
-      self._cached = (epoch, rng.permutation(self.num_records).astype(dtype))
-    return self._cached[1]
+  def records(self) -> grain.MapDataset:
+    """``(stream position, record index)`` for every position of the split (2**50 of them if
+    ``repeat``).
 
-  def record(self, position: int) -> int | None:
-    """The record read at ``position``, or None for an eval padding position."""
-    if not self.repeat and position >= self.per_epoch:
-      return None
-    epoch, i = divmod(position, self.per_epoch)
-    k = self.process_index + i * self.process_count
-    return int(self._perm(epoch)[k]) if self.shuffle else k
+    Epoch ``e`` reads ``np.random.default_rng([seed, e]).permutation(num_records)`` (computed
+    once per epoch, per process): the order zoo has always used, so that a single-process run
+    reproduces earlier runs and the figures measured with them bit for bit.
+    """
+    r = self.num_records
+    total = max(1, 2**50 // r) * r if self.repeat else r
+    positions = grain.MapDataset.range(total)
+    if not self.shuffle:
+      return positions.map(lambda k: (k, k % r))
+    return positions.map(lambda k: (k, int(self._permutation(k // r)[k % r])))
+
+  @functools.lru_cache(maxsize=2)  # noqa: B019 - one Layout per dataset, two epochs at a time
+  def _permutation(self, epoch: int) -> np.ndarray:
+    dtype = np.int32 if self.num_records < 2**31 else np.int64
+    return np.random.default_rng([self.seed, epoch]).permutation(self.num_records).astype(dtype)
 
   def rng(self, position: int, record: int) -> np.random.Generator:
-    return np.random.default_rng([self.seed, self.epoch(position), record])
+    """The randomness of the example built from ``record`` at stream ``position``."""
+    return np.random.default_rng([self.seed, position // self.num_records, record])
 
+  def local_rows(self, rows: Sequence[Batch], empty: Callable[[], Batch]) -> Batch:
+    """This process's rows of one global batch (padded with ``empty()`` rows at the end of an
+    eval pass), stacked."""
+    b, i = self.batch_size, self.process_index
+    mine = list(rows[i * b : (i + 1) * b])
+    mine += [empty() for _ in range(b - len(mine))]
+    return stack(mine)
+
+  def read(self, ds: grain.MapDataset) -> grain.IterDataset:
+    """An iterable (checkpointable) view of ``ds`` with the configured prefetch."""
+    return ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=self.read_threads, prefetch_buffer_size=self.prefetch)
+    )
 
 class Dataset:
   """Batches of numpy arrays for one process, with an exact, JSON-serialisable state.
@@ -87,51 +119,69 @@ class Dataset:
 
   Attributes:
     info: dict describing the data (vocab_size, pad_id, tokenizer, num_classes, ...).
+    batch_size: rows per batch on this process.
   """
 
-  def __init__(self, *, order: ShardOrder, batch_size: int, info: dict[str, Any], tag: dict):
-    self.order = order
-    self.batch_size = batch_size
-    self.repeat = order.repeat
+  def __init__(
+      self,
+      batches: grain.IterDataset,
+      *,
+      layout: Layout,
+      info: dict[str, Any],
+      tag: dict[str, Any],
+      num_batches: Callable[[], int] | None = None,
+  ):
+    self.layout = layout
+    self.batch_size = layout.batch_size
+    self.repeat = layout.repeat
     self.info = info
+    self._batches = batches
+    self._count = num_batches
+    self._num_batches: int | None = None
+    # Everything that decides the global stream; not the process layout (the stream is the
+    # same for any number of processes).
     self._fingerprint = {
         **tag,
-        "num_records": order.num_records,
-        "seed": order.seed,
-        "process_index": order.process_index,
-        "process_count": order.process_count,
-        "batch_size": batch_size,
+        "num_records": layout.num_records,
+        "seed": layout.seed,
+        "global_batch_size": layout.global_batch_size,
     }
-    self._state = self._initial_state()
+    self._iterator: grain.DatasetIterator | None = None
     self._resume: dict | None = None
 
-  # Subclasses: the stream of (batch, state after that batch).
-  def _batches(self, state: dict) -> Iterator[tuple[Batch, dict]]:
-    raise NotImplementedError
-
-  def _initial_state(self) -> dict:
-    return {"position": 0}
+  def _fresh(self, state: dict | None) -> grain.DatasetIterator:
+    it = iter(self._batches)
+    if state is not None:
+      it.set_state(state)
+    return it
 
   def __iter__(self) -> Iterator[Batch]:
     if self.repeat:
-      state = self._state
-    else:
-      state, self._resume = self._resume or self._initial_state(), None
-    for batch, after in self._batches(dict(state)):
-      self._state = after
-      yield batch
-    self._state = self._initial_state()
+      if self._iterator is None:
+        self._iterator = self._fresh(self._resume)
+        self._resume = None
+      return self._iterator
+    self._iterator = self._fresh(self._resume)
+    self._resume = None
+    return self._iterator
 
   def get_state(self) -> dict:
-    """The position after the last yielded batch (ints only: goes into a checkpoint)."""
-    return {**self._state, "fingerprint": dict(self._fingerprint)}
+    """The position after the last yielded batch (JSON: goes into a checkpoint)."""
+    if self._iterator is not None:
+      grain_state = self._iterator.get_state()
+    elif self._resume is not None:
+      grain_state = self._resume
+    else:
+      grain_state = self._fresh(None).get_state()
+    return {"grain": grain_state, "fingerprint": dict(self._fingerprint)}
 
   def set_state(self, state: dict) -> None:
-    """Continue from a ``get_state()`` of an identically configured dataset.
+    """Continue from a ``get_state()`` of an identically configured dataset (on any number
+    of processes: the state is one of the global stream).
 
     Raises:
-      ValueError: the state was saved by a dataset with another split, seed, batch size,
-        process layout or number of records (it would not resume the same stream).
+      ValueError: the state was saved by a dataset with another split, seed, global batch
+        size or number of records (it would not resume the same stream).
     """
     saved = dict(state.get("fingerprint", {}))
     diff = {k: (saved.get(k), v) for k, v in self._fingerprint.items() if saved.get(k) != v}
@@ -139,53 +189,178 @@ class Dataset:
       detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
       raise ValueError(
           f"data iterator state does not match this dataset ({detail}); resume with the "
-          "same data config, seed, global batch size and process count."
+          "same data config, seed and global batch size."
       )
-    clean = {k: v for k, v in state.items() if k != "fingerprint"}
-    if set(clean) != set(self._initial_state()):
+    if not isinstance(state.get("grain"), dict):
       raise ValueError(
-          f"data iterator state keys {sorted(clean)} are not {sorted(self._initial_state())}."
+          f"data iterator state has no Grain iterator state (keys {sorted(state)}): it was "
+          "written by an older zoo; start a fresh --workdir."
       )
-    self._state = {k: int(v) for k, v in clean.items()}
-    if not self.repeat:
-      self._resume = dict(self._state)
+    self._resume = dict(state["grain"])
+    self._iterator = None
 
   def num_batches(self) -> int | None:
     """Batches in one pass of a non-repeating split (None when repeating)."""
     if self.repeat:
       return None
-    return -(-self.order.padded_len // self.batch_size)
+    if self._num_batches is None:
+      self._num_batches = self._count()
+    return self._num_batches
 
 
-class ExampleDataset(Dataset):
-  """One record -> one fixed-shape example; a batch stacks ``batch_size`` of them."""
+def example_dataset(
+    *,
+    make_example: Callable[[int, np.random.Generator], Batch],
+    empty_example: Callable[[], Batch],
+    layout: Layout,
+    info: dict[str, Any],
+    tag: dict[str, Any],
+) -> Dataset:
+  """One record -> one fixed-shape example; each process builds only its own rows.
 
-  def __init__(
-      self,
-      *,
-      make_example: Callable[[int, np.random.Generator], Batch],
-      empty_example: Callable[[], Batch],
-      **kwargs,
-  ):
-    super().__init__(**kwargs)
-    self.make_example = make_example
-    self.empty_example = empty_example
+  An eval pass is padded with ``empty_example()`` rows to whole global batches, so every
+  process yields the same number of batches.
+  """
+  g, r = layout.global_batch_size, layout.num_records
+  if layout.repeat:
+    positions = layout.records()
+  else:
+    total = -(-r // g) * g
+    base = layout.records()
+    positions = grain.MapDataset.range(total).map(lambda k: base[k] if k < r else (k, None))
 
-  def example_at(self, position: int) -> Batch:
-    record = self.order.record(position)
+  def example(item):
+    k, record = item
     if record is None:
-      return self.empty_example()
-    return self.make_example(record, self.order.rng(position, record))
+      return empty_example()
+    return make_example(record, layout.rng(k, record))
 
-  def _batches(self, state):
-    pos = state["position"]
-    while self.repeat or pos < self.order.padded_len:
-      rows = [self.example_at(pos + k) for k in range(self.batch_size)]
-      pos += self.batch_size
-      yield stack(rows), {"position": pos}
+  rows = positions.map(example).batch(layout.batch_size, batch_fn=stack)
+  # Global batch N is local chunks N*n .. N*n + n - 1: this process takes chunk N*n + i.
+  mine = rows[layout.process_index :: layout.process_count]
+  return Dataset(
+      layout.read(mine), layout=layout, info=info, tag=tag,
+      num_batches=lambda: -(-r // g),
+  )
 
 
-def stack(rows: list[Batch]) -> Batch:
+def row_dataset(
+    rows: grain.IterDataset, *, empty_row: Callable[[], Batch], layout: Layout,
+    info: dict[str, Any], tag: dict[str, Any],
+) -> Dataset:
+  """Rows of the global stream (computed on every process) -> this process's batches."""
+  batches = rows.batch(
+      layout.global_batch_size, batch_fn=lambda group: layout.local_rows(group, empty_row)
+  )
+
+  def count() -> int:
+    return sum(1 for _ in batches)
+
+  return Dataset(batches, layout=layout, info=info, tag=tag, num_batches=count)
+
+
+def batch_dataset(
+    global_batches: grain.MapDataset, *, empty_row: Callable[[Batch], Batch], layout: Layout,
+    info: dict[str, Any], tag: dict[str, Any],
+) -> Dataset:
+  """Global batches (lists of rows, all padded to one shape) -> this process's batches.
+
+  ``empty_row(like)`` is a padding row shaped like the row ``like``.
+  """
+
+  def local(rows):
+    return layout.local_rows(rows, lambda: empty_row(rows[0]))
+
+  mine = global_batches.map(local)
+  return Dataset(
+      layout.read(mine), layout=layout, info=info, tag=tag,
+      num_batches=lambda: len(mine),
+  )
+
+
+class PackedRows(grain.IterDataset):
+  """Concatenate-then-split packing of a document stream into fixed-length rows.
+
+  Elements of ``parent`` are documents as int arrays ``[BOS] tokens [EOS]``; each row holds
+  ``length`` (input, target) pairs. Documents are laid end to end, each a segment (ids 1, 2,
+  ... within the row, 0 = padding) whose positions restart at 0; a document that does not fit
+  the rest of a row continues as a new segment in the next row. The iterator state is the
+  parent's position at the current document plus the pairs already placed from it.
+  """
+
+  def __init__(self, parent: grain.IterDataset, *, length: int, pad_id: int):
+    super().__init__(parent)
+    self.length, self.pad_id = length, pad_id
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _PackedRowsIterator(self._parent.__iter__(), self.length, self.pad_id)
+
+
+def empty_lm_row(length: int, pad_id: int, packed: bool) -> Batch:
+  row = {
+      "input_ids": np.full(length, pad_id, np.int32),
+      "targets": np.full(length, pad_id, np.int32),
+      "weights": np.zeros(length, np.float32),
+  }
+  if packed:
+    row["positions"] = np.zeros(length, np.int32)
+    row["segment_ids"] = np.zeros(length, np.int32)
+  return row
+
+
+class _PackedRowsIterator(grain.DatasetIterator):
+
+  def __init__(self, parent: grain.DatasetIterator, length: int, pad_id: int):
+    super().__init__(parent)
+    self.length, self.pad_id = length, pad_id
+    self._doc: np.ndarray | None = None
+    self._doc_state = parent.get_state()  # the parent's state before the current document
+    self._offset = 0  # pairs of the current document already placed
+    self._done = False
+
+  def _document(self) -> np.ndarray | None:
+    if self._doc is None and not self._done:
+      self._doc_state = self._parent.get_state()
+      try:
+        self._doc = next(self._parent)
+      except StopIteration:
+        self._done = True
+    return self._doc
+
+  def __next__(self) -> Batch:
+    row, fill, seg = empty_lm_row(self.length, self.pad_id, True), 0, 0
+    while fill < self.length:
+      t = self._document()
+      if t is None:
+        break
+      take = min(len(t) - 1 - self._offset, self.length - fill)
+      if take > 0:
+        seg += 1
+        off, sl = self._offset, slice(fill, fill + take)
+        row["input_ids"][sl] = t[off : off + take]
+        row["targets"][sl] = t[off + 1 : off + 1 + take]
+        row["weights"][sl] = 1.0
+        row["positions"][sl] = np.arange(take)
+        row["segment_ids"][sl] = seg
+        fill, self._offset = fill + take, off + take
+      if self._offset >= len(t) - 1:
+        self._doc, self._offset = None, 0
+    if fill == 0:
+      raise StopIteration
+    return row
+
+  def get_state(self) -> dict:
+    parent = self._doc_state if self._doc is not None else self._parent.get_state()
+    return {"parent": parent, "offset": self._offset}
+
+  def set_state(self, state: dict) -> None:
+    self._parent.set_state(state["parent"])
+    self._doc, self._done = None, False
+    self._doc_state = state["parent"]
+    self._offset = int(state["offset"])
+
+
+def stack(rows: Sequence[Batch]) -> Batch:
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 

@@ -4,10 +4,12 @@ Packed rows (``packing=True``): documents are laid end to end; each one becomes 
 (``segment_ids`` 1, 2, ... within the row, 0 for padding) with ``positions`` restarting at 0,
 so with a segment mask no token attends across documents. A document that does not fit the
 rest of a row continues as a new segment at the start of the next row: no token is dropped
-and rows are full except the last one of an eval pass. Unpacked rows hold one document each,
-truncated to ``seq_len + 1`` tokens and right-padded (``weights`` 0 on padding).
+and rows are full except the last one of an eval pass. Packing runs on the global document
+stream, before its rows are shared among processes, so global batch N holds the same rows on
+any number of processes. Unpacked rows hold one document each, truncated to ``seq_len + 1``
+tokens and right-padded (``weights`` 0 on padding).
 
-Batch: ``input_ids``, ``targets`` ``[B, L]`` int32, ``weights`` ``[B, L]`` float32, and when
+Batch: ``input_ids``, ``targets``, ``weights`` ``[B, L]`` (int32, int32, float32), and when
 packed ``positions``, ``segment_ids`` ``[B, L]`` int32.
 """
 
@@ -17,7 +19,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from zoo.data.iteration import Dataset, ExampleDataset
+from zoo.data.iteration import (
+  Dataset,
+  Layout,
+  PackedRows,
+  empty_lm_row,
+  example_dataset,
+  row_dataset,
+)
 
 
 def document_tokens(doc: str, tok) -> np.ndarray:
@@ -29,109 +38,25 @@ def document_tokens(doc: str, tok) -> np.ndarray:
   return np.asarray(ends[0] + ids + ends[1], np.int32)
 
 
-def _empty_row(seq_len: int, pad_id: int, packed: bool) -> dict[str, np.ndarray]:
-  row = {
-      "input_ids": np.full(seq_len, pad_id, np.int32),
-      "targets": np.full(seq_len, pad_id, np.int32),
-      "weights": np.zeros(seq_len, np.float32),
-  }
-  if packed:
-    row["positions"] = np.zeros(seq_len, np.int32)
-    row["segment_ids"] = np.zeros(seq_len, np.int32)
-  return row
-
-
-class PackedLMDataset(Dataset):
-  """Packed language-model rows; state = (document position, tokens already consumed of it)."""
-
-  def __init__(self, *, docs: Sequence[str], tokenizer, seq_len: int, **kwargs):
-    super().__init__(**kwargs)
-    self.docs, self.tok, self.seq_len = docs, tokenizer, seq_len
-    self._cache: tuple[int, np.ndarray] | None = None
-    self._eval_total: int | None = None
-
-  def _initial_state(self):
-    return {"position": 0, "offset": 0, "batch": 0}
-
-  def _tokens(self, position: int) -> np.ndarray | None:
-    record = self.order.record(position)
-    if record is None:
-      return None
-    if self._cache is None or self._cache[0] != record:
-      self._cache = (record, document_tokens(self.docs[record], self.tok))
-    return self._cache[1]
-
-  def _fill_row(self, pos: int, off: int):
-    row, fill, seg = _empty_row(self.seq_len, self.tok.pad_id, True), 0, 0
-    while fill < self.seq_len:
-      t = self._tokens(pos)
-      if t is None:  # end of an eval pass
-        break
-      left = len(t) - 1 - off  # (input, target) pairs still to place
-      take = min(left, self.seq_len - fill)
-      if take > 0:
-        seg += 1
-        sl = slice(fill, fill + take)
-        row["input_ids"][sl] = t[off : off + take]
-        row["targets"][sl] = t[off + 1 : off + 1 + take]
-        row["weights"][sl] = 1.0
-        row["positions"][sl] = np.arange(take)
-        row["segment_ids"][sl] = seg
-        fill, off = fill + take, off + take
-      if off >= len(t) - 1:
-        pos, off = pos + 1, 0
-    return row, pos, off, fill
-
-  def _batches(self, state):
-    pos, off, batch = state["position"], state["offset"], state["batch"]
-    while True:
-      rows, real = [], 0
-      for _ in range(self.batch_size):
-        row, pos, off, fill = self._fill_row(pos, off)
-        rows.append(row)
-        real += fill
-      if not self.repeat and real == 0:
-        break
-      batch += 1
-      yield _stack(rows), {"position": pos, "offset": off, "batch": batch}
-    # Other processes may hold more eval tokens: pad to the common number of batches.
-    if self.order.process_count > 1:
-      empty = [_empty_row(self.seq_len, self.tok.pad_id, True)] * self.batch_size
-      while batch < self.num_batches():
-        batch += 1
-        yield _stack(empty), {"position": pos, "offset": off, "batch": batch}
-
-  def num_batches(self) -> int | None:
-    """Eval batches per process in one pass (tokenises the whole split once)."""
-    if self.repeat:
-      return None
-    if self._eval_total is None:
-      n, count = self.order.num_records, self.order.process_count
-      pairs = [0] * count
-      for r in range(n):
-        pairs[r % count] += len(document_tokens(self.docs[r], self.tok)) - 1
-      rows = [-(-p // self.seq_len) for p in pairs]
-      self._eval_total = max(-(-r // self.batch_size) for r in rows)
-    return self._eval_total
-
-
-def _stack(rows):
-  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-
-
-def build(docs: Sequence[str], tokenizer, *, seq_len: int, packing: bool, **kwargs) -> Dataset:
+def build(
+    docs: Sequence[str], tokenizer, *, seq_len: int, packing: bool, layout: Layout, **kwargs
+) -> Dataset:
+  pad = tokenizer.pad_id
   if packing:
-    return PackedLMDataset(docs=docs, tokenizer=tokenizer, seq_len=seq_len, **kwargs)
+    tokens = layout.records().map(lambda item: document_tokens(docs[item[1]], tokenizer))
+    rows = PackedRows(layout.read(tokens), length=seq_len, pad_id=pad)
+    return row_dataset(
+        rows, empty_row=lambda: empty_lm_row(seq_len, pad, True), layout=layout, **kwargs
+    )
 
   def make(record, rng):
     t = document_tokens(docs[record], tokenizer)[: seq_len + 1]
     n = len(t) - 1
-    row = _empty_row(seq_len, tokenizer.pad_id, False)
+    row = empty_lm_row(seq_len, pad, False)
     row["input_ids"][:n], row["targets"][:n], row["weights"][:n] = t[:-1], t[1:], 1.0
     return row
 
-  return ExampleDataset(
-      make_example=make, empty_example=lambda: _empty_row(seq_len, tokenizer.pad_id, False),
-      **kwargs,
+  return example_dataset(
+      make_example=make, empty_example=lambda: empty_lm_row(seq_len, pad, False),
+      layout=layout, **kwargs,
   )
-

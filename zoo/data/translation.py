@@ -3,19 +3,21 @@
 
 Sources longer than ``src_len`` and targets longer than ``tgt_len`` are truncated (EOS is kept).
 Rows are padded to ``[B, src_len]`` / ``[B, tgt_len]``. With ``bucket_window = W > 0`` the
-examples of each window of ``W`` batches are sorted by length and cut into ``W`` batches (in a
-seeded random order on the train split), each padded only to its longest row rounded up to a
-multiple of ``pad_to_multiple``: less padding, at the price of a few distinct shapes (one
-compilation each).
+examples of each window of ``W`` global batches are sorted by length and cut into ``W`` global
+batches (in a seeded random order on the train split), each padded only to its longest row
+rounded up to a multiple of ``pad_to_multiple``: less padding, at the price of a few distinct
+shapes (one compilation each); every process's slice of a global batch has its shape.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
+import grain
 import numpy as np
 
-from zoo.data.iteration import Dataset, ExampleDataset, pad_to
+from zoo.data.iteration import Dataset, Layout, batch_dataset, example_dataset, pad_to
 
 
 def _encode(pair, tok, src_len: int, tgt_len: int) -> tuple[list[int], list[int]]:
@@ -42,60 +44,56 @@ def _check(tok) -> None:
     )
 
 
-class BucketedDataset(Dataset):
-  """Length-bucketed translation batches; state = (window start, batches done in it)."""
+def bucketed(pairs, tok, *, src_len, tgt_len, window, multiple, layout: Layout,
+             **kwargs) -> Dataset:
+  """Length-bucketed global batches: each window of ``window`` global batches is sorted by
+  length and cut into batches (in a seeded random order on the train split), each padded to
+  its longest row."""
+  g = layout.global_batch_size
+  span = window * g
+  windows = layout.records().batch(span, batch_fn=list)
 
-  def __init__(self, *, pairs, tokenizer, src_len, tgt_len, window, multiple, **kwargs):
-    super().__init__(**kwargs)
-    self.pairs, self.tok = pairs, tokenizer
-    self.src_len, self.tgt_len, self.window, self.multiple = src_len, tgt_len, window, multiple
+  def rounded(n: int, cap: int) -> int:
+    return min(cap, -(-max(n, 1) // multiple) * multiple)
 
-  def _initial_state(self):
-    return {"position": 0, "batch": 0}
+  @functools.lru_cache(maxsize=2)
+  def groups(w: int) -> list[list[tuple[list[int], list[int]]]]:
+    items = [_encode(pairs[r], tok, src_len, tgt_len) for _, r in windows[w]]
+    items.sort(key=lambda st: (len(st[1]), len(st[0])))
+    out = [items[k * g : (k + 1) * g] for k in range(-(-len(items) // g))]
+    if layout.repeat:
+      out = [out[k] for k in np.random.default_rng([layout.seed, w * span]).permutation(len(out))]
+    return out
 
-  def _round(self, n: int, cap: int) -> int:
-    return min(cap, -(-max(n, 1) // self.multiple) * self.multiple)
+  def global_batch(n: int):
+    w, k = divmod(n, window)
+    group = groups(w)[k]
+    s_len = rounded(max(len(s) for s, _ in group), src_len)
+    t_len = rounded(max(len(t) + 1 for _, t in group), tgt_len)
+    return [_row(s, t, tok, s_len, t_len) for s, t in group]
 
-  def _batches(self, state):
-    pos, first = state["position"], state["batch"]
-    b, span = self.batch_size, self.window * self.batch_size
-    while self.repeat or pos < self.order.padded_len:
-      end = pos + span if self.repeat else min(pos + span, self.order.padded_len)
-      items = []
-      for p in range(pos, end):
-        r = self.order.record(p)
-        if r is not None:
-          items.append(_encode(self.pairs[r], self.tok, self.src_len, self.tgt_len))
-      items.sort(key=lambda st: (len(st[1]), len(st[0])))
-      n_batches = -(-(end - pos) // b)
-      groups = [items[k * b : (k + 1) * b] for k in range(n_batches)]
-      if self.repeat:
-        groups = [
-            groups[k] for k in np.random.default_rng([self.order.seed, pos]).permutation(n_batches)
-        ]
-      for k in range(first, n_batches):
-        group = groups[k]
-        s_len = self._round(max((len(s) for s, _ in group), default=1), self.src_len)
-        t_len = self._round(max((len(t) + 1 for _, t in group), default=1), self.tgt_len)
-        rows = [_row(s, t, self.tok, s_len, t_len) for s, t in group]
-        rows += [
-            _row([], [], self.tok, s_len, t_len) | {"weights": np.zeros(t_len, np.float32)}
-        ] * (b - len(rows))
-        last = k + 1 == n_batches
-        yield (
-            {key: np.stack([r[key] for r in rows]) for key in rows[0]},
-            {"position": end if last else pos, "batch": 0 if last else k + 1},
-        )
-      pos, first = end, 0
+  if layout.repeat:
+    total = len(windows) * window
+  else:
+    last = layout.num_records - (len(windows) - 1) * span
+    total = (len(windows) - 1) * window + -(-last // g)
+
+  def empty(like):
+    s_len, t_len = len(like["src_ids"]), len(like["tgt_in_ids"])
+    return _row([], [], tok, s_len, t_len) | {"weights": np.zeros(t_len, np.float32)}
+
+  return batch_dataset(
+      grain.MapDataset.range(total).map(global_batch), empty_row=empty, layout=layout, **kwargs
+  )
 
 
 def build(pairs: Sequence[tuple[str, str]], tok, *, cfg, **kwargs) -> Dataset:
   _check(tok)
   src_len, tgt_len = cfg.src_len, cfg.tgt_len
   if cfg.bucket_window:
-    return BucketedDataset(
-        pairs=pairs, tokenizer=tok, src_len=src_len, tgt_len=tgt_len,
-        window=cfg.bucket_window, multiple=cfg.pad_to_multiple, **kwargs,
+    return bucketed(
+        pairs, tok, src_len=src_len, tgt_len=tgt_len, window=cfg.bucket_window,
+        multiple=cfg.pad_to_multiple, **kwargs,
     )
 
   def make(record, rng):
@@ -104,4 +102,4 @@ def build(pairs: Sequence[tuple[str, str]], tok, *, cfg, **kwargs) -> Dataset:
   def empty():
     return _row([], [], tok, src_len, tgt_len) | {"weights": np.zeros(tgt_len, np.float32)}
 
-  return ExampleDataset(make_example=make, empty_example=empty, **kwargs)
+  return example_dataset(make_example=make, empty_example=empty, **kwargs)

@@ -362,8 +362,8 @@ def main(argv: list[str] | None = None) -> int:
           max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
           length_penalty=args.length_penalty,
       )
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (ValueError, OSError) as e:  # expected: bad arguments, files, checkpoints
+    print(f"python -m zoo.generate: error: {e}", file=sys.stderr)
     return 2
   print(out if isinstance(out, str) else " ".join(map(str, out)))
   return 0

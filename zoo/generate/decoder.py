@@ -61,10 +61,45 @@ def as_rows(prompts, name: str = "prompts") -> list[list[int]]:
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
       raise ValueError(f"{name} must be integer token ids; got dtype {arr.dtype}.")
     return [list(map(int, row)) for row in arr]
+  if isinstance(prompts, (str, bytes)) or (
+      isinstance(prompts, (list, tuple)) and any(isinstance(r, (str, bytes)) for r in prompts)
+  ):
+    raise ValueError(
+        f"{name} must be token ids (a list of int lists); got text {prompts!r:.60}. Encode it "
+        "first (zoo.load_tokenizer(path).encode(text)), or use python -m zoo.generate --prompt."
+    )
   rows = list(prompts)
   if rows and all(isinstance(t, (int, np.integer)) for t in rows):
     rows = [rows]  # a single prompt given as a flat list
+  ints = (int, np.integer)
+  if not all(
+      isinstance(r, (list, tuple, np.ndarray)) and all(
+          isinstance(t, ints) and not isinstance(t, bool) for t in r
+      ) for r in rows
+  ):
+    raise ValueError(
+        f"{name} must be token ids: a list of int lists, or a [batch, length] int array; got "
+        f"{prompts!r:.80}."
+    )
   return [list(map(int, r)) for r in rows]
+
+
+def check_family(model, family: str, use: str) -> None:
+  """``model`` is of the registered ``family`` (else a ValueError saying what to use)."""
+  from zoo import registry  # noqa: PLC0415
+
+  config = getattr(model, "config", None)
+  try:
+    got = registry.family_of(config).name
+  except (KeyError, TypeError, ValueError):
+    got = None
+  if got != family:
+    raise ValueError(
+        f"{use} decodes {family} models; got {type(model).__name__}"
+        + (f" (family {got!r})" if got else "")
+        + ". GPT models: zoo.generate.generate; encoder-decoder Transformers: "
+        "zoo.generate.translate_ids; BERT and ViT do not generate text."
+    )
 
 
 def check_rows(rows: list[list[int]], vocab_size: int, max_len: int | None, name: str) -> None:
@@ -185,6 +220,7 @@ def generate(
   Returns:
     ``[B, max_new_tokens]`` int32 numpy array of new tokens (``pad_id`` after EOS).
   """
+  check_family(model, "gpt", "generate")
   sampling = Sampling(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p)
   traced, static = _inputs(
       model, prompts, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zoo.generate import cache as kv
-from zoo.generate.decoder import TRACE_COUNTS, as_rows, bucket_length, check_rows
+from zoo.generate.decoder import TRACE_COUNTS, as_rows, bucket_length, check_family, check_rows
 
 Array = jax.Array
 EarlyStopping = bool | Literal["never"]
@@ -82,6 +82,7 @@ def generate(
     ``[B, max_new_tokens]`` int32 numpy array of target tokens (without the start token),
     ``pad_id`` after EOS.
   """
+  check_family(model, "transformer", "translate_ids")
   cfg = model.config
   if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be an int >= 1; got {max_new_tokens!r}.")

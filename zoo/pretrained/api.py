@@ -93,9 +93,17 @@ def read_hf(path: str, *, strict: bool = True, names=(), lazy: bool = False) -> 
   assemble.check_names(family, names)
   try:
     fields = conv.config_from_hf(hf, arch, store.keys())
-  except ValueError as e:  # converters name the field and value; the file is named here
+  except KeyError as e:
+    raise ValueError(
+        f"{config_path} lacks the field {e.args[0]!r}, which a {arch} config needs; restore it "
+        "(transformers' save_pretrained writes it) or re-export the folder."
+    ) from None
+  except (TypeError, ValueError) as e:  # converters name the field and value
     raise ValueError(f"{config_path}: {e}") from None
-  native = assemble.make_config(family, fields, None, {}, config_path)
+  try:
+    native = assemble.make_config(family, fields, None, {}, config_path)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{config_path} describes no valid {arch}: {e}") from None
   shapes, _ = assemble.param_shapes(family.model_cls(native))
   flat, unused = km.load_entries(
       conv.entries(native, arch),
@@ -132,6 +140,7 @@ def save_hf(model: nn.Module, params, path: str, extra: dict | None = None) -> N
   family = registry.family_of(model)
   if not family.converters:
     raise ValueError(f"{family.config_cls.__name__} has no Hugging Face format to export to.")
+  assemble.check_params_fit(model, params)
   cfg = model.config
   conv = export_converter(family, cfg)
   hf = conv.config_to_hf(cfg)

@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from zoo import registry
 from zoo import sharding as sh
-from zoo.layers.stack import scan_params
+from zoo.layers.stack import scan_params, unscan_params
 from zoo.pretrained import keymap as km
 
 
@@ -50,6 +50,52 @@ def check_names(family: registry.Family, overrides) -> None:
       raise registry.unknown(
           key, known, f"{family.config_cls.__name__} field (from_pretrained override)"
       )
+
+
+def check_params_fit(model: nn.Module, params) -> None:
+  """``params`` have exactly the names and shapes of ``model``'s parameters.
+
+  Raises:
+    ValueError: naming the missing, unexpected or mis-shaped parameters (typically another
+      model's parameters passed with this model).
+  """
+  tree = params.get("params", params) if isinstance(params, Mapping) else params
+  tree = nn.meta.unbox(tree)
+  want, _ = param_shapes(loop_model(model))
+  try:
+    got = {k: tuple(np.shape(v)) for k, v in traverse_util.flatten_dict(
+        scan_unstacked(model, tree), sep="/").items()}
+  except (AttributeError, TypeError, ValueError):
+    raise ValueError(
+        f"params must be the nested dict of arrays that {type(model).__name__}.init returns; "
+        f"got {type(params).__name__}."
+    ) from None
+  missing = sorted(set(want) - set(got))
+  extra = sorted(set(got) - set(want))
+  wrong = sorted(k for k in set(want) & set(got) if tuple(want[k]) != got[k])
+  if missing or extra or wrong:
+    detail = "; ".join(
+        f"{what} {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
+        for what, names in (("missing", missing), ("unexpected", extra), ("mis-shaped", wrong))
+        if names
+    )
+    raise ValueError(
+        f"these params do not belong to this {type(model).__name__} "
+        f"({_describe_config(model.config)}): {detail}. Pass the params the same model "
+        "produced (model.init or from_pretrained), or build the model their config describes."
+    )
+
+
+def _describe_config(cfg) -> str:
+  keys = [k for k in ("vocab_size", "d_model", "num_layers", "num_heads") if hasattr(cfg, k)]
+  return ", ".join(f"{k}={getattr(cfg, k)}" for k in keys)
+
+
+def scan_unstacked(model: nn.Module, tree):
+  """``tree`` with scanned layers unstacked when ``model`` scans them (key maps name layers)."""
+  if getattr(model.config, "scan_layers", False):
+    return unscan_params(tree)
+  return tree
 
 
 def loop_model(model: nn.Module) -> nn.Module:

@@ -73,13 +73,37 @@ class _SafetensorsFile:
 
   def __init__(self, path: str):
     self.path = path
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
-      (n,) = struct.unpack("<Q", f.read(8))
-      header = json.loads(f.read(n))
+      head = f.read(8)
+      if len(head) < 8:
+        raise self._damaged(f"it is {size} bytes long, shorter than the 8-byte header size")
+      (n,) = struct.unpack("<Q", head)
+      if n > size - 8:
+        raise self._damaged(f"its header claims {n} bytes but the file has {size - 8} after it")
+      try:
+        header = json.loads(f.read(n))
+      except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise self._damaged(f"its JSON header does not parse ({e})") from None
     self.data_start = 8 + n
     header.pop("__metadata__", None)
+    if not isinstance(header, dict) or not all(
+        isinstance(v, dict) and {"dtype", "shape", "data_offsets"} <= set(v)
+        for v in header.values()
+    ):
+      raise self._damaged("its header is not a table of tensors (dtype, shape, data_offsets)")
+    end = max((v["data_offsets"][1] for v in header.values()), default=0)
+    if self.data_start + end > size:
+      raise self._damaged(
+          f"it is truncated: the tensors end at byte {self.data_start + end}, the file at {size}"
+      )
     self.header = header
     self._handle = None
+
+  def _damaged(self, why: str) -> ValueError:
+    return ValueError(
+        f"{self.path} is not a valid safetensors file: {why}. Download or export it again."
+    )
 
   def keys(self):
     return self.header.keys()
@@ -109,7 +133,10 @@ class _SafetensorsFile:
         from safetensors import safe_open
 
         self._handle = safe_open(self.path, framework="numpy")
-      return self._handle.get_tensor(key)
+      try:
+        return self._handle.get_tensor(key)
+      except Exception as e:  # noqa: BLE001 - safetensors' own error types are not public
+        raise self._damaged(f"tensor {key!r} cannot be read ({e})") from None
     if info["dtype"] not in _ST_DTYPES:
       raise ValueError(f"{self.path}: tensor {key!r} has unsupported dtype {info['dtype']}.")
     begin, end = info["data_offsets"]

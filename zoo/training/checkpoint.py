@@ -1,23 +1,34 @@
-"""Orbax checkpoints of a run: state, data-iterator position, RNG and a config fingerprint.
+"""Orbax checkpoints of a run: state, data-iterator positions, RNG and a config fingerprint.
 
-``<workdir>/checkpoints/<step>/`` holds two items:
+``<workdir>/checkpoints/<step>/`` holds three items:
 
 * ``state``: step, parameters, optimizer state (restored straight into the shardings of the
   current mesh, whatever mesh or device count saved it);
-* ``meta``: JSON with the base RNG key, the data iterator state (``Dataset.get_state()``),
-  the model config (``zoo.registry.config_to_json``) and its fingerprint, checked before
-  anything else is restored.
+* ``data``: every process's data-iterator state (``Dataset.get_state()``), one
+  ``process_<i>-of-<n>.json`` per process, written by that process through Grain's Orbax
+  handler and restored by each process from its own file. The states are positions in the
+  global stream, so a run restarted on another process count reads process 0's;
+* ``meta``: JSON with the base RNG key, the metrics window since the last logged row, the
+  model config (``zoo.registry.config_to_json``) and its fingerprint, checked before anything
+  else is restored.
 
-Orbax writes into a temporary directory and renames it when complete, so a run killed
-mid-save leaves the previous checkpoint as the latest.
+Only complete checkpoints are ever listed: Orbax writes into a temporary directory and renames
+it when complete (a run killed mid-save leaves the previous checkpoint as the latest), old
+checkpoints are deleted by renaming them into ``checkpoints/deleted/`` first and removing them
+there (a run killed mid-deletion leaves no half-deleted step), and a step directory lacking
+any of its items' files is skipped with a warning.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
+import shutil
 from typing import Any
 
+import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -30,6 +41,64 @@ log = logging.getLogger(__name__)
 
 def _tree(state: TrainState) -> dict[str, Any]:
   return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+
+
+TRASH = "deleted"  # old checkpoints are renamed in here, then removed
+# Files every complete checkpoint has (Orbax's own markers and each item's index).
+_REQUIRED = ("_CHECKPOINT_METADATA", "meta/metadata", "state/_METADATA", "state/manifest.ocdbt")
+
+
+class _DataState:
+  """A data-iterator state in the shape Grain's Orbax handler reads and writes (JSON bytes)."""
+
+  def __init__(self, state: dict | None = None):
+    self.state = state
+
+  def get_state(self) -> bytes:
+    return json.dumps(self.state).encode()
+
+  def set_state(self, raw: bytes) -> None:
+    self.state = json.loads(raw)
+
+  def start_prefetch(self) -> None:  # called by Grain's handler after restoring
+    pass
+
+
+class DataStateHandler(grain.checkpoint.CheckpointHandler):
+  """Grain's handler, which also restores on another process count.
+
+  Saving: each process writes ``process_<i>-of-<n>.json``. Restoring: each reads its own file;
+  with another process count, process 0's (zoo's data states are positions in the global
+  stream, the same on every process).
+  """
+
+  def restore(self, directory, item=None, args=None):
+    item = item or args.item
+    i, n = jax.process_index(), jax.process_count()
+    path = directory / f"process_{i}-of-{n}.json"
+    if not path.exists():
+      saved = sorted(directory.glob("process_0-of-*.json"))
+      if not saved:
+        raise ValueError(f"{directory} holds no data-iterator state: the checkpoint is damaged.")
+      path = saved[0]
+      log.info("data state saved by %s processes, read from %s", path.name.split("-of-")[1][:-5],
+               path.name)
+    item.set_state(path.read_text().encode())
+    return item
+
+
+@dataclasses.dataclass
+class DataSave(ocp.args.CheckpointArgs):
+  item: Any
+
+
+@dataclasses.dataclass
+class DataRestore(ocp.args.CheckpointArgs):
+  item: Any
+
+
+class DamagedCheckpointError(ValueError):
+  """A checkpoint step that is missing or cannot be read."""
 
 
 def _handler_registry():
@@ -53,6 +122,9 @@ def _handler_registry():
   registry.add("state", ocp.args.PyTreeRestore, pytree)
   registry.add("meta", ocp.args.JsonSave, ocp.JsonCheckpointHandler)
   registry.add("meta", ocp.args.JsonRestore, ocp.JsonCheckpointHandler)
+  data = DataStateHandler()
+  registry.add("data", DataSave, data)
+  registry.add("data", DataRestore, data)
   return registry
 
 
@@ -90,31 +162,77 @@ class Checkpointer:
         create=True,
         cleanup_tmp_directories=True,
         enable_async_checkpointing=True,
+        todelete_subdir=TRASH,
     )
     self.every = max(int(every), 1)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options, handler_registry=_handler_registry()
     )
+    self._empty_trash()
 
-  def latest_step(self) -> int | None:
-    return self.manager.latest_step()
+  def _empty_trash(self) -> None:
+    """Remove what earlier deletions renamed away (process 0; a kill here loses nothing)."""
+    trash = os.path.join(self.directory, TRASH)
+    if jax.process_index() == 0 and os.path.isdir(trash):
+      shutil.rmtree(trash, ignore_errors=True)
+
+  def _complete(self, step: int) -> bool:
+    folder = os.path.join(self.directory, str(step))
+    return all(os.path.isfile(os.path.join(folder, f)) for f in _REQUIRED)
 
   def all_steps(self) -> list[int]:
-    return list(self.manager.all_steps())
+    """The steps of complete checkpoints, oldest first."""
+    # Orbax also lists a step still being written (its folder not renamed into place yet).
+    steps = [s for s in sorted(self.manager.all_steps())
+             if os.path.isdir(os.path.join(self.directory, str(s)))]
+    good = [s for s in steps if self._complete(s)]
+    if len(good) < len(steps):
+      log.warning("skipping damaged checkpoints %s in %s",
+                  sorted(set(steps) - set(good)), self.directory)
+    return good
+
+  def latest_step(self) -> int | None:
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def _step(self, step: int | None) -> int:
+    """``step`` (default the latest), checked to be a complete checkpoint."""
+    good = self.all_steps()
+    if step is None:
+      if not good:
+        raise FileNotFoundError(f"no checkpoint in {self.directory}.")
+      return good[-1]
+    if step not in good:
+      damaged = os.path.isdir(os.path.join(self.directory, str(step)))
+      what = "is damaged (incomplete or half-deleted)" if damaged else "does not exist"
+      raise DamagedCheckpointError(
+          f"checkpoint step {step} in {self.directory} {what}; "
+          + (f"the nearest good step is {min(good, key=lambda s: (abs(s - step), -s))} "
+             f"(all good steps: {good})." if good else "there is no good checkpoint.")
+      )
+    return step
+
+  def _restore(self, step: int, **items) -> dict[str, Any]:
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(**items))
+    except (OSError, ValueError, KeyError) as e:
+      good = [s for s in self.all_steps() if s != step]
+      raise DamagedCheckpointError(
+          f"checkpoint step {step} in {self.directory} cannot be read "
+          f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+          + (f"other good steps: {good}." if good else "there is no other checkpoint.")
+      ) from e
 
   def read_meta(self, step: int | None = None) -> dict[str, Any]:
-    step = self.latest_step() if step is None else step
-    restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return dict(restored["meta"])
+    step = self._step(step)
+    return dict(self._restore(step, meta=ocp.args.JsonRestore())["meta"])
 
   def read_params(self, step: int | None = None) -> tuple[Any, dict[str, Any]]:
     """``(params, meta)`` of checkpoint ``step`` (default latest) on this host's first device.
 
     Whatever mesh saved it (a GPU run read on a laptop); the optimizer state is not read.
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}.")
+    step = self._step(step)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     saved = self.manager.item_metadata(step)["state"]
     abstract = {
@@ -127,9 +245,7 @@ class Checkpointer:
         restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
         partial_restore=True,
     )
-    restored = self.manager.restore(
-        step, args=ocp.args.Composite(state=restore, meta=ocp.args.JsonRestore())
-    )
+    restored = self._restore(step, state=restore, meta=ocp.args.JsonRestore())
     return restored["state"]["params"], dict(restored["meta"])
 
   def check_fingerprint(self, step: int | None = None) -> None:
@@ -151,25 +267,27 @@ class Checkpointer:
     ``abstract_state`` holds ``jax.ShapeDtypeStruct``\\ s with ``.sharding`` set: the saved
     arrays are read and resharded onto that layout (any mesh, any device count).
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}.")
+    step = self._step(step)
     self.check_fingerprint(step)
     target = _tree(abstract_state)
-    restored = self.manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
-                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)
-            ),
-            meta=ocp.args.JsonRestore(),
+    items = dict(
+        state=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)
         ),
+        meta=ocp.args.JsonRestore(),
     )
+    has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
+    if has_data:
+      items["data"] = DataRestore(_DataState())
+    restored = self._restore(step, **items)
     tree = restored["state"]
     state = abstract_state.replace(
         step=tree["step"], params=tree["params"], opt_state=tree["opt_state"]
     )
-    return state, dict(restored["meta"])
+    meta = dict(restored["meta"])
+    if has_data:
+      meta["data"] = restored["data"].state  # this process's own
+    return state, meta
 
   def save(
       self,
@@ -178,9 +296,14 @@ class Checkpointer:
       *,
       rng: jax.Array,
       data_state: Any = None,
+      window: dict[str, Any] | None = None,
       force: bool = False,
   ) -> bool:
-    """Save (asynchronously) if ``step`` is a save step or ``force``; returns whether it did."""
+    """Save (asynchronously) if ``step`` is a save step or ``force``; returns whether it did.
+
+    ``data_state`` is this process's ``Dataset.get_state()``; ``window`` the metrics summed
+    since the last logged row (so rows logged after a resume equal the uninterrupted run's).
+    """
     if not force and step % self.every:
       return False
     if step in self.manager.all_steps():
@@ -188,7 +311,7 @@ class Checkpointer:
     meta = {
         "step": int(step),
         "rng": np.asarray(jax.device_get(rng)).tolist(),
-        "data": data_state,
+        "window": window,
         "fingerprint": self.fingerprint,
         "model_config": self.model_config,
         "data_info": self.data_info,
@@ -196,7 +319,9 @@ class Checkpointer:
     saved = self.manager.save(
         step,
         args=ocp.args.Composite(
-            state=ocp.args.PyTreeSave(_tree(state)), meta=ocp.args.JsonSave(meta)
+            state=ocp.args.PyTreeSave(_tree(state)),
+            meta=ocp.args.JsonSave(meta),
+            data=DataSave(_DataState(data_state)),
         ),
         force=force,
     )
@@ -206,10 +331,12 @@ class Checkpointer:
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
+    self._empty_trash()
 
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+    self._empty_trash()
 
 
 def rng_from_meta(meta: dict[str, Any]) -> jax.Array:

@@ -375,6 +375,7 @@ class Run:
   state: TrainState
   rng: jax.Array  # the run's key: step N draws from fold_in(rng, N)
   start: int  # the state's step when the run was built
+  window: dict[str, Any] | None = None  # metric sums since the last log row (from a checkpoint)
   notes: list[str] = dataclasses.field(default_factory=list)  # said at the start (init, LoRA)
 
   def run(self, stop_at: int | None = None) -> RunResult:
@@ -382,7 +383,7 @@ class Run:
     num_steps = int(self.config.train.num_steps)
     end = num_steps if stop_at is None else min(int(stop_at), num_steps)
     writer = self._writer(end)
-    history = _History(self.ckpt, writer)
+    history = _History(self.ckpt, writer, self.window)
     stop = _StopSignals()
     actions = self.actions(history, writer, stop)
     final = self.start
@@ -400,7 +401,9 @@ class Run:
   ) -> list[Action]:
     """What happens between steps, in this order: log, checkpoint, evaluate, stop."""
     config = self.config
-    out = [LogTrain(int(config.train.log_every), history, writer), SaveCheckpoint(self.ckpt)]
+    out = [
+        LogTrain(int(config.train.log_every), history, writer), SaveCheckpoint(self.ckpt, history)
+    ]
     if self.eval_ds is not None:
       rows = _eval_batch_size(config) // jax.process_count()
       out.append(Evaluate(
@@ -509,19 +512,20 @@ def _datasets(config, mesh: Mesh, dataset_fn: Callable) -> tuple[Any, Any]:
 
 
 def _initial_state(prog: Program, ckpt, train_ds, mesh: Mesh, rules, seed: int, fitted=None):
-  """``(state, rng, resumed)``: the latest checkpoint (with the data position), else a fresh
-  state, with the pretrained weights of ``fitted`` (``config.init.path``) in place."""
+  """``(state, rng, window)``: the latest checkpoint (with the data position and metrics
+  window), else a fresh state (window None), with the pretrained weights of ``fitted``
+  (``config.init.path``) in place."""
   rng = jax.random.PRNGKey(seed)
   if ckpt.latest_step() is None:
     state = init_state(prog, mesh, rules, rng)
     if fitted is not None:
       state = state.replace(params=_with_pretrained(state.params, fitted))
-    return state, rng, False
+    return state, rng, None
   state, meta = ckpt.restore(prog.abstract)
   if meta.get("data") is not None:
     train_ds.set_state(meta["data"])
   log.info("resumed step %d from %s", int(state.step), ckpt.directory)
-  return state, ckpt_lib.rng_from_meta(meta), True
+  return state, ckpt_lib.rng_from_meta(meta), meta.get("window") or {}
 
 
 def _with_pretrained(params, fitted):
@@ -637,6 +641,10 @@ def build_run(
   Raises:
     ValueError: bad config (indivisible batch, another model's checkpoint in ``workdir`` ...).
   """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(
+        f"--workdir {workdir} is a file; give a directory (it is created if missing)."
+    )
   config, weights = _pretrained(config)
   tc = config.train
   mesh = mesh_lib.make_mesh(config.mesh, devices)
@@ -666,7 +674,7 @@ def build_run(
       data_info=data_facts(info),
   )
   try:
-    state, rng, resumed = _initial_state(prog, ckpt, train_ds, mesh, rules, config.seed, fitted)
+    state, rng, window = _initial_state(prog, ckpt, train_ds, mesh, rules, config.seed, fitted)
   except BaseException:
     ckpt.close()  # e.g. another model's checkpoint: nothing of this run is left running
     raise
@@ -677,8 +685,8 @@ def build_run(
   return Run(
       config=config, workdir=workdir, mesh=mesh, rules=rules, info=info, model_cfg=model_cfg,
       task=task, prog=prog, ckpt=ckpt, train_ds=train_ds, eval_ds=eval_ds, state=state,
-      rng=rng, start=int(jax.device_get(state.step)),
-      notes=_notes(None if resumed else fitted, trainable, prog.abstract.params),
+      rng=rng, start=int(jax.device_get(state.step)), window=window,
+      notes=_notes(None if window is not None else fitted, trainable, prog.abstract.params),
   )
 
 
@@ -694,13 +702,21 @@ class _History:
   keeps it (``losses``) and adds every metric to the window the next log row averages.
   """
 
-  def __init__(self, ckpt: ckpt_lib.Checkpointer, writer: metrics_lib.MetricWriter):
+  def __init__(
+      self, ckpt: ckpt_lib.Checkpointer, writer: metrics_lib.MetricWriter,
+      window: dict[str, Any] | None = None,
+  ):
     self.ckpt = ckpt
     self.writer = writer
     self.losses: dict[int, float] = {}
-    self._window: dict[str, float] = {}
-    self._rows = 0
+    window = window or {}
+    self._window: dict[str, float] = dict(window.get("sums", {}))
+    self._rows = int(window.get("rows", 0))
     self._pending = None
+
+  def window(self) -> dict[str, Any]:
+    """The sums and row count since the last log row (JSON: goes into a checkpoint)."""
+    return {"sums": dict(self._window), "rows": self._rows}
 
   def push(self, step: int, metrics: dict[str, jax.Array]) -> None:
     self.flush()
@@ -729,8 +745,8 @@ class _History:
     return out
 
   def _non_finite(self, step: int, m) -> NonFiniteLossError:
+    self.ckpt.wait()  # a checkpoint being written is a good one once written
     good = self.ckpt.latest_step()
-    self.ckpt.wait()
     if good is None:
       kept = "no checkpoint was saved before it"
     else:
@@ -779,16 +795,18 @@ class LogTrain(Action):
 
 
 class SaveCheckpoint(Action):
-  """State, key and data position: every ``ckpt.every`` steps, at the end and on a signal."""
+  """State, key, data position and metrics window: every ``ckpt.every`` steps, at the end and
+  on a signal."""
 
-  def __init__(self, ckpt: ckpt_lib.Checkpointer):
-    self.every = ckpt.every
+  def __init__(self, ckpt: ckpt_lib.Checkpointer, history: _History):
+    self.every, self.history = ckpt.every, history
 
   def should_run(self, step, end, stopping):
     return super().should_run(step, end, stopping) or step == end or bool(stopping)
 
   def __call__(self, run, step):
-    run.ckpt.save(step, run.state, rng=run.rng, data_state=run.train_ds.get_state(), force=True)
+    run.ckpt.save(step, run.state, rng=run.rng, data_state=run.train_ds.get_state(),
+                  window=self.history.window(), force=True)
 
 
 class Evaluate(Action):

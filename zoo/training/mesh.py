@@ -33,6 +33,10 @@ def maybe_initialize_distributed() -> bool:
   environment) and a manual launch with ``JAX_COORDINATOR_ADDRESS=host:port``,
   ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` set on every process. Must run before any
   other JAX call; single-process runs are untouched.
+
+  A process that stops sending heartbeats for ``ZOO_HEARTBEAT_TIMEOUT_S`` seconds (default
+  15; JAX's own default is 100) is declared dead and the others stop, rather than waiting in
+  a collective for minutes.
   """
   env = os.environ
   multi = (
@@ -43,7 +47,13 @@ def maybe_initialize_distributed() -> bool:
   )
   if not multi or jax.distributed.is_initialized():
     return False
-  kwargs = {}
+  timeout = env.get("ZOO_HEARTBEAT_TIMEOUT_S", "15")
+  if not timeout.isdigit() or int(timeout) < 1:
+    raise ValueError(
+        f"ZOO_HEARTBEAT_TIMEOUT_S={timeout!r} is not a positive whole number of seconds; "
+        "unset it (15 s) or set e.g. ZOO_HEARTBEAT_TIMEOUT_S=60."
+    )
+  kwargs = {"heartbeat_timeout_seconds": int(timeout)}
   if "JAX_NUM_PROCESSES" in env:
     kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
   if "JAX_PROCESS_ID" in env:
