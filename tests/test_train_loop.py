@@ -338,7 +338,7 @@ def test_actions_run_when_due():
   """Log every k steps and at the end; checkpoint also on a signal; the final evaluation is
   skipped after a signal (the resumed run evaluates); the stop notice only on a signal."""
   log_ = loop.LogTrain(2, history=None, writer=None)
-  save = loop.SaveCheckpoint(types.SimpleNamespace(every=3))
+  save = loop.SaveCheckpoint(types.SimpleNamespace(every=3), None)
   ev = loop.Evaluate(0, None, None, rows=1, num_batches=1)  # 0: only at the end
   stop = loop.AnnounceStop(None, None)
 
