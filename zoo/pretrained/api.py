@@ -140,10 +140,10 @@ def save_hf(model: nn.Module, params, path: str, extra: dict | None = None) -> N
   family = registry.family_of(model)
   if not family.converters:
     raise ValueError(f"{family.config_cls.__name__} has no Hugging Face format to export to.")
-  assemble.check_params_fit(model, params)
   cfg = model.config
   conv = export_converter(family, cfg)
-  hf = conv.config_to_hf(cfg)
+  hf = conv.config_to_hf(cfg)  # a config with no Hugging Face equivalent fails here first
+  assemble.check_params_fit(model, params)
   arch = hf["architectures"][0]
   flat = assemble.host_flat(params)
   if getattr(cfg, "scan_layers", False):
