@@ -195,3 +195,168 @@ def test_embeddings_cli_on_minilm(tmp_path):
   sim = np.asarray(data["sentences"]["cosine"])
   assert sim.shape == (3, 3) and sim[0, 1] > sim[0, 2]
   assert (tmp_path / "embeddings.png").exists()
+
+
+def _tiny_vit(path, **kw):
+  """A tiny random ViT (8x8 images, 2x2 patches: [CLS] + 16 tokens) saved as a HF folder."""
+  import jax
+  from flax import linen as nn
+
+  from zoo.models.vit import ViTConfig
+
+  fields = dict(image_size=8, patch_size=2, num_channels=1, d_model=16, num_heads=2,
+                num_layers=2, mlp_dim=32, num_classes=10, head_zero_init=False)
+  model = zoo.build(ViTConfig(**{**fields, **kw}))
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1), np.float32))["params"])
+  if path is not None:
+    zoo.save_pretrained(model, params, path)
+  return model, params
+
+
+def _brute_rollout(layers):
+  """Abnar & Zuidema's rollout, written out element by element."""
+  n = layers[0].shape[-1]
+  out = [[float(i == j) for j in range(n)] for i in range(n)]
+  for w in (np.asarray(x, np.float64).tolist() for x in layers):
+    a = [[sum(w[h][i][j] for h in range(len(w))) / len(w) + (i == j) for j in range(n)]
+         for i in range(n)]
+    a = [[v / sum(row) for v in row] for row in a]
+    out = [[sum(a[i][k] * out[k][j] for k in range(n)) for j in range(n)] for i in range(n)]
+  return np.array(out)
+
+
+def test_vit_attention_rows_sum_to_one_and_rollout_matches_brute_force():
+  from zoo.analysis import vit_attention
+
+  model, params = _tiny_vit(None)
+  images = np.random.default_rng(0).standard_normal((2, 8, 8, 1)).astype(np.float32)
+  weights = attention_maps.attention_weights(model, params, images)
+  assert [name for name, _ in weights] == ["encoder/layers_0/attn", "encoder/layers_1/attn"]
+  for _, w in weights:
+    assert w.shape == (2, 2, 17, 17)
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
+  layers = [w[1] for _, w in weights]
+  rolled = vit_attention.rollout(layers)
+  np.testing.assert_allclose(rolled, _brute_rollout(layers), atol=1e-9)
+  np.testing.assert_allclose(rolled.sum(-1), 1.0, atol=1e-9)
+  # Attention on the diagonal only (every token attends to itself): rollout is the identity.
+  eye = np.broadcast_to(np.eye(5), (3, 5, 5))
+  np.testing.assert_allclose(vit_attention.rollout([eye, eye]), np.eye(5), atol=1e-12)
+  # One layer attending uniformly: (I + U) / 2 with U = 1/n.
+  uniform = np.full((2, 4, 4), 0.25)
+  np.testing.assert_allclose(vit_attention.rollout([uniform]), (np.eye(4) + 0.25) / 2)
+
+
+def test_vit_attention_cli_writes_maps_and_rollout(tmp_path):
+  _tiny_vit(tmp_path / "vit")
+  assert main(["attention", "--out", str(tmp_path), "--checkpoint", str(tmp_path / "vit"),
+               "--all-layers", "--image-index", "3"]) == 0
+  data = json.loads((tmp_path / "attention.json").read_text())
+  assert data["family"] == "ViT" and data["grid"] == [4, 4] and data["class_token"] is True
+  assert data["tokens"][:2] == ["[CLS]", "0,0"] and len(data["tokens"]) == 17
+  assert [r["layer"] for r in data["layers"]] == [0, 1] and data["num_heads"] == 2
+  for r in data["layers"]:
+    for h, m in r["heads"].items():
+      m = np.asarray(m)
+      np.testing.assert_allclose(m.sum(-1), 1.0, atol=1e-3)
+      np.testing.assert_allclose(r["cls_grid"][h], m[0, 1:].reshape(4, 4), atol=1e-4)
+  roll = np.asarray(data["rollout"]["matrix"])
+  np.testing.assert_allclose(roll.sum(-1), 1.0, atol=1e-3)
+  np.testing.assert_allclose(data["rollout"]["cls_grid"], roll[0, 1:].reshape(4, 4), atol=1e-4)
+  assert (tmp_path / "attention.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _tiny_transformer(path):
+  """A tiny random Transformer in a HF folder with a word-level tokenizer.json."""
+  import jax
+  import tokenizers
+  from flax import linen as nn
+
+  from zoo.models.transformer import TransformerConfig
+
+  words = ["<pad>", "</s>", "<unk>"] + "a cat sat on the mat le chat".split()
+  config = TransformerConfig(vocab_size=len(words), d_model=16, num_heads=2,
+                             num_encoder_layers=2, num_decoder_layers=2, mlp_dim=32, max_len=32,
+                             dropout_rate=0.0, sinusoid_layout="split", final_logits_bias=True)
+  model = zoo.build(config)
+  ids = np.ones((1, 3), np.int32)
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), ids, ids)["params"])
+  if path is not None:
+    zoo.save_pretrained(model, params, path, extra=dict(eos_token_id=1))
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(
+        {w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.save(str(path / "tokenizer.json"))
+  return model, params
+
+
+def test_transformer_cross_attention_rows_sum_to_one_and_skip_padding():
+  from zoo.analysis import seq2seq_attention
+
+  model, params = _tiny_transformer(None)
+  src = np.array([[3, 4, 5, 1, 0, 0], [6, 1, 0, 0, 0, 0]], np.int32)  # pad_id 0
+  tgt = np.array([[0, 9, 10], [0, 10, 9]], np.int32)
+  weights = attention_maps.attention_weights(model, params, src, tgt_ids=tgt)
+  groups = seq2seq_attention.group(weights)
+  assert [n for n, _ in groups["cross"]] == ["decoder/layers_0/cross_attn",
+                                             "decoder/layers_1/cross_attn"]
+  assert len(groups["encoder"]) == len(groups["decoder"]) == 2
+  valid = src != 0
+  for _, w in groups["cross"]:
+    assert w.shape == (2, 2, 3, 6)
+    np.testing.assert_allclose((w * valid[:, None, None, :]).sum(-1), 1.0, atol=1e-5)
+    assert np.all(w[np.broadcast_to(~valid[:, None, None, :], w.shape)] == 0.0)
+  for _, w in groups["decoder"]:
+    np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
+    assert np.all(w[..., np.triu_indices(3, 1)[0], np.triu_indices(3, 1)[1]] == 0.0)
+  for _, w in groups["encoder"]:  # the rows of real source tokens
+    assert w.shape == (2, 2, 6, 6)
+    rows = (w * valid[:, None, None, :]).sum(-1)
+    np.testing.assert_allclose(rows[np.broadcast_to(valid[:, None, :], rows.shape)], 1.0, atol=1e-5)
+  with pytest.raises(AnalysisError, match="tgt_ids"):
+    attention_maps.attention_weights(model, params, src)
+
+
+def test_transformer_attention_cli_labels_tokens(tmp_path):
+  _tiny_transformer(tmp_path / "mt")
+  assert main(["attention", "--out", str(tmp_path), "--checkpoint", str(tmp_path / "mt"),
+               "--text", "the cat sat", "--target", "le chat", "--head", "1"]) == 0
+  data = json.loads((tmp_path / "attention.json").read_text())
+  assert data["family"] == "Transformer"
+  assert data["source_tokens"] == ["the", "cat", "sat"]
+  assert data["decoder_tokens"] == ["<pad>", "le", "chat"]  # the start token, then the target
+  cross = np.asarray(data["cross"][0]["heads"]["1"])
+  assert data["cross"][0]["layer"] == 1 and cross.shape == (3, 3)
+  np.testing.assert_allclose(cross.sum(-1), 1.0, atol=1e-3)
+  assert np.asarray(data["encoder"][0]["heads"]["1"]).shape == (3, 3)
+  assert (tmp_path / "attention.png").exists()
+
+
+def _exit_2(capsys, argv):
+  """Run the CLI in-process: it must exit 2 with one line on stderr; returns the line."""
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as e:
+    main(argv)
+  err = capsys.readouterr().err.strip().splitlines()
+  assert e.value.code == 2 and len(err) == 1, err
+  return err[0]
+
+
+def test_attention_bad_inputs_exit_2_with_the_value_and_fix(tmp_path, capsys):
+  _tiny_vit(tmp_path / "vit")
+  vit = ["attention", "--out", str(tmp_path), "--checkpoint", str(tmp_path / "vit")]
+  err = _exit_2(capsys, [*vit, "--image-size", "7"])
+  assert err.startswith("python -m zoo.analysis attention: error: --image-size 7 is not a multiple")
+  assert "patch_size=2" in err and "use 6 or 8" in err
+  err = _exit_2(capsys, [*vit, "--layer", "2"])
+  assert "--layer 2 is out of range: the model has 2 attention layers" in err
+  err = _exit_2(capsys, [*vit, "--head", "5"])
+  assert "--head 5 is out of range: the model has 2 heads (0..1)" in err
+  err = _exit_2(capsys, [*vit, "--attention-impl", "chunked"])
+  assert "attention_impl='chunked'" in err and "use 'xla'" in err
+  err = _exit_2(capsys, [*vit, "--image-index", "100000"])
+  assert "--image-index 100000 is out of range" in err
+  model, params = _tiny_vit(None)
+  with pytest.raises(AnalysisError, match="not divisible by patch_size=2"):
+    attention_maps.attention_weights(model, params, np.zeros((1, 7, 7, 1), np.float32))
+

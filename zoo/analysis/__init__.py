@@ -5,8 +5,10 @@
 * ``scaling``: why attention logits are divided by ``sqrt(d)`` (:mod:`zoo.analysis.scaling`);
 * ``positions``: sinusoidal, learned and rotary position encodings
   (:mod:`zoo.analysis.positions`);
-* ``attention``: per-layer / per-head attention maps of a checkpoint
-  (:mod:`zoo.analysis.attention_maps`);
+* ``attention``: per-layer / per-head attention maps of a checkpoint of any family
+  (:mod:`zoo.analysis.attention_maps`; ViT maps and attention rollout in
+  :mod:`zoo.analysis.vit_attention`, encoder-decoder cross-attention in
+  :mod:`zoo.analysis.seq2seq_attention`);
 * ``embeddings``: input embeddings, word analogies and sentence similarity
   (:mod:`zoo.analysis.embeddings`).
 
