@@ -360,3 +360,61 @@ def test_attention_bad_inputs_exit_2_with_the_value_and_fix(tmp_path, capsys):
   with pytest.raises(AnalysisError, match="not divisible by patch_size=2"):
     attention_maps.attention_weights(model, params, np.zeros((1, 7, 7, 1), np.float32))
 
+
+def test_lowpass_spectrum_of_known_images():
+  from zoo.analysis import lowpass
+
+  n = 8
+  i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+  floor = np.log(lowpass.EPS)  # log of a zero amplitude
+  const = np.full((2, n, n, 3), 5.0)
+  s = lowpass.diagonal_spectrum(const)
+  assert s.shape == (n // 2 + 1,) and s[0] == pytest.approx(np.log(5.0 * n * n))
+  np.testing.assert_allclose(s[1:], floor, atol=1e-6)  # no amplitude above frequency 0
+  checker = np.broadcast_to(((-1.0) ** (i + j))[None, :, :, None], (1, n, n, 2))
+  s = lowpass.diagonal_spectrum(checker)
+  assert s[-1] == pytest.approx(np.log(n * n)) and np.allclose(s[:-1], floor, atol=1e-6)
+  wave = np.cos(2 * np.pi * (i + j) / n)[None, :, :, None]  # frequency (1, 1): 2 pi / 8
+  s = lowpass.diagonal_spectrum(wave)
+  assert s[1] == pytest.approx(np.log(n * n / 2)) and np.allclose(s[[0, 2, 3, 4]], floor, atol=1e-5)
+  assert lowpass.high_frequency_delta(const) == pytest.approx(floor - np.log(5.0 * n * n))
+  assert lowpass.high_frequency_delta(checker) == pytest.approx(np.log(n * n) - floor)
+  with pytest.raises(AnalysisError, match="h == w"):
+    lowpass.diagonal_spectrum(np.zeros((1, 4, 6, 1)))
+
+
+def test_lowpass_vit_features_are_the_residual_stream():
+  from zoo.analysis import lowpass
+
+  model, params = _tiny_vit(None, pool="mean", class_token=False)
+  images = np.random.default_rng(1).standard_normal((3, 8, 8, 1)).astype(np.float32)
+  features = lowpass.vit_features(model, params, images)
+  assert [n for n, _ in features] == ["embedding", "msa 0", "mlp 0", "msa 1", "mlp 1"]
+  assert all(x.shape == (3, 4, 4, 16) for _, x in features)
+  # The last map, normed, mean-pooled and through the head, gives the model's logits.
+  x = features[-1][1].reshape(3, 16, 16)
+  norm = params["encoder_norm"]
+  x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+  pooled = (x * norm["scale"] + norm["bias"]).mean(1)
+  logits = pooled @ params["head"]["kernel"] + params["head"]["bias"]
+  np.testing.assert_allclose(logits, model.apply({"params": params}, images), atol=1e-4)
+
+
+def test_lowpass_cli_tiny_run(tmp_path, capsys):
+  args = ["lowpass", "--out", str(tmp_path), "--steps", "2", "--batch-size", "8",
+          "--image-size", "8", "--patch-size", "2", "--width", "8", "--num-layers", "1"]
+  assert main(args) == 0
+  data = json.loads((tmp_path / "lowpass.json").read_text())
+  for key, mixer in (("vit", "msa"), ("cnn", "conv")):
+    m = data[key]
+    assert m["names"] == ["embedding", f"{mixer} 0", "mlp 0"] and m["depth"] == [0.0, 0.5, 1.0]
+    assert np.asarray(m["spectra"]).shape == (3, 3) and 0 <= m["accuracy"] <= 1
+    delta = np.asarray(m["delta"])
+    np.testing.assert_allclose(m["delta_vs_embedding"], delta - delta[0], atol=2e-4)
+    np.testing.assert_allclose(m["change_per_sublayer"][mixer]["mean"], delta[1] - delta[0],
+                               atol=2e-4)
+  assert data["agrees"]["msa_lowers_high_frequency"] == (data["agrees"]["mean_msa_change"] < 0)
+  assert (tmp_path / "lowpass.png").read_bytes()[:4] == b"\x89PNG"
+  assert (tmp_path / "lowpass_vit" / "checkpoints").is_dir()  # the ViT went through the loop
+  err = _exit_2(capsys, [*args[:3], "--image-size", "7"])
+  assert "--image-size 7 must be a multiple of --patch-size 2" in err

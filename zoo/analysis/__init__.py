@@ -10,7 +10,9 @@
   :mod:`zoo.analysis.vit_attention`, encoder-decoder cross-attention in
   :mod:`zoo.analysis.seq2seq_attention`);
 * ``embeddings``: input embeddings, word analogies and sentence similarity
-  (:mod:`zoo.analysis.embeddings`).
+  (:mod:`zoo.analysis.embeddings`);
+* ``lowpass``: a ViT and a CNN trained on the offline digits, the high-frequency amplitude of
+  their feature maps by depth (Park & Kim 2022; :mod:`zoo.analysis.lowpass`).
 
 Every experiment is also a function returning the numbers as a dict, so tests call it directly.
 """
