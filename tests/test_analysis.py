@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 
 import zoo
-from zoo.analysis import AnalysisError, attention_maps, embeddings, positions, scaling
+from zoo import pretrained
+from zoo.analysis import (
+    AnalysisError,
+    attention_maps,
+    embeddings,
+    lowpass,
+    positions,
+    scaling,
+    seq2seq_attention,
+    vit_attention,
+)
 from zoo.analysis.__main__ import main
 
 
@@ -197,20 +207,23 @@ def test_embeddings_cli_on_minilm(tmp_path):
   assert (tmp_path / "embeddings.png").exists()
 
 
-def _tiny_vit(path, **kw):
-  """A tiny random ViT (8x8 images, 2x2 patches: [CLS] + 16 tokens) saved as a HF folder."""
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory):
+  """``(model, params, HF folder)``: a tiny random ViT, 8x8 images in 2x2 patches ([CLS] + 16
+  tokens), mean-pooled over the patches (so its head reads the maps lowpass sees)."""
   import jax
   from flax import linen as nn
 
   from zoo.models.vit import ViTConfig
 
-  fields = dict(image_size=8, patch_size=2, num_channels=1, d_model=16, num_heads=2,
-                num_layers=2, mlp_dim=32, num_classes=10, head_zero_init=False)
-  model = zoo.build(ViTConfig(**{**fields, **kw}))
-  params = nn.unbox(model.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1), np.float32))["params"])
-  if path is not None:
-    zoo.save_pretrained(model, params, path)
-  return model, params
+  model = zoo.build(ViTConfig(image_size=8, patch_size=2, num_channels=1, d_model=16,
+                              num_heads=2, num_layers=2, mlp_dim=32, num_classes=10,
+                              pool="mean", head_zero_init=False))
+  x = np.zeros((1, 8, 8, 1), np.float32)
+  params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), x)["params"])  # one compile
+  path = tmp_path_factory.mktemp("vit") / "vit"
+  pretrained.api.save_zoo(model, params, str(path))  # HF's ViT pools [CLS] only
+  return model, params, path
 
 
 def _brute_rollout(layers):
@@ -225,17 +238,16 @@ def _brute_rollout(layers):
   return np.array(out)
 
 
-def test_vit_attention_rows_sum_to_one_and_rollout_matches_brute_force():
-  from zoo.analysis import vit_attention
-
-  model, params = _tiny_vit(None)
-  images = np.random.default_rng(0).standard_normal((2, 8, 8, 1)).astype(np.float32)
+def test_vit_attention_rows_sum_to_one_and_rollout_matches_brute_force(tiny_vit):
+  model, params, _ = tiny_vit
+  # Batch 1, as the CLI runs it: eager JAX compiles each op once per shape.
+  images = np.random.default_rng(0).standard_normal((1, 8, 8, 1)).astype(np.float32)
   weights = attention_maps.attention_weights(model, params, images)
   assert [name for name, _ in weights] == ["encoder/layers_0/attn", "encoder/layers_1/attn"]
   for _, w in weights:
-    assert w.shape == (2, 2, 17, 17)
+    assert w.shape == (1, 2, 17, 17)
     np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
-  layers = [w[1] for _, w in weights]
+  layers = [w[0] for _, w in weights]
   rolled = vit_attention.rollout(layers)
   np.testing.assert_allclose(rolled, _brute_rollout(layers), atol=1e-9)
   np.testing.assert_allclose(rolled.sum(-1), 1.0, atol=1e-9)
@@ -247,9 +259,8 @@ def test_vit_attention_rows_sum_to_one_and_rollout_matches_brute_force():
   np.testing.assert_allclose(vit_attention.rollout([uniform]), (np.eye(4) + 0.25) / 2)
 
 
-def test_vit_attention_cli_writes_maps_and_rollout(tmp_path):
-  _tiny_vit(tmp_path / "vit")
-  assert main(["attention", "--out", str(tmp_path), "--checkpoint", str(tmp_path / "vit"),
+def test_vit_attention_cli_writes_maps_and_rollout(tmp_path, tiny_vit):
+  assert main(["attention", "--out", str(tmp_path), "--checkpoint", str(tiny_vit[2]),
                "--all-layers", "--image-index", "3"]) == 0
   data = json.loads((tmp_path / "attention.json").read_text())
   assert data["family"] == "ViT" and data["grid"] == [4, 4] and data["class_token"] is True
@@ -266,8 +277,9 @@ def test_vit_attention_cli_writes_maps_and_rollout(tmp_path):
   assert (tmp_path / "attention.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def _tiny_transformer(path):
-  """A tiny random Transformer in a HF folder with a word-level tokenizer.json."""
+@pytest.fixture(scope="module")
+def tiny_transformer(tmp_path_factory):
+  """``(model, params, HF folder)``: a tiny random Transformer with a word-level tokenizer."""
   import jax
   import tokenizers
   from flax import linen as nn
@@ -280,22 +292,22 @@ def _tiny_transformer(path):
                              dropout_rate=0.0, sinusoid_layout="split", final_logits_bias=True)
   model = zoo.build(config)
   ids = np.ones((1, 3), np.int32)
-  params = nn.unbox(model.init(jax.random.PRNGKey(0), ids, ids)["params"])
-  if path is not None:
-    zoo.save_pretrained(model, params, path, extra=dict(eos_token_id=1))
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(
-        {w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    tok.save(str(path / "tokenizer.json"))
-  return model, params
+  params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), ids, ids)["params"])
+  path = tmp_path_factory.mktemp("mt") / "mt"
+  zoo.save_pretrained(model, params, path, extra=dict(eos_token_id=1))
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(
+      {w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  tok.save(str(path / "tokenizer.json"))
+  return model, params, path
 
 
-def test_transformer_cross_attention_rows_sum_to_one_and_skip_padding():
-  from zoo.analysis import seq2seq_attention
-
-  model, params = _tiny_transformer(None)
-  src = np.array([[3, 4, 5, 1, 0, 0], [6, 1, 0, 0, 0, 0]], np.int32)  # pad_id 0
-  tgt = np.array([[0, 9, 10], [0, 10, 9]], np.int32)
+def test_transformer_cross_attention_rows_sum_to_one_and_skip_padding(tiny_transformer):
+  model, params, _ = tiny_transformer
+  # Batch 1 and the CLI test's lengths (6 source, 3 decoder tokens): eager JAX compiles each
+  # op once per shape.
+  src = np.array([[3, 4, 5, 1, 0, 0]], np.int32)  # pad_id 0
+  tgt = np.array([[0, 9, 10]], np.int32)
   weights = attention_maps.attention_weights(model, params, src, tgt_ids=tgt)
   groups = seq2seq_attention.group(weights)
   assert [n for n, _ in groups["cross"]] == ["decoder/layers_0/cross_attn",
@@ -303,32 +315,31 @@ def test_transformer_cross_attention_rows_sum_to_one_and_skip_padding():
   assert len(groups["encoder"]) == len(groups["decoder"]) == 2
   valid = src != 0
   for _, w in groups["cross"]:
-    assert w.shape == (2, 2, 3, 6)
+    assert w.shape == (1, 2, 3, 6)
     np.testing.assert_allclose((w * valid[:, None, None, :]).sum(-1), 1.0, atol=1e-5)
     assert np.all(w[np.broadcast_to(~valid[:, None, None, :], w.shape)] == 0.0)
   for _, w in groups["decoder"]:
     np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
     assert np.all(w[..., np.triu_indices(3, 1)[0], np.triu_indices(3, 1)[1]] == 0.0)
   for _, w in groups["encoder"]:  # the rows of real source tokens
-    assert w.shape == (2, 2, 6, 6)
+    assert w.shape == (1, 2, 6, 6)
     rows = (w * valid[:, None, None, :]).sum(-1)
     np.testing.assert_allclose(rows[np.broadcast_to(valid[:, None, :], rows.shape)], 1.0, atol=1e-5)
   with pytest.raises(AnalysisError, match="tgt_ids"):
     attention_maps.attention_weights(model, params, src)
 
 
-def test_transformer_attention_cli_labels_tokens(tmp_path):
-  _tiny_transformer(tmp_path / "mt")
-  assert main(["attention", "--out", str(tmp_path), "--checkpoint", str(tmp_path / "mt"),
-               "--text", "the cat sat", "--target", "le chat", "--head", "1"]) == 0
+def test_transformer_attention_cli_labels_tokens(tmp_path, tiny_transformer):
+  assert main(["attention", "--out", str(tmp_path), "--checkpoint", str(tiny_transformer[2]),
+               "--text", "the cat sat on a mat", "--target", "le chat", "--head", "1"]) == 0
   data = json.loads((tmp_path / "attention.json").read_text())
   assert data["family"] == "Transformer"
-  assert data["source_tokens"] == ["the", "cat", "sat"]
+  assert data["source_tokens"] == ["the", "cat", "sat", "on", "a", "mat"]
   assert data["decoder_tokens"] == ["<pad>", "le", "chat"]  # the start token, then the target
   cross = np.asarray(data["cross"][0]["heads"]["1"])
-  assert data["cross"][0]["layer"] == 1 and cross.shape == (3, 3)
+  assert data["cross"][0]["layer"] == 1 and cross.shape == (3, 6)
   np.testing.assert_allclose(cross.sum(-1), 1.0, atol=1e-3)
-  assert np.asarray(data["encoder"][0]["heads"]["1"]).shape == (3, 3)
+  assert np.asarray(data["encoder"][0]["heads"]["1"]).shape == (6, 6)
   assert (tmp_path / "attention.png").exists()
 
 
@@ -342,28 +353,23 @@ def _exit_2(capsys, argv):
   return err[0]
 
 
-def test_attention_bad_inputs_exit_2_with_the_value_and_fix(tmp_path, capsys):
-  _tiny_vit(tmp_path / "vit")
-  vit = ["attention", "--out", str(tmp_path), "--checkpoint", str(tmp_path / "vit")]
+def test_attention_bad_inputs_exit_2_with_the_value_and_fix(tmp_path, capsys, tiny_vit):
+  vit = ["attention", "--out", str(tmp_path), "--checkpoint", str(tiny_vit[2])]
   err = _exit_2(capsys, [*vit, "--image-size", "7"])
   assert err.startswith("python -m zoo.analysis attention: error: --image-size 7 is not a multiple")
   assert "patch_size=2" in err and "use 6 or 8" in err
   err = _exit_2(capsys, [*vit, "--layer", "2"])
   assert "--layer 2 is out of range: the model has 2 attention layers" in err
-  err = _exit_2(capsys, [*vit, "--head", "5"])
-  assert "--head 5 is out of range: the model has 2 heads (0..1)" in err
   err = _exit_2(capsys, [*vit, "--attention-impl", "chunked"])
   assert "attention_impl='chunked'" in err and "use 'xla'" in err
-  err = _exit_2(capsys, [*vit, "--image-index", "100000"])
-  assert "--image-index 100000 is out of range" in err
-  model, params = _tiny_vit(None)
+  model, params, _ = tiny_vit
+  with pytest.raises(AnalysisError, match="--image-index 100000 is out of range"):
+    vit_attention.load_image(model.config, str(tiny_vit[2]), None, 100000, None)
   with pytest.raises(AnalysisError, match="not divisible by patch_size=2"):
     attention_maps.attention_weights(model, params, np.zeros((1, 7, 7, 1), np.float32))
 
 
 def test_lowpass_spectrum_of_known_images():
-  from zoo.analysis import lowpass
-
   n = 8
   i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
   floor = np.log(lowpass.EPS)  # log of a zero amplitude
@@ -383,16 +389,14 @@ def test_lowpass_spectrum_of_known_images():
     lowpass.diagonal_spectrum(np.zeros((1, 4, 6, 1)))
 
 
-def test_lowpass_vit_features_are_the_residual_stream():
-  from zoo.analysis import lowpass
-
-  model, params = _tiny_vit(None, pool="mean", class_token=False)
-  images = np.random.default_rng(1).standard_normal((3, 8, 8, 1)).astype(np.float32)
+def test_lowpass_vit_features_are_the_residual_stream(tiny_vit):
+  model, params, _ = tiny_vit
+  images = np.random.default_rng(1).standard_normal((1, 8, 8, 1)).astype(np.float32)
   features = lowpass.vit_features(model, params, images)
   assert [n for n, _ in features] == ["embedding", "msa 0", "mlp 0", "msa 1", "mlp 1"]
-  assert all(x.shape == (3, 4, 4, 16) for _, x in features)
+  assert all(x.shape == (1, 4, 4, 16) for _, x in features)
   # The last map, normed, mean-pooled and through the head, gives the model's logits.
-  x = features[-1][1].reshape(3, 16, 16)
+  x = features[-1][1].reshape(1, 16, 16)  # the [CLS] token is left out of the maps and the pool
   norm = params["encoder_norm"]
   x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
   pooled = (x * norm["scale"] + norm["bias"]).mean(1)

@@ -64,9 +64,20 @@ def _ids(loaded, text: str, what: str, target: bool) -> list[int]:
 
 
 def _labels(tokenizer, ids) -> list[str]:
-  from zoo.analysis.attention_maps import _labels as labels
-
-  return labels(tokenizer, ids)
+  """One label per id: the token's text, else the special token's name, else ``<id>``."""
+  backend = getattr(tokenizer, "backend", None)
+  names = {getattr(tokenizer, f"{n}_id", None): f"<{n}>" for n in ("pad", "bos", "eos", "unk")}
+  out = []
+  for i in (int(i) for i in ids):
+    if hasattr(backend, "id_to_token"):
+      text = backend.id_to_token(i)
+    else:
+      try:
+        text = tokenizer.decode([i], skip_special_tokens=False)
+      except TypeError:  # zoo.data's tokenizers: decode(ids) drops specials
+        text = tokenizer.decode([i])
+    out.append(text if text and text.strip() else names.get(i, repr(text) if text else f"<{i}>"))
+  return out
 
 
 def run(checkpoint: str, *, text: str, target: str | None, weights_fn, layer: int | None = None,
@@ -133,5 +144,5 @@ def plot(numbers: dict):
       ax.set_xticks(range(len(xs)), xs, rotation=90, fontsize=6)
       ax.set_yticks(range(len(ys)), ys, fontsize=6)
   fig.suptitle(f"Transformer {numbers['checkpoint']}: rows = queries, columns = keys")
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0, 1, 0.98))
   return fig

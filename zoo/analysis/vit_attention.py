@@ -180,7 +180,7 @@ def plot(numbers: dict):
   heads = list(rows[0]["heads"])
   ncols = max(len(heads), 2 + len(heads) if len(heads) <= 6 else 2)
   nrows = 1 + len(rows)
-  fig, axes = plt.subplots(nrows, ncols, figsize=(2.3 * ncols, 2.4 * nrows), squeeze=False)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(2.3 * ncols, 2.7 * nrows), squeeze=False)
   for ax in axes.flat:
     ax.axis("off")
   picture = np.asarray(numbers["picture"])
