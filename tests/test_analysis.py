@@ -422,3 +422,18 @@ def test_lowpass_cli_tiny_run(tmp_path, capsys):
   assert (tmp_path / "lowpass_vit" / "checkpoints").is_dir()  # the ViT went through the loop
   err = _exit_2(capsys, [*args[:3], "--image-size", "7"])
   assert "--image-size 7 must be a multiple of --patch-size 2" in err
+
+
+def test_attention_of_a_chunked_checkpoint_is_computed_on_the_xla_path(tmp_path, tiny_vit):
+  import shutil
+
+  chunked = tmp_path / "chunked"
+  shutil.copytree(tiny_vit[2], chunked)
+  meta = json.loads((chunked / "zoo_config.json").read_text())
+  meta["config"]["attention_impl"] = "chunked"
+  (chunked / "zoo_config.json").write_text(json.dumps(meta))
+  numbers = attention_maps.run(checkpoint=str(chunked))
+  assert "attention_impl='chunked'" in numbers["note"] and "xla path" in numbers["note"]
+  plain = attention_maps.run(checkpoint=str(tiny_vit[2]))
+  assert "note" not in plain
+  np.testing.assert_allclose(numbers["rollout"]["matrix"], plain["rollout"]["matrix"], atol=1e-6)
