@@ -147,7 +147,7 @@ def run(model, params, weights_fn, *, checkpoint: str, image: str | None = None,
       checkpoint=checkpoint, family="ViT", image=where, image_size=int(x.shape[1]),
       grid=[grid_h, grid_w], class_token=bool(skip), tokens=token_labels(grid_h, grid_w, skip),
       num_layers=num_layers, num_heads=num_heads,
-      prediction=int(logits.argmax()) if logits.ndim == 1 and logits.size else None,
+      prediction=int(logits.argmax()) if cfg.num_classes else None,  # K = 0: features
       picture=picture.round(3),
       layers=[
           dict(layer=i, name=weights[i][0],
