@@ -422,6 +422,8 @@ def test_lowpass_cli_tiny_run(tmp_path, capsys):
   assert (tmp_path / "lowpass_vit" / "checkpoints").is_dir()  # the ViT went through the loop
   err = _exit_2(capsys, [*args[:3], "--image-size", "7"])
   assert "--image-size 7 must be a multiple of --patch-size 2" in err
+  err = _exit_2(capsys, [*args[:3], "--width", "10"])
+  assert "--width 10 is not a multiple of the ViT's 4 heads; use 8 or 12." in err
 
 
 def test_attention_of_a_chunked_checkpoint_is_computed_on_the_xla_path(tmp_path, tiny_vit):

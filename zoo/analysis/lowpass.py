@@ -305,12 +305,22 @@ def run(*, workdir: str, **overrides) -> dict:
         f"--image-size {s['image_size']} must be a multiple of --patch-size {s['patch_size']} "
         "with at least 2 patches per side (e.g. --image-size 16 --patch-size 2)."
     )
+  if s["width"] % s["num_heads"]:
+    w, n = s["width"], s["num_heads"]
+    raise common.AnalysisError(
+        f"--width {w} is not a multiple of the ViT's {n} heads; use {max(w // n, 1) * n} or "
+        f"{(w // n + 1) * n}."
+    )
   if s["steps"] < 1 or s["batch_size"] < 1:
     raise common.AnalysisError(
         f"--steps and --batch-size must be >= 1; got {s['steps']} and {s['batch_size']}."
     )
   config = run_config(**s)
-  vit, vit_params, vit_seconds = train_vit(config, workdir)
+  try:
+    vit, vit_params, vit_seconds = train_vit(config, workdir)
+  except ValueError as e:  # e.g. the checkpoint of a run with other settings in the workdir
+    detail = " ".join(str(e).split())  # one paragraph
+    raise common.AnalysisError(f"cannot train the ViT in {workdir}: {detail}") from e
   cnn, cnn_params, cnn_seconds = train_conv_net(config, vit.config.num_classes)
   images, labels = _eval_batch(config)
 
