@@ -13,6 +13,7 @@ COMMANDS = {
     "positions": ("zoo.analysis.positions", "sinusoidal, learned and RoPE positions"),
     "attention": ("zoo.analysis.attention_maps", "attention maps of a checkpoint"),
     "embeddings": ("zoo.analysis.embeddings", "input embeddings, analogy, sentence similarity"),
+    "lowpass": ("zoo.analysis.lowpass", "ViT vs CNN: high-frequency amplitude by depth"),
 }
 PROG = "python -m zoo.analysis"
 

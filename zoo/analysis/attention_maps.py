@@ -1,4 +1,9 @@
-"""Attention maps of a BERT (encoder self-attention) or GPT (masked self-attention) checkpoint.
+"""Attention maps of a checkpoint of any family.
+
+BERT: encoder self-attention; GPT: masked self-attention (both over the tokens of ``--text``);
+ViT: self-attention over the patches (+ [CLS]) of an image, and attention rollout
+(:mod:`zoo.analysis.vit_attention`); Transformer: encoder self-attention, decoder masked
+self-attention and cross-attention (:mod:`zoo.analysis.seq2seq_attention`).
 
 The weights come from :class:`zoo.layers.attention.MultiHeadAttention`'s ``sow_weights``:
 :func:`attention_weights` intercepts every attention call with ``sow_weights=True`` (which
@@ -16,7 +21,7 @@ from zoo.analysis import common
 
 DEFAULT_CHECKPOINT = "all-MiniLM-L6-v2"
 DEFAULT_TEXT = "The cat sat on the mat because it was tired."
-FAMILIES = ("Bert", "GPT")
+FAMILIES = ("Bert", "GPT", "ViT", "Transformer")
 NO_WEIGHTS_IMPLS = ("cudnn", "chunked")  # never form the [B, N, T, S] weights
 
 
@@ -42,22 +47,26 @@ def _collect(tree, prefix=()) -> list[tuple[str, np.ndarray]]:
 
 
 def attention_weights(
-    model, params, input_ids, attention_mask=None, token_type_ids=None
+    model, params, inputs, attention_mask=None, token_type_ids=None, tgt_ids=None
 ) -> list[tuple[str, np.ndarray]]:
-  """Every attention layer's weights, in layer order.
+  """Every attention layer's weights, in module-path order.
 
   Args:
-    model: a zoo ``Bert`` or ``GPT`` module.
+    model: a zoo ``Bert``, ``GPT``, ``ViT`` or ``Transformer`` module.
     params: its parameters (with or without the ``"params"`` level).
-    input_ids: ``[B, L]`` token ids.
+    inputs: ``[B, L]`` token ids; a ViT's ``[B, H, W, C]`` float images; a Transformer's
+      ``[B, S]`` source ids (``pad_id`` is padding).
     attention_mask: ``[B, L]``, True / 1 for real tokens (None = the model's default).
     token_type_ids: ``[B, L]`` BERT segment ids.
+    tgt_ids: ``[B, T]`` a Transformer's decoder input ids (start token first).
 
   Returns:
-    ``[(module path, [B, N, L, L] float32 weights), ...]``.
+    ``[(module path, [B, N, T, S] float32 weights), ...]``; for a Transformer the
+    ``decoder/layers_i/attn`` (``[B, N, T, T]``), ``decoder/layers_i/cross_attn``
+    (``[B, N, T, S]``) and ``encoder/layers_i/attn`` (``[B, N, S, S]``) layers.
 
   Raises:
-    AnalysisError: for another family, or when no attention weights came back.
+    AnalysisError: for another family, bad inputs, or when no attention weights came back.
   """
   from flax import linen as nn
 
@@ -74,16 +83,25 @@ def attention_weights(
       kwargs = {**kwargs, "sow_weights": True}
     return next_fun(*args, **kwargs)
 
-  kwargs = {}
+  args, kwargs = (np.asarray(inputs),), {}
+  if family == "ViT":
+    args = (np.asarray(inputs, np.float32),)
+  elif family == "Transformer":
+    if tgt_ids is None:
+      raise common.AnalysisError(
+          "a Transformer's attention needs tgt_ids, the decoder input (start token first)."
+      )
+    args = (np.asarray(inputs), np.asarray(tgt_ids))
   if attention_mask is not None:
     kwargs["attention_mask"] = np.asarray(attention_mask).astype(bool)
   if token_type_ids is not None and family == "Bert":
     kwargs["token_type_ids"] = np.asarray(token_type_ids)
   variables = {"params": params.get("params", params)}
-  with nn.intercept_methods(sow_all):
-    _, state = model.apply(
-        variables, np.asarray(input_ids), mutable=["intermediates"], **kwargs
-    )
+  try:
+    with nn.intercept_methods(sow_all):
+      _, state = model.apply(variables, *args, mutable=["intermediates"], **kwargs)
+  except ValueError as e:  # the family's input checks: wrong image size, ids out of range ...
+    raise common.AnalysisError(str(e)) from e
   found = _collect(state.get("intermediates", {}))
   if not found:
     raise common.AnalysisError(f"this {family} returned no attention weights.")
@@ -91,7 +109,8 @@ def attention_weights(
 
 
 def select(
-    num_layers: int, num_heads: int, layer: int | None, head: int | None, all_layers: bool
+    num_layers: int, num_heads: int, layer: int | None, head: int | None, all_layers: bool,
+    what: str = "attention layers",
 ) -> tuple[list[int], list[int]]:
   """The layer and head indices to show; an out-of-range ``layer`` / ``head`` is an error."""
   chosen = list(range(num_layers))
@@ -99,7 +118,7 @@ def select(
     index = num_layers - 1 if layer is None else layer
     if not -num_layers <= index < num_layers:
       raise common.AnalysisError(
-          f"--layer {layer} is out of range: the model has {num_layers} attention layers "
+          f"--layer {layer} is out of range: the model has {num_layers} {what} "
           f"(0..{num_layers - 1}, or negative from the end)."
       )
     chosen = [index % num_layers]
@@ -125,21 +144,30 @@ def run(
     head: int | None = None,
     all_layers: bool = False,
     attention_impl: str | None = None,
+    image: str | None = None,
+    image_index: int = 0,
+    image_size: int | None = None,
+    target: str | None = None,
 ) -> dict:
-  """Load ``checkpoint``, tokenize ``text`` and return the maps to plot.
+  """Load ``checkpoint``, run its input (text or image) and return the maps to plot.
 
   Args:
-    checkpoint: a Hugging Face folder, zoo checkpoint or short name.
-    text: the input sentence.
+    checkpoint: a Hugging Face folder, zoo checkpoint, train.py workdir or short name.
+    text: the input sentence (a Transformer's source).
     layer: layer to show (negative counts from the end); default the last.
     head: one head only; default all heads.
     all_layers: show every layer (rows) instead of one.
     attention_impl: an implementation requested for the run; only ``"xla"`` (or None) forms
       the weights.
+    image: a ViT's input image file; default an offline digit (``image_index``).
+    image_index: which validation digit.
+    image_size: resize the image to this (a multiple of the patch size); default the model's.
+    target: a Transformer's target text (teacher-forced); default its greedy translation.
 
   Returns:
-    ``{"checkpoint", "family", "tokens", "layers": [{"layer", "name", "heads": {h: [L, L]}}],
-    "num_layers", "num_heads"}``.
+    BERT / GPT: ``{"checkpoint", "family", "tokens", "layers": [{"layer", "name", "heads":
+    {h: [L, L]}}], "num_layers", "num_heads"}``; ViT: see :func:`vit_attention.run`;
+    Transformer: see :func:`seq2seq_attention.run`.
   """
   import zoo
 
@@ -150,9 +178,40 @@ def run(
     )
   try:
     model, params = zoo.from_pretrained(checkpoint)
-    tokenizer = zoo.load_tokenizer(checkpoint)
   except (OSError, ValueError, KeyError) as e:
     raise common.AnalysisError(f"cannot read checkpoint {checkpoint!r}: {e}") from e
+  family = type(model).__name__
+  if family == "ViT":
+    from zoo.analysis import vit_attention
+
+    numbers = vit_attention.run(
+        model, params, attention_weights, checkpoint=checkpoint, image=image,
+        image_index=image_index, image_size=image_size, layer=layer, head=head,
+        all_layers=all_layers,
+    )
+  elif family == "Transformer":
+    from zoo.analysis import seq2seq_attention
+
+    numbers = seq2seq_attention.run(
+        checkpoint, text=text, target=target, weights_fn=attention_weights, layer=layer,
+        head=head, all_layers=all_layers,
+    )
+  else:
+    numbers = _text_run(model, params, checkpoint, text, layer, head, all_layers)
+  impl = getattr(model.config, "attention_impl", None)
+  if impl in NO_WEIGHTS_IMPLS:  # sow_weights switches those layers to the xla path
+    numbers["note"] = (
+        f"the checkpoint asks for attention_impl={impl!r}, which forms no weights; the maps "
+        "were computed on the xla path (the same attention, materialised)."
+    )
+  return numbers
+
+
+def _text_run(model, params, checkpoint, text, layer, head, all_layers) -> dict:
+  """BERT / GPT: the maps over the tokens of ``text``."""
+  import zoo
+
+  tokenizer = zoo.load_tokenizer(checkpoint)
   if tokenizer is None:
     raise common.AnalysisError(f"{checkpoint!r} has no tokenizer to encode --text with.")
   ids = tokenizer.encode(text)
@@ -173,7 +232,18 @@ def run(
 
 
 def plot(numbers: dict):
-  """A grid of heatmaps: one row per layer shown, one column per head, token labels."""
+  """A grid of heatmaps: one row per layer shown, one column per head, token labels.
+
+  ViT and Transformer numbers are drawn by their modules' ``plot``.
+  """
+  if numbers["family"] == "ViT":
+    from zoo.analysis import vit_attention
+
+    return vit_attention.plot(numbers)
+  if numbers["family"] == "Transformer":
+    from zoo.analysis import seq2seq_attention
+
+    return seq2seq_attention.plot(numbers)
   plt = common.pyplot()
   rows, tokens = numbers["layers"], numbers["tokens"]
   ncols = len(rows[0]["heads"])
@@ -198,8 +268,16 @@ def plot(numbers: dict):
 
 def add_arguments(parser) -> None:
   parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
-                      help="Hugging Face folder, zoo checkpoint or short name (BERT or GPT)")
-  parser.add_argument("--text", default=DEFAULT_TEXT)
+                      help="Hugging Face folder, zoo checkpoint, train.py workdir or short name "
+                      "(BERT, GPT, ViT or Transformer)")
+  parser.add_argument("--text", default=DEFAULT_TEXT, help="input text (a Transformer's source)")
+  parser.add_argument("--target", default=None,
+                      help="Transformer: target text to teacher-force (default: its translation)")
+  parser.add_argument("--image", default=None,
+                      help="ViT: image file (PNG / JPEG / .npy); default an offline digit")
+  parser.add_argument("--image-index", type=int, default=0, help="ViT: which validation digit")
+  parser.add_argument("--image-size", type=int, default=None,
+                      help="ViT: resize the image to this (default the model's image_size)")
   parser.add_argument("--layer", type=int, default=None, help="layer to show (default last)")
   parser.add_argument("--head", type=int, default=None, help="one head (default all)")
   parser.add_argument("--all-layers", action="store_true", help="every layer, one row each")
@@ -209,6 +287,8 @@ def add_arguments(parser) -> None:
 
 def main(args) -> dict:
   numbers = run(checkpoint=args.checkpoint, text=args.text, layer=args.layer, head=args.head,
-                all_layers=args.all_layers, attention_impl=args.attention_impl)
+                all_layers=args.all_layers, attention_impl=args.attention_impl,
+                image=args.image, image_index=args.image_index, image_size=args.image_size,
+                target=args.target)
   common.write(args.out, "attention", plot(numbers), numbers)
   return numbers
