@@ -272,3 +272,29 @@ def test_optimizer_refuses_impossible_values(key, value):
   optim[key] = value
   with pytest.raises(ValueError, match=rf"optim.{key}={value!r} must be"):
     opt_lib.make_optimizer(optim, 10)
+
+
+def test_data_state_restores_per_process_and_on_another_process_count(tmp_path, monkeypatch):
+  """Each process reads its own ``process_<i>-of-<n>.json``; a process of another count reads
+  process 0's (the states are positions in the global stream)."""
+  from etils import epath
+
+  from zoo.training import checkpoint as ckpt_lib
+
+  folder = epath.Path(tmp_path)
+  for i, n in ((0, 2), (1, 2)):
+    (folder / f"process_{i}-of-{n}.json").write_text(f'{{"grain": {{"next_index": {10 + i}}}}}')
+  handler = ckpt_lib.DataStateHandler()
+
+  def restore(index, count):
+    monkeypatch.setattr(jax, "process_index", lambda: index)
+    monkeypatch.setattr(jax, "process_count", lambda: count)
+    return handler.restore(folder, args=ckpt_lib.DataRestore(ckpt_lib._DataState())).state
+
+  assert restore(1, 2) == {"grain": {"next_index": 11}}  # its own file
+  assert restore(0, 1) == {"grain": {"next_index": 10}}  # 1 process: process 0's
+  assert restore(3, 4) == {"grain": {"next_index": 10}}
+  for f in folder.glob("*.json"):
+    f.unlink()
+  with pytest.raises(ValueError, match="no data-iterator state: the checkpoint is damaged"):
+    restore(0, 1)
