@@ -20,6 +20,7 @@ import numpy as np
 from flax import linen as nn
 
 from zoo import sharding as sh
+from zoo.layers import blockwise
 from zoo.layers.dense import Einsum
 from zoo.layers.positional import apply_rope
 
@@ -272,36 +273,6 @@ def dot_product_attention(
   return out
 
 
-def _pad_axis(x: Array, axis: int, size: int, value: Any) -> Array:
-  """Pads ``axis`` of ``x`` at the end up to ``size`` with ``value``."""
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, widths, constant_values=value)
-
-
-def _group_heads(x: Array | None, k: int, g: int, tp: int, sp: int, fill: Any) -> Array | None:
-  """Mask/bias ``[B', N', T', S']`` -> ``[B', K', G', T', S']`` with T', S' padded to tp, sp.
-
-  Broadcast axes (length 1) stay length 1; padded entries get ``fill``.
-  """
-  if x is None:
-    return None
-  bx, nx, tx, sx = x.shape
-  x = x.reshape(bx, k, g, tx, sx) if nx > 1 else x[:, :, None]
-  if tx > 1:
-    x = _pad_axis(x, 3, tp, fill)
-  if sx > 1:
-    x = _pad_axis(x, 4, sp, fill)
-  return x
-
-
-def _block(x: Array | None, axis: int, start: Array, size: int) -> Array | None:
-  """``x[start:start + size]`` along ``axis``; a broadcast (length-1) axis is kept whole."""
-  if x is None or x.shape[axis] == 1:
-    return x
-  return jax.lax.dynamic_slice_in_dim(x, start, size, axis)
-
-
 def _chunked_attention(
     query: Array,
     key: Array,
@@ -312,88 +283,13 @@ def _chunked_attention(
     scale: float,
     chunk_size: int | None,
 ) -> Array:
-  """Blockwise attention with an online softmax; the same values as the xla path.
-
-  Queries are split into blocks of ``bq`` (``lax.map``) and, for each, a ``lax.scan`` over key
-  blocks of ``bk`` carries the running row max ``m``, denominator ``denom`` and unnormalised output
-  ``acc``; a block's scores are ``exp(logits - m_new)`` and the carried ``denom``, ``acc`` are
-  rescaled by ``exp(m - m_new)``. Only ``[B, N, bq, bk]`` scores exist at a time. Masked logits
-  are set to ``MASK_VALUE`` exactly as in the xla path, so a fully masked row is the same uniform
-  average over the S keys. T and S are padded up to block multiples: padded keys get weight
-  exactly 0 (they are dropped from the sums, not masked), padded query rows are sliced off.
-
-  Gradients are plain autodiff through ``lax.map`` / ``lax.scan`` with the scan body under
-  ``jax.checkpoint``: the backward pass recomputes each block's scores and saves only the
-  carries, ``O(T * N * (H + 2) * S / bk)`` floats, not the ``O(T * N * S)`` scores (an explicit
-  custom_vjp flash backward would need only ``O(T * N * H)``).
-
-  Args:
-    query: ``[B, T, N, H]``.
-    key: ``[B, S, K, H]``.
-    value: ``[B, S, K, H]``.
-    mask: boolean, broadcastable to ``[B, N, T, S]``, or None.
-    bias: additive logits bias, broadcastable to ``[B, N, T, S]``, or None.
-    scale: logits scale.
-    chunk_size: query and key block length (min'd with T and S); None = :data:`CHUNK_SIZE`.
-
-  Returns:
-    ``[B, T, N, H]`` in the value dtype (as the xla path).
-  """
+  """The "chunked" path: :func:`zoo.layers.blockwise.blockwise_attention` with this module's
+  block length (:data:`CHUNK_SIZE` unless ``chunk_size`` is given) and mask value."""
   chunk = CHUNK_SIZE if chunk_size is None else chunk_size
-  if chunk < 1:
-    raise ValueError(f"chunk_size must be a positive int; got {chunk}.")
-  b, t, n, h = query.shape
-  s, k = key.shape[1], key.shape[2]
-  g = n // k
-  bq, bk = min(chunk, t), min(chunk, s)
-  nq, nk = -(-t // bq), -(-s // bk)
-  tp, sp = nq * bq, nk * bk
-  q_BTKGH = _pad_axis(query, 1, tp, 0).reshape(b, tp, k, g, h)
-  key = _pad_axis(key, 1, sp, 0)
-  value = _pad_axis(value, 1, sp, 0)
-  key_valid = jnp.arange(sp) < s
-  mask = _group_heads(mask, k, g, tp, sp, False)
-  bias = _group_heads(bias, k, g, tp, sp, 0)
-  f32 = jnp.float32
-
-  def query_block(i):
-    q0 = i * bq
-    q_blk = jax.lax.dynamic_slice_in_dim(q_BTKGH, q0, bq, 1)
-    mask_q, bias_q = _block(mask, 3, q0, bq), _block(bias, 3, q0, bq)
-
-    @jax.checkpoint
-    def key_block(carry, j):
-      m, denom, acc = carry  # [B, K, G, bq], [B, K, G, bq], [B, K, G, bq, H]
-      k0 = j * bk
-      k_blk = jax.lax.dynamic_slice_in_dim(key, k0, bk, 1)
-      v_blk = jax.lax.dynamic_slice_in_dim(value, k0, bk, 1)
-      logits = jnp.einsum("BTKGH,BSKH->BKGTS", q_blk, k_blk, preferred_element_type=f32)
-      logits = logits * scale
-      if bias_q is not None:
-        logits = logits + _block(bias_q, 4, k0, bk).astype(f32)
-      if mask_q is not None:
-        logits = jnp.where(_block(mask_q, 4, k0, bk), logits, MASK_VALUE)
-      valid = jax.lax.dynamic_slice_in_dim(key_valid, k0, bk)
-      m_new = jnp.maximum(m, jnp.max(jnp.where(valid, logits, MASK_VALUE), axis=-1))
-      p = jnp.where(valid, jnp.exp(logits - m_new[..., None]), 0.0)
-      correction = jnp.exp(m - m_new)
-      denom = denom * correction + p.sum(axis=-1)
-      pv = jnp.einsum(
-          "BKGTS,BSKH->BKGTH", p.astype(value.dtype), v_blk, preferred_element_type=f32
-      )
-      return (m_new, denom, acc * correction[..., None] + pv), None
-
-    init = (
-        jnp.full((b, k, g, bq), MASK_VALUE, f32),
-        jnp.zeros((b, k, g, bq), f32),
-        jnp.zeros((b, k, g, bq, h), f32),
-    )
-    (_, denom, acc), _ = jax.lax.scan(key_block, init, jnp.arange(nk))
-    return acc / denom[..., None]
-
-  out = jax.lax.map(query_block, jnp.arange(nq))  # [nq, B, K, G, bq, H]
-  out = out.transpose(1, 0, 4, 2, 3, 5).reshape(b, tp, n, h)[:, :t]
-  return out.astype(value.dtype)
+  return blockwise.blockwise_attention(
+      query, key, value, mask=mask, bias=bias, scale=scale, chunk_size=chunk,
+      mask_value=MASK_VALUE,
+  )
 
 
 # ----------------------------------------------------------------------------------------------
