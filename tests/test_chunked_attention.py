@@ -258,3 +258,20 @@ def test_backward_memory_is_blockwise():
   scores = n * t * t * 4
   assert temp_bytes("xla") > scores
   assert temp_bytes("chunked") < scores / 4
+
+
+def test_none_picks_chunked_on_cpu_from_the_threshold_on(monkeypatch):
+  calls = []
+  real = attn_lib._chunked_attention
+  monkeypatch.setattr(attn_lib, "_chunked_attention",
+                      lambda *a, **kw: calls.append(a[0].shape[1]) or real(*a, **kw))
+  n = attn_lib.CHUNKED_MIN_LENGTH
+  assert attn_lib.default_implementation(jnp.float32, n, n) == "chunked"
+  assert attn_lib.default_implementation(jnp.float32, n - 1, n) == "xla"
+  assert attn_lib.default_implementation(jnp.float32, 1, 4 * n) == "xla"  # a decoding step
+  for t in (n - 1, n):  # traced only: nothing runs
+    x = jax.ShapeDtypeStruct((1, t, 2, 4), jnp.float32)
+    jax.eval_shape(lambda q, t=t: dot_product_attention(q, q, q, mask=causal_mask(t)), x)
+    # Weights or dropout need the einsum path: None falls back to it whatever the length.
+    jax.eval_shape(lambda q: dot_product_attention(q, q, q, return_weights=True), x)
+  assert calls == [n]

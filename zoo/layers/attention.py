@@ -31,6 +31,12 @@ IMPLEMENTATIONS = typing.get_args(Implementation)
 # Query and key block length of implementation="chunked" (min'd with T and S); the ``chunk_size``
 # argument overrides it per call.
 CHUNK_SIZE = 512
+# On CPU, implementation=None takes the chunked path when the query and key lengths both reach
+# this. Causal self-attention, 12 heads x 64, float32, forward + backward
+# (``python -m benchmarks.attention``, interleaved A/B on a loaded 2-core CPU): chunked took
+# 2.1x less time than xla at T=1024 and 2048, and 2x more at T=256 (a single block there: no
+# key block to skip, the loops' overhead only). Below the threshold the einsum path stays.
+CHUNKED_MIN_LENGTH = 1024
 
 # Masked logits get this value instead of -inf: a fully masked row then becomes a uniform
 # softmax (finite output, finite gradient) rather than 0/0 = NaN. It is far below any real
@@ -142,17 +148,30 @@ def _check_qkv(query: Array, key: Array, value: Array) -> None:
     )
 
 
-def default_implementation(dtype: Any) -> Implementation:
-  """cuDNN flash attention on GPU for 16-bit inputs, the einsum path everywhere else."""
-  on_gpu = jax.default_backend() == "gpu"
-  return "cudnn" if on_gpu and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
+def default_implementation(
+    dtype: Any, length: int | None = None, kv_length: int | None = None
+) -> Implementation:
+  """What ``implementation=None`` runs for inputs of ``dtype`` and query / key lengths.
+
+  cuDNN flash attention on GPU for 16-bit inputs; on CPU the blockwise "chunked" path once
+  both lengths reach :data:`CHUNKED_MIN_LENGTH`; the einsum path everywhere else.
+  """
+  backend = jax.default_backend()
+  if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+    return "cudnn"
+  kv_length = length if kv_length is None else kv_length
+  if backend == "cpu" and length is not None and min(length, kv_length) >= CHUNKED_MIN_LENGTH:
+    return "chunked"
+  return "xla"
 
 
 def _resolve_implementation(
-    implementation: str | None, query: Array, needs_xla: str | None
+    implementation: str | None, query: Array, kv_length: int, needs_xla: str | None
 ) -> Implementation:
   if implementation is None:
-    return "xla" if needs_xla else default_implementation(query.dtype)
+    if needs_xla:
+      return "xla"
+    return default_implementation(query.dtype, query.shape[1], kv_length)
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(
         f"implementation must be one of {IMPLEMENTATIONS} or None; got {implementation!r}."
@@ -204,7 +223,9 @@ def dot_product_attention(
     implementation: "xla" (einsum path, any device), "cudnn" (``jax.nn.dot_product_attention``
       flash attention, GPU with bf16/fp16 only), "chunked" (blockwise online softmax in pure
       JAX, any device and dtype, memory O(T * chunk) instead of O(T * S); no dropout, no
-      weights, see :func:`_chunked_attention`) or None: cuDNN where it applies, else "xla".
+      weights; causal and other empty key blocks skipped, see :mod:`zoo.layers.blockwise`) or
+      None: cuDNN on GPU for bf16/fp16, "chunked" on CPU when T and S are both at least
+      :data:`CHUNKED_MIN_LENGTH`, else "xla" (and "xla" whenever weights or dropout are asked).
     scale: logits scale; default ``1/sqrt(H)`` so that q.k of unit-variance vectors (variance H)
       reaches the softmax with unit variance.
     dropout_rate: dropout on the attention weights (xla path; active when not deterministic).
@@ -227,7 +248,7 @@ def dot_product_attention(
   needs_xla = (
       "return_weights" if return_weights else "attention dropout" if use_dropout else None
   )
-  impl = _resolve_implementation(implementation, query, needs_xla)
+  impl = _resolve_implementation(implementation, query, s, needs_xla)
   scale = 1.0 / math.sqrt(h) if scale is None else scale
 
   if impl == "cudnn":

@@ -82,6 +82,10 @@ def _liveness(mask: Array | None, nq: int, nk: int, bq: int, bk: int):
   block, and which query rows attend to anything. All None without a mask."""
   if mask is None:
     return None, None, None
+  # A mask built from iota (causal_mask) is a constant to XLA, and its constant folder takes
+  # minutes over these reductions at T in the thousands; the barrier leaves them to run time
+  # (microseconds).
+  mask = jax.lax.optimization_barrier(mask)
   tq, sk = mask.shape[3], mask.shape[4]
   m = mask.any(axis=(0, 1, 2))  # [T', S']
   m = m.reshape(nq if tq > 1 else 1, bq if tq > 1 else 1, nk if sk > 1 else 1, bk if sk > 1 else 1)
