@@ -33,9 +33,9 @@ IMPLEMENTATIONS = typing.get_args(Implementation)
 CHUNK_SIZE = 512
 # On CPU, implementation=None takes the chunked path when the query and key lengths both reach
 # this. Causal self-attention, 12 heads x 64, float32, forward + backward
-# (``python -m benchmarks.attention``, interleaved A/B on a loaded 2-core CPU): chunked took
-# 2.1x less time than xla at T=1024 and 2048, and 2x more at T=256 (a single block there: no
-# key block to skip, the loops' overhead only). Below the threshold the einsum path stays.
+# (``python -m benchmarks.attention`` on a loaded 2-core CPU, BENCHMARKS.md): chunked took
+# 1.65-2.2x less time than xla at T=1024, about the same at 512 and 2x more at 256 (one block
+# there: no key block to skip, only the loops' overhead). Below it the einsum path stays.
 CHUNKED_MIN_LENGTH = 1024
 
 # Masked logits get this value instead of -inf: a fully masked row then becomes a uniform
