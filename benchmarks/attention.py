@@ -1,9 +1,12 @@
-"""Attention backends: ``dot_product_attention`` with implementation "xla" vs "cudnn".
+"""Attention backends: ``dot_product_attention`` with implementation "xla", "chunked", "cudnn".
 
-``python -m benchmarks.attention [--lengths 512,1024,...] [--smoke] [--out attention.json]``.
-Causal self-attention, 12 heads of 64 (GPT-2 small's), the batch sized to keep B*T constant;
-forward, and forward + backward (gradients of q, k, v). cuDNN flash attention needs an NVIDIA
-GPU and bf16/fp16 inputs: on a CPU only "xla" is timed, and the table says so.
+``python -m benchmarks.attention [--lengths 512,1024,...] [--implementations xla,chunked]
+[--chunk-size 512] [--smoke] [--out attention.json]``. Causal self-attention, 12 heads of 64
+(GPT-2 small's), the batch sized to keep B*T constant; forward, and forward + backward
+(gradients of q, k, v). cuDNN flash attention needs an NVIDIA GPU and bf16/fp16 inputs: on a
+CPU it is left out, and the table says so. "chunked" is the blockwise path (causal key blocks
+skipped); the "xla ÷ this" column is the crossover that ``attention.CHUNKED_MIN_LENGTH`` is set
+from.
 
 FLOPs: 4·B·N·T²·H forward (q.k and weights.v) and 3x that forward + backward, printed in full
 and with the causal half (what a causal kernel actually has to do).
@@ -30,7 +33,7 @@ def lengths_for(args) -> list[int]:
     return common.parse_ints("--lengths", args.lengths)
   if args.smoke:
     return [16, 32]
-  return [512, 1024, 2048, 4096, 8192] if common.on_gpu() else [128, 256, 512, 1024]
+  return [512, 1024, 2048, 4096, 8192] if common.on_gpu() else [256, 512, 1024, 2048, 4096]
 
 
 def batch_for(args, length: int) -> int:
@@ -42,6 +45,21 @@ def batch_for(args, length: int) -> int:
   return max(tokens // length, 1)
 
 
+def implementations_for(args) -> tuple[list[str], list[str]]:
+  """``(implementations to time, notes)``: default xla and chunked, and cudnn on a GPU."""
+  wanted = args.implementations.split(",") if args.implementations else ["xla", "chunked", "cudnn"]
+  for impl in wanted:
+    if impl not in attn.IMPLEMENTATIONS:
+      raise ValueError(
+          f"--implementations takes a comma list of {attn.IMPLEMENTATIONS}; got {impl!r}."
+      )
+  if common.on_gpu() or "cudnn" not in wanted:
+    return wanted, []
+  return [i for i in wanted if i != "cudnn"], [
+      "cuDNN flash attention needs an NVIDIA GPU: not timed."
+  ]
+
+
 def measure(impl: str, b: int, t: int, dtype, args) -> dict[str, Any]:
   key = jax.random.PRNGKey(t)
   q, k, v = (
@@ -50,7 +68,8 @@ def measure(impl: str, b: int, t: int, dtype, args) -> dict[str, Any]:
   mask = attn.causal_mask(t)
 
   def fwd(q, k, v):
-    return attn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+    return attn.dot_product_attention(q, k, v, mask=mask, implementation=impl,
+                                      chunk_size=args.chunk_size if impl == "chunked" else None)
 
   def loss(q, k, v):
     return jnp.sum(fwd(q, k, v).astype(jnp.float32))
@@ -105,15 +124,14 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> dict:
   p = common.parser(__doc__.splitlines()[0])
   p.add_argument("--lengths", default=None, help="comma list of sequence lengths")
+  p.add_argument("--implementations", default=None,
+                 help="comma list (default: xla,chunked; plus cudnn on GPU)")
+  p.add_argument("--chunk-size", type=int, default=None,
+                 help="block length of the chunked path (default attention.CHUNK_SIZE)")
   args = common.parse(p, argv)
   env = common.environment(args)
   dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-  notes = []
-  impls = ["xla"]
-  if common.on_gpu():
-    impls.append("cudnn")
-  else:
-    notes.append("cuDNN flash attention needs an NVIDIA GPU: timing xla only.")
+  impls, notes = implementations_for(args)
   print(f"attention: {env['device']}, {args.dtype}", file=sys.stderr)
   for note in notes:
     print(note, file=sys.stderr)
@@ -131,7 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
   if hasattr(os, "getloadavg"):
     env["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
   report = {
-      "benchmark": f"Attention backends (causal, {HEADS} heads x {HEAD_DIM}, {args.dtype})",
+      "benchmark": f"Attention backends (causal, {HEADS} heads x {HEAD_DIM}, {args.dtype}, "
+                   f"chunk {args.chunk_size or attn.CHUNK_SIZE})",
       "environment": env,
       "notes": notes,
       "attention": rows,

@@ -130,6 +130,8 @@ def parser(description: str) -> argparse.ArgumentParser:
                  help="compute dtype (default: bfloat16 on GPU, float32 on CPU)")
   p.add_argument("--scan-layers", action="store_true", help="zoo: nn.scan over layers")
   p.add_argument("--remat", default="none", help="zoo remat_policy (none|full|dots|...)")
+  p.add_argument("--attention-impl", default=None, choices=("xla", "chunked", "cudnn"),
+                 help="zoo attention implementation (default: the models' own choice, None)")
   p.add_argument("--threads", type=int, default=None,
                  help="CPU threads for PyTorch (default: all cores)")
   p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (TFLOP/s)")
@@ -879,6 +881,7 @@ def zoo_overrides(args) -> dict[str, Any]:
       "dtype": jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32,
       "scan_layers": bool(args.scan_layers),
       "remat_policy": args.remat,
+      "attention_impl": args.attention_impl,
   }
 
 

@@ -1,8 +1,11 @@
 """GPT-2 124M (``gpt2-small``) at T=1024 next to Hugging Face ``GPT2LMHeadModel``.
 
-``python -m benchmarks.gpt [--batch-size B] [--smoke] [--out gpt.json]``. Both sides: 12
-layers, d=768, 12 heads, GELU (tanh), tied output projection, no dropout (the zoo preset's,
-set on the Hugging Face config too), next-token cross entropy over the whole row.
+``python -m benchmarks.gpt [--batch-size B] [--length T] [--smoke] [--out gpt.json]``. Both
+sides: 12 layers, d=768, 12 heads, GELU (tanh), tied output projection, no dropout (the zoo
+preset's, set on the Hugging Face config too), next-token cross entropy over the whole row.
+``--length`` above 1024 (the long-context rows: 4096, 8192) widens the learned position table
+of both models to T; pair it with ``--attention-impl chunked`` (the default from
+``attention.CHUNKED_MIN_LENGTH`` on CPU anyway) and ``--peers eager`` for peak memory.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ def case(args) -> common.Case:
 
   preset = "gpt2-small"
   overrides = dict(SMOKE) if args.smoke else {}
+  if getattr(args, "length", None):
+    overrides["max_len"] = args.length
   cfg = zoo.get_config(preset, **overrides, **common.zoo_overrides(args))
   b = args.batch_size or (2 if args.smoke else 8 if common.on_gpu() else 1)
   t = cfg.max_len
@@ -51,7 +56,10 @@ def case(args) -> common.Case:
 
 
 def main(argv: list[str] | None = None) -> dict:
-  args = common.parse(common.parser(__doc__.splitlines()[0]), argv)
+  p = common.parser(__doc__.splitlines()[0])
+  p.add_argument("--length", type=int, default=None,
+                 help="sequence length T (default: the preset's 1024; smoke 32)")
+  args = common.parse(p, argv)
   return common.run("GPT-2 124M (gpt2-small)", [case(args)], args)
 
 

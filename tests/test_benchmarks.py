@@ -182,7 +182,7 @@ def test_attention_and_all_merge(reports, tmp_path):
   ])
   (att,) = combined["benchmarks"]
   rows = att["attention"]
-  assert [r["implementation"] for r in rows] == ["xla"]  # CPU: no cuDNN
+  assert [r["implementation"] for r in rows] == ["xla", "chunked"]  # CPU: no cuDNN
   assert "needs an NVIDIA GPU" in att["notes"][0]
   assert rows[0]["forward_backward"]["step_s"] > 0
   assert json.loads(out.read_text())["benchmarks"][0]["attention"][0]["length"] == 16
@@ -215,3 +215,36 @@ def test_profile_attributes_the_step_to_passes_and_modules(tmp_path):
       "jit(f)/transpose(jvp(GPT))/decoder/layers_3/attn/BTD,DH->BTH/dot_general"
   ) == ("backward", "decoder/layers_*/attn")
   assert profile.classify("jit(f)/jvp(jit(log_softmax))/reduce_max")[0] == "forward"
+
+
+def test_gpu_script_dry_run_without_tfds_or_grain(tmp_path):
+  """benchmarks/gpu.sh --dry-run on tiny CPU shapes, in a process where tensorflow_datasets and
+  grain cannot be imported (the GPU image has neither). The parity section only: the family
+  scripts' smoke runs are the tests above, and importing them (plus every model family, through
+  the registry) is what the section checks for the forbidden imports."""
+  import subprocess
+  import sys
+
+  blocked = "import sys; sys.modules['tensorflow_datasets'] = sys.modules['grain'] = None; "
+  run = "import runpy; runpy.run_module('benchmarks.gpu', run_name='__main__')"
+  out = tmp_path / "gpu"
+  imports = (
+      "import benchmarks.gpt, benchmarks.bert, benchmarks.vit, zoo, zoo.training.loop; "
+      "import zoo.pretrained.gpt2, zoo.pretrained.bert, zoo.pretrained.vit; "
+      "[zoo.get_config(n) for n in ('gpt2-small', 'bert-base', 'vit-b16')]; "
+  )
+  cmd = [sys.executable, "-c", blocked + imports + run, "--dry-run", "--only", "parity",
+         "--out-dir", str(out)]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False,
+                        env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  combined = json.loads((out / "results.json").read_text())
+  assert combined["dry_run"] and combined["forbidden_imports"] == []
+  parity = combined["sections"]["parity"]
+  impls = {(r["mask"], r["implementation"]) for r in parity["rows"]}
+  assert impls == {(m, i) for m in ("causal", "padding") for i in ("xla", "chunked")}
+  for r in parity["rows"]:
+    for name in ("out", "dq", "dk", "dv"):
+      assert r[name]["finite"] and r[name]["relative"] < 0.05, (r["mask"], r["implementation"])
+  text = (out / "results.md").read_text()
+  assert "### Attention parity (bf16)" in text and "| causal | chunked |" in text

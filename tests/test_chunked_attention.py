@@ -213,3 +213,65 @@ def test_gpt_chunked_logits_equal_xla(monkeypatch, num_kv_heads):
     got = jax.jit(functools.partial(chunked.apply, **kwargs))({"params": params}, ids)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
   assert len(calls) == 2 * 2  # the chunked path ran, in both layers, for both calls
+
+
+# ----------------------------------------------------------------------------------------------
+# Block skipping and memory.
+
+
+def test_causal_key_blocks_after_the_query_block_are_never_read():
+  # NaN values in key block 1 (keys 4..7): the einsum path multiplies them by weight 0 and
+  # gets NaN for every row; the chunked path must not touch that block for query block 0
+  # (rows 0..3), forward or backward.
+  q, k, v = _qkv(4, 2, t=8, s=8)
+  v = v.at[:, 4:].set(jnp.nan)
+  mask = causal_mask(8)
+
+  def loss(impl, q, k, v):
+    out = dot_product_attention(q, k, v, mask=mask, implementation=impl, chunk_size=4)
+    return jnp.sum(out[:, :4]), out
+
+  (_, out), grads = jax.jit(jax.value_and_grad(
+      functools.partial(loss, "chunked"), (0, 1, 2), has_aux=True))(q, k, v)
+  assert np.isfinite(np.asarray(out[:, :4])).all() and np.isnan(np.asarray(out[:, 4:])).all()
+  # dq of rows 0..3 would be 0 * NaN = NaN had key block 1 been read for query block 0 (dk
+  # is not checked: query block 1 legitimately reads the NaN values).
+  for g in (grads[0], grads[2]):
+    assert np.isfinite(np.asarray(g[:, :4])).all()
+  assert np.isnan(np.asarray(dot_product_attention(q, k, v, mask=mask)[:, :4])).all()
+
+
+def test_backward_memory_is_blockwise():
+  # Compiled temporary memory of the gradient: the einsum path holds [B, N, T, S] scores and
+  # weights; the chunked one only [B, N, bq, bk] blocks, the output and the row statistics.
+  t, n, h = 512, 1, 4
+  x = jax.ShapeDtypeStruct((1, t, n, h), jnp.float32)
+  mask = causal_mask(t)
+
+  def temp_bytes(impl):
+    def loss(q, k, v):
+      out = dot_product_attention(q, k, v, mask=mask, implementation=impl, chunk_size=32)
+      return jnp.sum(out)
+    compiled = jax.jit(jax.grad(loss, (0, 1, 2))).lower(x, x, x).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  scores = n * t * t * 4
+  assert temp_bytes("xla") > scores
+  assert temp_bytes("chunked") < scores / 4
+
+
+def test_none_picks_chunked_on_cpu_from_the_threshold_on(monkeypatch):
+  calls = []
+  real = attn_lib._chunked_attention
+  monkeypatch.setattr(attn_lib, "_chunked_attention",
+                      lambda *a, **kw: calls.append(a[0].shape[1]) or real(*a, **kw))
+  n = attn_lib.CHUNKED_MIN_LENGTH
+  assert attn_lib.default_implementation(jnp.float32, n, n) == "chunked"
+  assert attn_lib.default_implementation(jnp.float32, n - 1, n) == "xla"
+  assert attn_lib.default_implementation(jnp.float32, 1, 4 * n) == "xla"  # a decoding step
+  for t in (n - 1, n):  # traced only: nothing runs
+    x = jax.ShapeDtypeStruct((1, t, 2, 4), jnp.float32)
+    jax.eval_shape(lambda q, t=t: dot_product_attention(q, q, q, mask=causal_mask(t)), x)
+    # Weights or dropout need the einsum path: None falls back to it whatever the length.
+    jax.eval_shape(lambda q: dot_product_attention(q, q, q, return_weights=True), x)
+  assert calls == [n]

@@ -20,6 +20,7 @@ import numpy as np
 from flax import linen as nn
 
 from zoo import sharding as sh
+from zoo.layers import blockwise
 from zoo.layers.dense import Einsum
 from zoo.layers.positional import RopeScaling, apply_rope
 
@@ -30,6 +31,12 @@ IMPLEMENTATIONS = typing.get_args(Implementation)
 # Query and key block length of implementation="chunked" (min'd with T and S); the ``chunk_size``
 # argument overrides it per call.
 CHUNK_SIZE = 512
+# On CPU, implementation=None takes the chunked path when the query and key lengths both reach
+# this. Causal self-attention, 12 heads x 64, float32, forward + backward
+# (``python -m benchmarks.attention`` on a loaded 2-core CPU, BENCHMARKS.md): chunked took
+# 1.65-2.2x less time than xla at T=1024, about the same at 512 and 2x more at 256 (one block
+# there: no key block to skip, only the loops' overhead). Below it the einsum path stays.
+CHUNKED_MIN_LENGTH = 1024
 
 # Masked logits get this value instead of -inf: a fully masked row then becomes a uniform
 # softmax (finite output, finite gradient) rather than 0/0 = NaN. It is far below any real
@@ -151,17 +158,30 @@ def _check_qkv(query: Array, key: Array, value: Array) -> None:
     )
 
 
-def default_implementation(dtype: Any) -> Implementation:
-  """cuDNN flash attention on GPU for 16-bit inputs, the einsum path everywhere else."""
-  on_gpu = jax.default_backend() == "gpu"
-  return "cudnn" if on_gpu and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
+def default_implementation(
+    dtype: Any, length: int | None = None, kv_length: int | None = None
+) -> Implementation:
+  """What ``implementation=None`` runs for inputs of ``dtype`` and query / key lengths.
+
+  cuDNN flash attention on GPU for 16-bit inputs; on CPU the blockwise "chunked" path once
+  both lengths reach :data:`CHUNKED_MIN_LENGTH`; the einsum path everywhere else.
+  """
+  backend = jax.default_backend()
+  if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+    return "cudnn"
+  kv_length = length if kv_length is None else kv_length
+  if backend == "cpu" and length is not None and min(length, kv_length) >= CHUNKED_MIN_LENGTH:
+    return "chunked"
+  return "xla"
 
 
 def _resolve_implementation(
-    implementation: str | None, query: Array, needs_xla: str | None
+    implementation: str | None, query: Array, kv_length: int, needs_xla: str | None
 ) -> Implementation:
   if implementation is None:
-    return "xla" if needs_xla else default_implementation(query.dtype)
+    if needs_xla:
+      return "xla"
+    return default_implementation(query.dtype, query.shape[1], kv_length)
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(
         f"implementation must be one of {IMPLEMENTATIONS} or None; got {implementation!r}."
@@ -213,7 +233,9 @@ def dot_product_attention(
     implementation: "xla" (einsum path, any device), "cudnn" (``jax.nn.dot_product_attention``
       flash attention, GPU with bf16/fp16 only), "chunked" (blockwise online softmax in pure
       JAX, any device and dtype, memory O(T * chunk) instead of O(T * S); no dropout, no
-      weights, see :func:`_chunked_attention`) or None: cuDNN where it applies, else "xla".
+      weights; causal and other empty key blocks skipped, see :mod:`zoo.layers.blockwise`) or
+      None: cuDNN on GPU for bf16/fp16, "chunked" on CPU when T and S are both at least
+      :data:`CHUNKED_MIN_LENGTH`, else "xla" (and "xla" whenever weights or dropout are asked).
     scale: logits scale; default ``1/sqrt(H)`` so that q.k of unit-variance vectors (variance H)
       reaches the softmax with unit variance.
     dropout_rate: dropout on the attention weights (xla path; active when not deterministic).
@@ -236,7 +258,7 @@ def dot_product_attention(
   needs_xla = (
       "return_weights" if return_weights else "attention dropout" if use_dropout else None
   )
-  impl = _resolve_implementation(implementation, query, needs_xla)
+  impl = _resolve_implementation(implementation, query, s, needs_xla)
   scale = 1.0 / math.sqrt(h) if scale is None else scale
 
   if impl == "cudnn":
@@ -282,36 +304,6 @@ def dot_product_attention(
   return out
 
 
-def _pad_axis(x: Array, axis: int, size: int, value: Any) -> Array:
-  """Pads ``axis`` of ``x`` at the end up to ``size`` with ``value``."""
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, widths, constant_values=value)
-
-
-def _group_heads(x: Array | None, k: int, g: int, tp: int, sp: int, fill: Any) -> Array | None:
-  """Mask/bias ``[B', N', T', S']`` -> ``[B', K', G', T', S']`` with T', S' padded to tp, sp.
-
-  Broadcast axes (length 1) stay length 1; padded entries get ``fill``.
-  """
-  if x is None:
-    return None
-  bx, nx, tx, sx = x.shape
-  x = x.reshape(bx, k, g, tx, sx) if nx > 1 else x[:, :, None]
-  if tx > 1:
-    x = _pad_axis(x, 3, tp, fill)
-  if sx > 1:
-    x = _pad_axis(x, 4, sp, fill)
-  return x
-
-
-def _block(x: Array | None, axis: int, start: Array, size: int) -> Array | None:
-  """``x[start:start + size]`` along ``axis``; a broadcast (length-1) axis is kept whole."""
-  if x is None or x.shape[axis] == 1:
-    return x
-  return jax.lax.dynamic_slice_in_dim(x, start, size, axis)
-
-
 def _chunked_attention(
     query: Array,
     key: Array,
@@ -322,88 +314,13 @@ def _chunked_attention(
     scale: float,
     chunk_size: int | None,
 ) -> Array:
-  """Blockwise attention with an online softmax; the same values as the xla path.
-
-  Queries are split into blocks of ``bq`` (``lax.map``) and, for each, a ``lax.scan`` over key
-  blocks of ``bk`` carries the running row max ``m``, denominator ``denom`` and unnormalised output
-  ``acc``; a block's scores are ``exp(logits - m_new)`` and the carried ``denom``, ``acc`` are
-  rescaled by ``exp(m - m_new)``. Only ``[B, N, bq, bk]`` scores exist at a time. Masked logits
-  are set to ``MASK_VALUE`` exactly as in the xla path, so a fully masked row is the same uniform
-  average over the S keys. T and S are padded up to block multiples: padded keys get weight
-  exactly 0 (they are dropped from the sums, not masked), padded query rows are sliced off.
-
-  Gradients are plain autodiff through ``lax.map`` / ``lax.scan`` with the scan body under
-  ``jax.checkpoint``: the backward pass recomputes each block's scores and saves only the
-  carries, ``O(T * N * (H + 2) * S / bk)`` floats, not the ``O(T * N * S)`` scores (an explicit
-  custom_vjp flash backward would need only ``O(T * N * H)``).
-
-  Args:
-    query: ``[B, T, N, H]``.
-    key: ``[B, S, K, H]``.
-    value: ``[B, S, K, H]``.
-    mask: boolean, broadcastable to ``[B, N, T, S]``, or None.
-    bias: additive logits bias, broadcastable to ``[B, N, T, S]``, or None.
-    scale: logits scale.
-    chunk_size: query and key block length (min'd with T and S); None = :data:`CHUNK_SIZE`.
-
-  Returns:
-    ``[B, T, N, H]`` in the value dtype (as the xla path).
-  """
+  """The "chunked" path: :func:`zoo.layers.blockwise.blockwise_attention` with this module's
+  block length (:data:`CHUNK_SIZE` unless ``chunk_size`` is given) and mask value."""
   chunk = CHUNK_SIZE if chunk_size is None else chunk_size
-  if chunk < 1:
-    raise ValueError(f"chunk_size must be a positive int; got {chunk}.")
-  b, t, n, h = query.shape
-  s, k = key.shape[1], key.shape[2]
-  g = n // k
-  bq, bk = min(chunk, t), min(chunk, s)
-  nq, nk = -(-t // bq), -(-s // bk)
-  tp, sp = nq * bq, nk * bk
-  q_BTKGH = _pad_axis(query, 1, tp, 0).reshape(b, tp, k, g, h)
-  key = _pad_axis(key, 1, sp, 0)
-  value = _pad_axis(value, 1, sp, 0)
-  key_valid = jnp.arange(sp) < s
-  mask = _group_heads(mask, k, g, tp, sp, False)
-  bias = _group_heads(bias, k, g, tp, sp, 0)
-  f32 = jnp.float32
-
-  def query_block(i):
-    q0 = i * bq
-    q_blk = jax.lax.dynamic_slice_in_dim(q_BTKGH, q0, bq, 1)
-    mask_q, bias_q = _block(mask, 3, q0, bq), _block(bias, 3, q0, bq)
-
-    @jax.checkpoint
-    def key_block(carry, j):
-      m, denom, acc = carry  # [B, K, G, bq], [B, K, G, bq], [B, K, G, bq, H]
-      k0 = j * bk
-      k_blk = jax.lax.dynamic_slice_in_dim(key, k0, bk, 1)
-      v_blk = jax.lax.dynamic_slice_in_dim(value, k0, bk, 1)
-      logits = jnp.einsum("BTKGH,BSKH->BKGTS", q_blk, k_blk, preferred_element_type=f32)
-      logits = logits * scale
-      if bias_q is not None:
-        logits = logits + _block(bias_q, 4, k0, bk).astype(f32)
-      if mask_q is not None:
-        logits = jnp.where(_block(mask_q, 4, k0, bk), logits, MASK_VALUE)
-      valid = jax.lax.dynamic_slice_in_dim(key_valid, k0, bk)
-      m_new = jnp.maximum(m, jnp.max(jnp.where(valid, logits, MASK_VALUE), axis=-1))
-      p = jnp.where(valid, jnp.exp(logits - m_new[..., None]), 0.0)
-      correction = jnp.exp(m - m_new)
-      denom = denom * correction + p.sum(axis=-1)
-      pv = jnp.einsum(
-          "BKGTS,BSKH->BKGTH", p.astype(value.dtype), v_blk, preferred_element_type=f32
-      )
-      return (m_new, denom, acc * correction[..., None] + pv), None
-
-    init = (
-        jnp.full((b, k, g, bq), MASK_VALUE, f32),
-        jnp.zeros((b, k, g, bq), f32),
-        jnp.zeros((b, k, g, bq, h), f32),
-    )
-    (_, denom, acc), _ = jax.lax.scan(key_block, init, jnp.arange(nk))
-    return acc / denom[..., None]
-
-  out = jax.lax.map(query_block, jnp.arange(nq))  # [nq, B, K, G, bq, H]
-  out = out.transpose(1, 0, 4, 2, 3, 5).reshape(b, tp, n, h)[:, :t]
-  return out.astype(value.dtype)
+  return blockwise.blockwise_attention(
+      query, key, value, mask=mask, bias=bias, scale=scale, chunk_size=chunk,
+      mask_value=MASK_VALUE,
+  )
 
 
 # ----------------------------------------------------------------------------------------------

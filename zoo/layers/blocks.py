@@ -23,6 +23,7 @@ from jax.ad_checkpoint import checkpoint_name
 from zoo import sharding as sh
 from zoo.layers.attention import Implementation, MultiHeadAttention
 from zoo.layers.dense import Einsum
+from zoo.layers.norms import LayerNorm, RMSNorm
 from zoo.layers.positional import RopeScaling
 
 Array = jax.Array
@@ -101,25 +102,10 @@ class BlockConfig:
 
 
 def make_norm(config: BlockConfig, name: str) -> nn.Module:
-  """LayerNorm or RMSNorm with statistics in float32 and unsharded parameters."""
-  ones = nn.with_logical_partitioning(nn.initializers.ones, (sh.NORM,))
-  if config.norm == "rmsnorm":
-    return nn.RMSNorm(
-        epsilon=config.norm_eps,
-        dtype=jnp.float32,
-        param_dtype=config.param_dtype,
-        scale_init=ones,
-        name=name,
-    )
-  return nn.LayerNorm(
-      epsilon=config.norm_eps,
-      dtype=jnp.float32,
-      param_dtype=config.param_dtype,
-      use_fast_variance=False,  # two-pass variance: matches PyTorch to float32 rounding
-      scale_init=ones,
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (sh.NORM,)),
-      name=name,
-  )
+  """LayerNorm or RMSNorm with statistics in float32, unsharded parameters and a hand-written
+  backward (:mod:`zoo.layers.norms`: no transposed copies in the gradient on CPU)."""
+  norm = RMSNorm if config.norm == "rmsnorm" else LayerNorm
+  return norm(epsilon=config.norm_eps, param_dtype=config.param_dtype, name=name)
 
 
 def _dense(
