@@ -284,7 +284,7 @@ def test_data_state_restores_per_process_and_on_another_process_count(tmp_path, 
   folder = epath.Path(tmp_path)
   for i, n in ((0, 2), (1, 2)):
     (folder / f"process_{i}-of-{n}.json").write_text(f'{{"grain": {{"next_index": {10 + i}}}}}')
-  handler = ckpt_lib.DataStateHandler()
+  handler = ckpt_lib.data_state_handler()
 
   def restore(index, count):
     monkeypatch.setattr(jax, "process_index", lambda: index)

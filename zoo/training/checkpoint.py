@@ -22,13 +22,13 @@ any of its items' files is skipped with a warning.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
 import shutil
 from typing import Any
 
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -64,27 +64,40 @@ class _DataState:
     pass
 
 
-class DataStateHandler(grain.checkpoint.CheckpointHandler):
-  """Grain's handler, which also restores on another process count.
+@functools.cache
+def _handler_class():
+  """Grain's Orbax handler, which also restores on another process count (defined on first
+  use: the GPU benchmark image imports the loop without Grain installed).
 
   Saving: each process writes ``process_<i>-of-<n>.json``. Restoring: each reads its own file;
   with another process count, process 0's (zoo's data states are positions in the global
   stream, the same on every process).
   """
+  import grain  # noqa: PLC0415
 
-  def restore(self, directory, item=None, args=None):
-    item = item or args.item
-    i, n = jax.process_index(), jax.process_count()
-    path = directory / f"process_{i}-of-{n}.json"
-    if not path.exists():
-      saved = sorted(directory.glob("process_0-of-*.json"))
-      if not saved:
-        raise ValueError(f"{directory} holds no data-iterator state: the checkpoint is damaged.")
-      path = saved[0]
-      log.info("data state saved by %s processes, read from %s", path.name.split("-of-")[1][:-5],
-               path.name)
-    item.set_state(path.read_text().encode())
-    return item
+  class DataStateHandler(grain.checkpoint.CheckpointHandler):
+
+    def restore(self, directory, item=None, args=None):
+      item = item or args.item
+      i, n = jax.process_index(), jax.process_count()
+      path = directory / f"process_{i}-of-{n}.json"
+      if not path.exists():
+        saved = sorted(directory.glob("process_0-of-*.json"))
+        if not saved:
+          raise ValueError(
+              f"{directory} holds no data-iterator state: the checkpoint is damaged."
+          )
+        path = saved[0]
+        log.info("data state of another process count, read from %s", path.name)
+      item.set_state(path.read_text().encode())
+      return item
+
+  return DataStateHandler
+
+
+def data_state_handler():
+  """The Orbax handler of the ``data`` item (see :func:`_handler_class`)."""
+  return _handler_class()()
 
 
 @dataclasses.dataclass
@@ -122,7 +135,7 @@ def _handler_registry():
   registry.add("state", ocp.args.PyTreeRestore, pytree)
   registry.add("meta", ocp.args.JsonSave, ocp.JsonCheckpointHandler)
   registry.add("meta", ocp.args.JsonRestore, ocp.JsonCheckpointHandler)
-  data = DataStateHandler()
+  data = data_state_handler()
   registry.add("data", DataSave, data)
   registry.add("data", DataRestore, data)
   return registry
