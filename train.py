@@ -265,9 +265,18 @@ def _several_processes(body) -> int:
   this process is gone when its sockets close (the coordination service's heartbeat timeout,
   ``ZOO_HEARTBEAT_TIMEOUT_S``, catches a host that vanished without closing them).
   """
+  import threading  # noqa: PLC0415
+
   import jax  # noqa: PLC0415
 
   who = f"process {jax.process_index()} of {jax.process_count()}"
+
+  def thread_failed(args):  # e.g. Orbax's commit thread when a peer died: one line, no traceback
+    first = (str(args.exc_value).strip().splitlines() or [""])[0][:200]
+    print(f"train.py: {who}: background thread {args.thread.name if args.thread else '?'} "
+          f"failed: {args.exc_type.__name__}: {first}", file=sys.stderr, flush=True)
+
+  threading.excepthook = thread_failed
   try:
     code = body()
   except BaseException as e:  # noqa: BLE001 - every failure ends this process the same way
