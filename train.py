@@ -256,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
   return _train(train, config, workdir, NonFiniteLossError)
 
 
+def _first_line(e: BaseException, limit: int) -> str:
+  return (str(e).strip().splitlines() or [""])[0][:limit]
+
+
 def _several_processes(body) -> int:
   """Run ``body`` as one of several processes: on any failure, say which process failed and
   why, then leave at once.
@@ -272,15 +276,25 @@ def _several_processes(body) -> int:
   who = f"process {jax.process_index()} of {jax.process_count()}"
 
   def thread_failed(args):  # e.g. Orbax's commit thread when a peer died: one line, no traceback
-    first = (str(args.exc_value).strip().splitlines() or [""])[0][:200]
     print(f"train.py: {who}: background thread {args.thread.name if args.thread else '?'} "
-          f"failed: {args.exc_type.__name__}: {first}", file=sys.stderr, flush=True)
+          f"failed: {args.exc_type.__name__}: {_first_line(args.exc_value, 200)}",
+          file=sys.stderr, flush=True)
 
+  class OneLine(logging.Filter):  # Orbax logs its failed save threads with their tracebacks
+    def filter(self, record):
+      if record.exc_info:
+        e = record.exc_info[1]
+        record.msg = f"{record.getMessage()} ({type(e).__name__}: {_first_line(e, 200)})"
+        record.args, record.exc_info, record.exc_text = None, None, None
+      return True
+
+  for name in ("absl", ""):
+    logging.getLogger(name).addFilter(OneLine())
   threading.excepthook = thread_failed
   try:
     code = body()
   except BaseException as e:  # noqa: BLE001 - every failure ends this process the same way
-    first = (str(e).strip().splitlines() or [""])[0][:300]
+    first = _first_line(e, 300)
     if isinstance(e, jax.errors.JaxRuntimeError):
       why = (f"a collective or the coordination service failed ({first}): another process "
              "has probably died (its log says why), or the network between hosts broke")
