@@ -1,6 +1,14 @@
-"""Test-wide set-up: 8 simulated CPU devices for sharding tests, float32 matmuls."""
+"""Test-wide set-up: 8 simulated CPU devices for sharding tests, float32 matmuls, and one
+persistent compilation cache for the whole run.
+
+The cache is shared by both xdist workers and by every ``train.py`` the tests launch (they
+inherit the environment), so a program that several tests compile (the smoke configs, the
+tiny loop configs) is compiled once per run. It is deleted when the run ends.
+"""
 
 import os
+import shutil
+import tempfile
 
 # Must happen before jax is imported anywhere.
 os.environ["XLA_FLAGS"] = (
@@ -8,7 +16,18 @@ os.environ["XLA_FLAGS"] = (
     + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Made by the first process (xdist's controller); its workers inherit the variable. A cache
+# the caller chose is used and kept.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="zoo-tests-jax-cache-")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_sessionfinish(session):
+  if _OWN_CACHE and not hasattr(session.config, "workerinput"):  # after the workers are done
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

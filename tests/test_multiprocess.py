@@ -23,7 +23,7 @@ from zoo.training.metrics import read_jsonl
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 240  # seconds for one launch, start-up and compilation included
-STEPS = 60
+STEPS = 24
 # Smoke configs with losses logged every step and a checkpoint every 4.
 COMMON = [
     "--config.train.log_every=1", "--config.train.plot=False", "--config.train.progress_bar=False",
@@ -164,7 +164,7 @@ def test_gpt_two_processes_equal_one_and_resume_bit_for_bit_after_kills(tmp_path
   assert ours or theirs, (code, text[-2000:])
   # 2. restart, then kill -9 both processes further on.
   procs = _launch(config, work, cache, 2)
-  _kill_when(procs, work, 30, victims=[0, 1])
+  _kill_when(procs, work, 14, victims=[0, 1])
   _finish(procs)
   assert _logged_step(work) < STEPS  # the kill landed mid-run
   # 3. restart and finish: every step's loss and the final parameters equal the reference.
