@@ -16,7 +16,6 @@ import dataclasses
 import difflib
 import importlib
 import types
-import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -87,12 +86,24 @@ def families() -> list[Family]:
   return list(_BY_NAME.values())
 
 
-def unknown(name: Any, known, what: str) -> ValueError:
-  """A ValueError for an unknown ``name`` that lists the closest ``known`` spellings."""
+def did_you_mean(name: Any, known, *, listing: bool = True) -> str:
+  """`` Did you mean a, b?`` for the closest ``known`` spellings of ``name``; when none is close,
+  `` Known: ...`` (or ``""`` without ``listing``). The one "did you mean" of zoo."""
   known = sorted(map(str, known))
   close = difflib.get_close_matches(str(name), known, n=3)
-  hint = f" Did you mean {', '.join(close)}?" if close else f" Known: {', '.join(known)}."
-  return ValueError(f"unknown {what} {name!r}.{hint}")
+  if close:
+    return f" Did you mean {', '.join(close)}?"
+  return f" Known: {', '.join(known)}." if listing else ""
+
+
+def unknown(name: Any, known, what: str) -> ValueError:
+  """A ValueError for an unknown ``name`` that lists the closest ``known`` spellings."""
+  return ValueError(f"unknown {what} {name!r}.{did_you_mean(name, known)}")
+
+
+def scanned(config: Any) -> bool:
+  """Whether a model config stacks its layers with ``nn.scan`` (params carry a layer axis)."""
+  return bool(getattr(config, "scan_layers", False))
 
 
 def get(name: str) -> Family:
@@ -149,23 +160,6 @@ def dtype_from_name(name: Any, where: str) -> Any:
   if name not in DTYPES:
     raise ValueError(f"{where}={name!r} is not a dtype zoo computes in; choose one of {DTYPES}.")
   return jnp.dtype(name)
-
-
-def field_choices(config_cls: type, name: str) -> tuple[Any, ...] | None:
-  """The allowed values of a ``Literal`` field (``None`` when the field is not a Literal)."""
-  hints = typing.get_type_hints(config_cls)
-  for arg in _flatten_union(hints.get(name)):
-    if typing.get_origin(arg) is typing.Literal:
-      return typing.get_args(arg)
-  return None
-
-
-def _flatten_union(tp) -> tuple:
-  if tp is None:
-    return ()
-  if typing.get_origin(tp) in (typing.Union, types.UnionType):
-    return typing.get_args(tp)
-  return (tp,)
 
 
 def config_to_json(config: Any) -> dict[str, Any]:
