@@ -45,9 +45,9 @@ def load_config_module(path: str):
   """The module of a run-config file; ``UsageError`` when it is missing or has no get_config."""
   if not os.path.isfile(path):
     known = [str(p.relative_to(CONFIGS.parent)) for p in sorted(CONFIGS.glob("*.py"))]
-    close = difflib.get_close_matches(path, known, n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else f" Config files: {', '.join(known)}."
-    raise UsageError(f"config file {path!r} not found.{hint}")
+    from zoo.registry import did_you_mean  # noqa: PLC0415 - keeps --help fast
+
+    raise UsageError(f"config file {path!r} not found.{did_you_mean(path, known)}")
   # A source loader, as config_flags uses: the file need not end in .py.
   loader = importlib.machinery.SourceFileLoader("zoo_run_config_" + pathlib.Path(path).stem, path)
   spec = importlib.util.spec_from_loader(loader.name, loader)

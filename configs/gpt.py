@@ -31,15 +31,9 @@ def get_config(arg=None):
   c.sample.update(prompt="def ", num_tokens=256)
 
   if arg == "demo":
-    # Bytes are too small a unit for five CPU minutes: the byte-level demo (600 steps) ended at
-    # 2.86 nats/byte, worse than a byte bigram. A byte-level BPE of 4,096 tokens trained on the
-    # training split (about 3.5 bytes a token; trained once, then cached) gives every step
-    # 3.5x the text and the model words to predict instead of letters. Eval reports bits per
-    # byte, comparable across tokenizers.
-    # d_model 128 (1.3M parameters) beats 192 (2.6M) in five minutes: a step costs 0.9 s instead
-    # of 1.3-1.5 s, and it learned faster per step too. 280 steps with 40 of warm-up end at 1.99
-    # bits per byte (1.38 nats) in 4 min 48 s; 240 steps with 30 of warm-up stayed longer on the
-    # unigram plateau (2.32 at the end), so the warm-up is not a free knob here.
+    # A byte-level BPE (trained on the training split once, then cached) gives every step more
+    # text than bytes would; eval reports bits per byte, comparable across tokenizers. Why these
+    # sizes and step counts: BENCHMARKS.md, "How the demo was sized".
     c.data.update(tokenizer="bpe", vocab_size=4096, seq_len=128)
     c.model.update(d_model=128, num_heads=4, num_layers=4, mlp_dim=512, max_len=128)
     c.train.update(batch_size=32, num_steps=280, log_every=20, checkpoint_every=70)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import zoo.data as zd
+from zoo import registry
 from zoo.data import offline
 from zoo.data.iteration import Layout
 from zoo.data.tokenizers import ByteTokenizer
@@ -49,7 +50,7 @@ def digits_npz(tmp_path_factory):
 
 
 def test_default_config_has_every_interface_key():
-  for task in zd.TASKS:
+  for task in registry.task_names():
     cfg = zd.default_config(task)
     for key in ("task", "source", "tfds_name", "data_dir", "shuffle", "path"):
       assert key in cfg, (task, key)
@@ -62,7 +63,7 @@ def test_default_config_has_every_interface_key():
 @pytest.mark.parametrize(
     "bad, match",
     [
-        ({"task": "lmm"}, "unknown data task 'lmm'.*'lm'"),
+        ({"task": "lmm"}, "unknown task 'lmm'.*lm"),
         ({"task": "lm", "seq_lenn": 8}, "seq_lenn.*seq_len"),
         ({"task": "lm", "source": "hf"}, "unknown data source 'hf'"),
         ({"task": "lm", "seq_len": 2}, "seq_len must be"),

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
+from zoo import registry
+from zoo.data import IGNORE_INDEX as IGNORE
 from zoo.data.tokenizers import ByteTokenizer
-from zoo.training import eval_metrics, tasks
-
-IGNORE = tasks.IGNORE_INDEX
+from zoo.tasks import metrics as eval_metrics
 
 
 def _collect(task, outputs, batches):
@@ -23,7 +23,7 @@ def _collect(task, outputs, batches):
 
 def test_classification_macro_f1_equals_sklearn_on_the_real_rows():
   rng = np.random.RandomState(0)
-  task = tasks.get_task("classification")
+  task = registry.task("classification")
   outputs, batches, real_labels, real_preds = [], [], [], []
   for _ in range(3):
     logits = rng.randn(8, 5).astype(np.float32)
@@ -59,7 +59,7 @@ def test_word_segmentation_span_scores_worked_by_hand():
 
 
 def test_tagging_task_reads_only_labelled_positions():
-  task = tasks.get_task("tagging")
+  task = registry.task("tagging")
   # Row: [CLS] a b [SEP] pad -> labels only on the two characters.
   labels = np.array([[IGNORE, 0, 2, IGNORE, IGNORE]], np.int32)
   logits = np.full((1, 5, 4), -5.0, np.float32)
@@ -87,7 +87,7 @@ def test_corpus_bleu_equals_the_sacrebleu_command_line(tmp_path):
 
 def test_bits_per_byte_of_a_byte_model_is_nats_per_byte_over_ln2():
   tok = ByteTokenizer()
-  task = tasks.get_task("lm")
+  task = registry.task("lm")
   text = "def f(x):\n  return x\n"
   ids = np.array([tok.encode(text) + [tok.eos_id]], np.int32)
   weights = np.ones_like(ids, np.float32)

@@ -17,12 +17,12 @@ from flax import linen as nn
 
 import zoo
 import zoo.data as zd
+from zoo import registry
 from zoo.generate import cli as generate_cli
+from zoo.training import actions, loop, steps
 from zoo.training import config as config_lib
-from zoo.training import loop
 from zoo.training import mesh as mesh_lib
 from zoo.training import state as state_lib
-from zoo.training import tasks as tasks_lib
 from zoo.training.checkpoint import Checkpointer
 from zoo.training.metrics import read_jsonl
 from zoo.training.optimizer import make_optimizer
@@ -274,7 +274,7 @@ def test_gradient_accumulation_equals_one_big_batch():
   # (Adam's first step is about sign(g), which amplifies rounding where g is ~0).
   c.optim.update(name="sgd", momentum=0.0, lr=0.5, weight_decay=0.0, clip_norm=0.0)
   model_cfg = _model_cfg(c)
-  task = tasks_lib.get_task("mlm_nsp")
+  task = registry.task("mlm_nsp")
   mesh = mesh_lib.make_mesh(dict(data=2, fsdp=2, tensor=2))
   rules = mesh_lib.rules_from_config(c)
   optim = tuple(sorted(c.optim.to_dict().items()))
@@ -282,11 +282,11 @@ def test_gradient_accumulation_equals_one_big_batch():
   data = zd.build_dataset(c.data, split="train", global_batch_size=16, seed=0)
   batch = next(iter(data))
   # Uneven label counts per micro-batch: the normalisation must use the whole batch's totals.
-  batch["mlm_targets"][:6] = tasks_lib.IGNORE_INDEX
-  batch["nsp_labels"][[1, 2, 9]] = tasks_lib.IGNORE_INDEX
+  batch["mlm_targets"][:6] = zd.IGNORE_INDEX
+  batch["nsp_labels"][[1, 2, 9]] = zd.IGNORE_INDEX
   results = []
   for accum in (1, 4):  # the loop's own jitted step (explicit shardings, donated state)
-    prog = loop.program(model_cfg, task, optim, 10, accum, mesh, rules, xla)
+    prog = steps.program(model_cfg, task, optim, 10, accum, mesh, rules, xla)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       state = prog.init(jax.random.PRNGKey(0))
       before = host(state.params)
@@ -337,10 +337,10 @@ def test_model_config_takes_vocab_from_data_and_overrides_win():
 def test_actions_run_when_due():
   """Log every k steps and at the end; checkpoint also on a signal; the final evaluation is
   skipped after a signal (the resumed run evaluates); the stop notice only on a signal."""
-  log_ = loop.LogTrain(2, history=None, writer=None)
-  save = loop.SaveCheckpoint(types.SimpleNamespace(every=3), None)
-  ev = loop.Evaluate(0, None, None, rows=1, num_batches=1)  # 0: only at the end
-  stop = loop.AnnounceStop(None, None)
+  log_ = actions.LogTrain(2, history=None, writer=None)
+  save = actions.SaveCheckpoint(types.SimpleNamespace(every=3), None)
+  ev = actions.Evaluate(0, None, None, rows=1, num_batches=1)  # 0: only at the end
+  stop = actions.AnnounceStop(None, None)
 
   def due(step, end=7, stopping=None):
     return [type(a).__name__ for a in (log_, save, ev, stop) if a.should_run(step, end, stopping)]

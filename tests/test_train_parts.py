@@ -9,14 +9,15 @@ import numpy as np
 import optax
 import pytest
 
+from zoo import registry
+from zoo.data.iteration import IGNORE_INDEX as IGNORE
+from zoo.data.iteration import pad_batch
 from zoo.models.common import train_flops
+from zoo.tasks import losses
 from zoo.training import config as config_lib
 from zoo.training import mesh as mesh_lib
 from zoo.training import metrics as metrics_lib
 from zoo.training import optimizer as opt_lib
-from zoo.training import tasks
-
-IGNORE = tasks.IGNORE_INDEX
 
 
 def np_log_softmax(x):
@@ -30,7 +31,7 @@ def test_cross_entropy_matches_numpy_with_label_smoothing():
   labels = rng.integers(0, 7, (3, 5))
   labels[0, :2] = IGNORE
   eps = 0.1
-  loss, nll, correct = tasks.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), eps)
+  loss, nll, correct = losses.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), eps)
   logp = np_log_softmax(logits.astype(np.float64))
   safe = np.where(labels == IGNORE, 0, labels)
   want_nll = -np.take_along_axis(logp, safe[..., None], -1)[..., 0]
@@ -52,7 +53,7 @@ def test_cross_entropy_gradient_is_softmax_minus_target(eps):
   a, b = rng.normal(size=(2, 4)), rng.normal(size=(2, 4))  # cotangents of loss and nll
 
   def f(z):
-    loss, nll, _ = tasks.cross_entropy(z, jnp.asarray(labels), eps)
+    loss, nll, _ = losses.cross_entropy(z, jnp.asarray(labels), eps)
     return jnp.sum(loss * a) + jnp.sum(nll * b)
 
   got = jax.grad(f)(jnp.asarray(logits))
@@ -79,14 +80,14 @@ def test_cross_entropy_gradient_is_softmax_minus_target(eps):
 
 def test_padding_aware_means_ignore_padded_rows():
   """A batch padded with rows of IGNORE labels has the same statistics as the real rows."""
-  task = tasks.get_task("tagging")
+  task = registry.task("tagging")
   rng = np.random.default_rng(1)
   labels = rng.integers(0, 4, (3, 6)).astype(np.int32)
   labels[:, 4:] = IGNORE  # padding positions
   batch = {"input_ids": np.ones((3, 6), np.int32), "labels": labels}
   logits = rng.normal(size=(3, 6, 4)).astype(np.float32)
   stats = task.stats({"logits": jnp.asarray(logits)}, batch)
-  padded = tasks.pad_batch(batch, 5)
+  padded = pad_batch(batch, 5)
   assert (padded["labels"][3:] == IGNORE).all() and (padded["input_ids"][3:] == 0).all()
   logits5 = np.concatenate([logits, rng.normal(size=(2, 6, 4)).astype(np.float32)])
   stats5 = task.stats({"logits": jnp.asarray(logits5)}, padded)
@@ -97,11 +98,11 @@ def test_padding_aware_means_ignore_padded_rows():
   logp = np_log_softmax(logits.astype(np.float64))
   real = labels != IGNORE
   want = -np.take_along_axis(logp, np.where(real, labels, 0)[..., None], -1)[..., 0][real].mean()
-  assert tasks.means(jax.device_get(stats))["loss"] == pytest.approx(want, rel=1e-5)
+  assert losses.means(jax.device_get(stats))["loss"] == pytest.approx(want, rel=1e-5)
 
 
 def test_lm_weights_and_perplexity():
-  task = tasks.get_task("lm")
+  task = registry.task("lm")
   logits = jnp.zeros((2, 3, 10))  # uniform: nll = log(10) everywhere
   batch = {
       "input_ids": np.zeros((2, 3), np.int32),
@@ -110,20 +111,20 @@ def test_lm_weights_and_perplexity():
   }
   stats = jax.device_get(task.stats(logits, batch))
   assert float(stats["loss"][1]) == 4  # weight 0 and IGNORE_INDEX both drop out
-  m = tasks.means(stats)
+  m = losses.means(stats)
   assert m["loss"] == pytest.approx(math.log(10), rel=1e-6)
   assert m["perplexity"] == pytest.approx(10, rel=1e-5)
 
 
 def test_mlm_nsp_loss_is_the_sum_of_two_means():
-  task = tasks.get_task("mlm_nsp")
+  task = registry.task("mlm_nsp")
   assert task.loss_terms == ("mlm_loss", "nsp_loss")
   w = task.loss_weights({"mlm_targets": np.array([[IGNORE, 3, 4]]), "nsp_labels": np.array([1])})
   np.testing.assert_array_equal(w["mlm_loss"], [[0, 1, 1]])
   np.testing.assert_array_equal(w["nsp_loss"], [1])
-  assert tasks.get_task("image_classification").unit == "images"
+  assert registry.task("image_classification").unit == "images"
   with pytest.raises(ValueError, match="unknown task 'cls'"):
-    tasks.get_task("cls")
+    registry.task("cls")
 
 
 def _optim(**kw):

@@ -11,66 +11,16 @@ from __future__ import annotations
 import platform
 from typing import Any
 
-from zoo.data import bert, images, lm, offline, translation
-from zoo.data import tfds_sources as tfds_src
-from zoo.data.bert import IGNORE_INDEX
-from zoo.data.config import TASKS, default_config, resolve
-from zoo.data.iteration import Dataset, Layout
+from zoo import registry
+from zoo.data import offline
+from zoo.data.config import default_config, resolve
+from zoo.data.iteration import IGNORE_INDEX, Dataset, Layout
 from zoo.data.tfds_sources import DataError
 from zoo.data.tokenizers import ByteTokenizer, tokenizer_from_file, train_tokenizer
 
 __all__ = [
-    "IGNORE_INDEX", "TASKS", "DataError", "Dataset", "build_dataset", "default_config",
-    "make_tokenizer",
+    "IGNORE_INDEX", "DataError", "Dataset", "build_dataset", "default_config", "make_tokenizer",
 ]
-
-
-def _records(cfg, split: str) -> tuple[Any, dict[str, Any]]:
-  """The raw records of a split and what is known about them (label names, languages)."""
-  task, frac, path = cfg.task, cfg.offline_eval_fraction, cfg.path
-  if cfg.source == "offline":
-    offline.check_split(split)
-    if task == "lm":
-      return offline.lm_documents(path, split, frac), {}
-    if task == "mlm_nsp":
-      return offline.mlm_documents(path, split, frac), {}
-    if task == "translation":
-      langs = (cfg.source_lang, cfg.target_lang or "fr")
-      if path:
-        return offline.tsv_pairs(path, split, frac), {"languages": langs}
-      return offline.number_pairs(cfg.max_number, *langs, split, frac), {"languages": langs}
-    fn = {
-        "classification": offline.classification_records,
-        "tagging": offline.tagging_records,
-        "image_classification": offline.image_records,
-    }[task]
-    recs, names = fn(path, split, frac)
-    return recs, {"label_names": names}
-  if task in ("lm", "mlm_nsp"):
-    return tfds_src.documents(cfg, split), {}
-  if task == "translation":
-    pairs, langs = tfds_src.translation_pairs(cfg, split)
-    return pairs, {"languages": langs}
-  fn = {
-      "classification": tfds_src.classification_records,
-      "tagging": tfds_src.tagging_records,
-      "image_classification": tfds_src.image_records,
-  }[task]
-  recs, names = fn(cfg, split)
-  return recs, {"label_names": names}
-
-
-def _corpus_texts(task: str, records, n: int):
-  for i in range(min(n, len(records))):
-    r = records[i]
-    if task in ("lm", "mlm_nsp"):
-      yield r
-    elif task == "translation":
-      yield from r
-    elif task == "classification":
-      yield from r[0]
-    else:  # tagging: words
-      yield " ".join(r[0])
 
 
 def make_tokenizer(data_cfg):
@@ -82,11 +32,14 @@ def make_tokenizer(data_cfg):
   if kind in ("bpe", "sentencepiece"):
     name = (cfg.tfds_name if cfg.source == "tfds"
             else f"offline:{cfg.path or platform.python_version()}")
-    extra = (cfg.source_lang, cfg.target_lang, cfg.max_number) if cfg.task == "translation" else ()
+    task = registry.task(cfg.task)
+    extra = task.tokenizer_key(cfg)
     key = f"{cfg.task}|{name}|{cfg.train_split}|{extra}|{cfg.tokenizer_train_examples}"
 
     def corpus():  # a generator: the train split is only opened when nothing is cached
-      yield from _corpus_texts(cfg.task, _records(cfg, "train")[0], cfg.tokenizer_train_examples)
+      records = _records(task, cfg, "train")[0]
+      for i in range(min(cfg.tokenizer_train_examples, len(records))):
+        yield from task.texts(records[i])
 
     return train_tokenizer(
         kind,
@@ -136,7 +89,8 @@ def build_dataset(
   if not isinstance(seed, int) or seed < 0:
     raise ValueError(f"seed must be a non-negative int; got {seed!r}.")
   train = split == "train"
-  records, meta = _records(cfg, split)
+  task = registry.task(cfg.task)
+  records, meta = _records(task, cfg, split)
   layout = Layout(
       len(records), seed=seed, shuffle=train and cfg.shuffle, repeat=train,
       global_batch_size=global_batch_size, process_index=process_index,
@@ -149,39 +103,16 @@ def build_dataset(
       **meta,
   }
   common = dict(layout=layout, info=info, tag={"task": cfg.task, "split": split})
-  if cfg.task == "image_classification":
-    return _images(cfg, records, info, train, common)
-
-  tok = make_tokenizer(cfg)
-  info.update(tokenizer=tok, vocab_size=tok.vocab_size, pad_id=tok.pad_id, bos_id=tok.bos_id,
-              eos_id=tok.eos_id, cls_id=tok.cls_id, sep_id=tok.sep_id, mask_id=tok.mask_id)
-  if cfg.task == "lm":
-    info.update(seq_len=cfg.seq_len, packing=cfg.packing)
-    return lm.build(records, tok, seq_len=cfg.seq_len, packing=cfg.packing, **common)
-  if cfg.task == "translation":
-    info.update(src_len=cfg.src_len, tgt_len=cfg.tgt_len, source_lang=meta["languages"][0],
-                target_lang=meta["languages"][1])
-    return translation.build(records, tok, cfg=cfg, **common)
-  info["seq_len"] = cfg.seq_len
-  if cfg.task == "mlm_nsp":
-    return bert.build_mlm_nsp(records, tok, cfg=cfg, **common)
-  names = meta["label_names"]
-  if cfg.task == "classification":
-    info.update(num_classes=len(names), label_names=names)
-    return bert.build_classification(records, tok, seq_len=cfg.seq_len, **common)
-  info.update(num_labels=len(names), label_names=names)
-  return bert.build_tagging(records, tok, seq_len=cfg.seq_len, **common)
+  tok = None
+  if "tokenizer" in cfg:
+    tok = make_tokenizer(cfg)
+    info.update(tokenizer=tok, vocab_size=tok.vocab_size, pad_id=tok.pad_id, bos_id=tok.bos_id,
+                eos_id=tok.eos_id, cls_id=tok.cls_id, sep_id=tok.sep_id, mask_id=tok.mask_id)
+  return task.dataset(records, tok, cfg=cfg, info=info, meta=meta, train=train, common=common)
 
 
-def _images(cfg, records, info, train, common) -> Dataset:
-  entry = tfds_src.spec(cfg.tfds_name) if cfg.source == "tfds" else {"flip": False}
-  mean = cfg.mean if cfg.mean is not None else entry.get("mean", (0.5,))
-  std = cfg.std if cfg.std is not None else entry.get("std", (0.5,))
-  flip = cfg.random_flip if cfg.random_flip is not None else entry.get("flip", True)
-  names = info["label_names"]
-  c = cfg.num_channels
-  info.update(num_classes=len(names), label_names=names, image_size=cfg.image_size,
-              num_channels=c, mean=tuple(images.channel_stats(mean, c).tolist()),
-              std=tuple(images.channel_stats(std, c).tolist()))
-  return images.build(records, cfg=cfg, train=train, mean=mean, std=std, flip=flip,
-                      variable_size=entry.get("variable_size", False), **common)
+def _records(task, cfg, split: str) -> tuple[Any, dict[str, Any]]:
+  """The raw records of a split and what is known about them (label names, languages)."""
+  if cfg.source == "offline":
+    offline.check_split(split)
+  return task.records(cfg, split)

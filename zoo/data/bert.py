@@ -19,11 +19,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from zoo.data.iteration import Dataset, example_dataset, pad_to
+from zoo.data.iteration import IGNORE_INDEX, Dataset, example_dataset, pad_to
 from zoo.data.offline import sentences
 from zoo.data.tokenizers import normal_ids
-
-IGNORE_INDEX = -100
 
 
 def _cls_sep(tok) -> tuple[int, int]:

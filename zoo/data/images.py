@@ -20,8 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from zoo.data.bert import IGNORE_INDEX
-from zoo.data.iteration import Dataset, example_dataset
+from zoo.data.iteration import IGNORE_INDEX, Dataset, example_dataset
 
 
 def as_hwc(image, where: str = "image") -> np.ndarray:

@@ -9,10 +9,10 @@ follow the same conventions (``Text`` fields, a ``ClassLabel`` ``label``, an ``I
 
 from __future__ import annotations
 
-import difflib
 import pathlib
 from typing import Any
 
+from zoo import registry
 from zoo.data.offline import LazySeq, text_blocks
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -104,8 +104,7 @@ def builder(cfg):
     return tfds.builder(name, data_dir=data_dir, file_format="array_record")
   except tfds.core.registered.DatasetNotFoundError:
     known = tfds.list_builders(with_community_datasets=False)
-    close = difflib.get_close_matches(name.split("/")[0], known, n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    hint = registry.did_you_mean(name.split("/")[0], known, listing=False)
     raise DataError(
         f"unknown TFDS dataset {name!r}.{hint} See https://www.tensorflow.org/datasets/catalog."
     ) from None

@@ -29,7 +29,6 @@ from typing import Protocol
 import numpy as np
 
 BYTE_OFFSET = 8
-BYTE_SPECIALS = ("[PAD]", "[BOS]", "[EOS]", "[CLS]", "[SEP]", "[MASK]", "[UNK]", "[RESERVED]")
 TRAINED_SPECIALS = ("[PAD]", "[BOS]", "[EOS]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TRAINABLE = ("bpe", "sentencepiece")
 

@@ -16,7 +16,8 @@ Only complete checkpoints are ever listed: Orbax writes into a temporary directo
 it when complete (a run killed mid-save leaves the previous checkpoint as the latest), old
 checkpoints are deleted by renaming them into ``checkpoints/deleted/`` first and removing them
 there (a run killed mid-deletion leaves no half-deleted step), and a step directory lacking
-any of its items' files is skipped with a warning.
+any of its items' files is skipped with a warning. The layout and these step rules live in
+:mod:`zoo.pretrained.workdir`, the reader that ``zoo.generate`` and export use.
 """
 
 from __future__ import annotations
@@ -33,19 +34,17 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from zoo.pretrained import workdir as layout
 from zoo.training.config import fingerprint_diff
 from zoo.training.state import TrainState
 
 log = logging.getLogger(__name__)
+TRASH = layout.TRASH
+DamagedCheckpointError = layout.DamagedCheckpointError  # a missing or unreadable step
 
 
 def _tree(state: TrainState) -> dict[str, Any]:
   return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
-
-
-TRASH = "deleted"  # old checkpoints are renamed in here, then removed
-# Files every complete checkpoint has (Orbax's own markers and each item's index).
-_REQUIRED = ("_CHECKPOINT_METADATA", "meta/metadata", "state/_METADATA", "state/manifest.ocdbt")
 
 
 class _DataState:
@@ -110,10 +109,6 @@ class DataRestore(ocp.args.CheckpointArgs):
   item: Any
 
 
-class DamagedCheckpointError(ValueError):
-  """A checkpoint step that is missing or cannot be read."""
-
-
 def _handler_registry():
   """``state`` as a PyTree of arrays, ``meta`` as JSON.
 
@@ -165,7 +160,7 @@ class Checkpointer:
       model_config: dict[str, Any] | None = None,
       data_info: dict[str, Any] | None = None,
   ):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = layout.checkpoint_dir(workdir)
     self.fingerprint = fingerprint
     self.model_config = model_config
     self.data_info = data_info
@@ -189,20 +184,10 @@ class Checkpointer:
     if jax.process_index() == 0 and os.path.isdir(trash):
       shutil.rmtree(trash, ignore_errors=True)
 
-  def _complete(self, step: int) -> bool:
-    folder = os.path.join(self.directory, str(step))
-    return all(os.path.isfile(os.path.join(folder, f)) for f in _REQUIRED)
-
   def all_steps(self) -> list[int]:
     """The steps of complete checkpoints, oldest first."""
     # Orbax also lists a step still being written (its folder not renamed into place yet).
-    steps = [s for s in sorted(self.manager.all_steps())
-             if os.path.isdir(os.path.join(self.directory, str(s)))]
-    good = [s for s in steps if self._complete(s)]
-    if len(good) < len(steps):
-      log.warning("skipping damaged checkpoints %s in %s",
-                  sorted(set(steps) - set(good)), self.directory)
-    return good
+    return layout.complete_steps(self.directory, self.manager.all_steps())
 
   def latest_step(self) -> int | None:
     steps = self.all_steps()
@@ -210,31 +195,13 @@ class Checkpointer:
 
   def _step(self, step: int | None) -> int:
     """``step`` (default the latest), checked to be a complete checkpoint."""
-    good = self.all_steps()
-    if step is None:
-      if not good:
-        raise FileNotFoundError(f"no checkpoint in {self.directory}.")
-      return good[-1]
-    if step not in good:
-      damaged = os.path.isdir(os.path.join(self.directory, str(step)))
-      what = "is damaged (incomplete or half-deleted)" if damaged else "does not exist"
-      raise DamagedCheckpointError(
-          f"checkpoint step {step} in {self.directory} {what}; "
-          + (f"the nearest good step is {min(good, key=lambda s: (abs(s - step), -s))} "
-             f"(all good steps: {good})." if good else "there is no good checkpoint.")
-      )
-    return step
+    return layout.choose_step(self.directory, step, self.all_steps())
 
   def _restore(self, step: int, **items) -> dict[str, Any]:
     try:
       return self.manager.restore(step, args=ocp.args.Composite(**items))
     except (OSError, ValueError, KeyError) as e:
-      good = [s for s in self.all_steps() if s != step]
-      raise DamagedCheckpointError(
-          f"checkpoint step {step} in {self.directory} cannot be read "
-          f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-          + (f"other good steps: {good}." if good else "there is no other checkpoint.")
-      ) from e
+      raise layout.unreadable(self.directory, step, self.all_steps(), e) from e
 
   def read_meta(self, step: int | None = None) -> dict[str, Any]:
     step = self._step(step)
@@ -245,21 +212,7 @@ class Checkpointer:
 
     Whatever mesh saved it (a GPU run read on a laptop); the optimizer state is not read.
     """
-    step = self._step(step)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    saved = self.manager.item_metadata(step)["state"]
-    abstract = {
-        "params": jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved["params"]
-        )
-    }
-    restore = ocp.args.PyTreeRestore(
-        item=abstract,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-        partial_restore=True,
-    )
-    restored = self._restore(step, state=restore, meta=ocp.args.JsonRestore())
-    return restored["state"]["params"], dict(restored["meta"])
+    return layout.read_step(self.directory, self._step(step), self.all_steps())
 
   def check_fingerprint(self, step: int | None = None) -> None:
     """Refuse (ValueError) to resume a checkpoint of another model or task."""

@@ -11,7 +11,6 @@ dataclass.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import types
 import typing
@@ -26,7 +25,6 @@ import zoo
 from zoo import registry
 from zoo import sharding as sh
 from zoo.presets import PRESETS
-from zoo.training import tasks as tasks_lib
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +39,7 @@ def base_config(task: str, model: str) -> ml_collections.ConfigDict:  # noqa: PL
   ``config.data`` comes from ``zoo.data.default_config(task)``; ``config.model`` from
   :func:`model_fields`.
   """
-  if task not in tasks_lib.TASKS:
-    raise ValueError(f"unknown task {task!r}; known tasks: {tasks_lib.TASKS}.")
+  registry.task(task)  # an unknown name: the error lists the registered tasks
   c = ml_collections.ConfigDict()
   c.task = task
   c.seed = 0
@@ -168,8 +165,7 @@ def choose(arg: str | None, choices: Sequence[str]) -> str:
   """Validate the ``:arg`` of a config file against its ``ARGS``; none given -> the first."""
   arg = arg or choices[0]
   if arg not in choices:
-    close = difflib.get_close_matches(arg, choices, n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    hint = registry.did_you_mean(arg, choices, listing=False)
     raise ValueError(
         f"unknown config argument {arg!r}.{hint} Choose one of: {', '.join(choices)}."
     )
@@ -295,7 +291,7 @@ def model_config(
   if base is not None:
     return _fine_tune_config(config, info, base, values, preset)
   if config.model.match_data and info:
-    task = tasks_lib.get_task(config.task)
+    task = registry.task(config.task)
     for key, implied in task.model_overrides(info).items():
       if key not in values:
         continue
@@ -328,7 +324,7 @@ def _fine_tune_config(config, info, base, values, preset) -> Any:
   chosen = {k: v for k, v in values.items() if v != preset[k]}  # the config changed these
   implied = {}
   if info:
-    implied = tasks_lib.get_task(config.task).model_overrides(info)
+    implied = registry.task(config.task).model_overrides(info)
     vocab = implied.pop("vocab_size", None)
     if vocab is not None and "vocab_size" in fields and vocab > fields["vocab_size"]:
       raise ValueError(

@@ -8,7 +8,7 @@
   13a tokenisation, the figure papers report);
 * language modelling: bits per byte, the tokenizer-independent form of the loss.
 
-The device side of evaluation (``zoo.training.tasks``) only produces arrays: predicted ids
+The device side of evaluation (a task's ``predictions``) only produces arrays: predicted ids
 next to labels. Everything here runs on the host over the collected arrays.
 """
 
