@@ -229,6 +229,17 @@ def test_config_arguments_and_fingerprint():
   assert "model.dtype" not in a and "model.dropout_rate" not in a  # may change on resume
 
 
+def test_float64_is_refused_while_jax_x64_is_off():
+  """JAX would make every float64 array float32 with only a warning: the config is refused."""
+  assert not jax.config.read("jax_enable_x64")
+  c = config_lib.base_config("lm", "gpt2-small")
+  c.model.dtype = "float64"
+  with pytest.raises(ValueError, match=r"config.model.dtype=float64 .*JAX_ENABLE_X64=1"):
+    config_lib.model_config(c, {"vocab_size": 100})
+  c.model.dtype = "float32"
+  assert config_lib.model_config(c, {"vocab_size": 100}).dtype == jnp.float32
+
+
 def test_peak_flops_table():
   class Dev:
     def __init__(self, kind):

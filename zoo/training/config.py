@@ -32,8 +32,7 @@ log = logging.getLogger(__name__)
 RUN_KEYS = ("name", "match_data")
 
 
-# PLR0915 (too many statements): a flat list of every default key.
-def base_config(task: str, model: str) -> ml_collections.ConfigDict:  # noqa: PLR0915
+def base_config(task: str, model: str) -> ml_collections.ConfigDict:
   """Every key the loop reads, with defaults; ``task`` and ``model`` (a preset) filled in.
 
   ``config.data`` comes from ``zoo.data.default_config(task)``; ``config.model`` from
@@ -55,73 +54,74 @@ def base_config(task: str, model: str) -> ml_collections.ConfigDict:  # noqa: PL
   c.model.match_data = True
 
   c.data = _data_config(task)
+  c.init = _init_section()
+  c.train = _train_section()
+  c.lora = ml_collections.ConfigDict(dict(
+      rank=0,  # 0 = off: only adapters (and fresh heads) train; merged on export
+      alpha=16.0,
+      targets=r"attn/(query|value)$",  # regular expression over module paths
+  ))
+  c.eval = ml_collections.ConfigDict(dict(
+      every=1000,  # steps; 0 = only at the end; -1 = never
+      split="validation",
+      num_batches=20,  # at most this many batches per evaluation; 0 = the whole split
+      batch_size=0,  # 0 = train.batch_size
+      decode_batches=2,  # eval batches a decoding metric (translation: BLEU) decodes; 0 = none
+      num_beams=1,  # decoding metrics: 1 = greedy, else beam search
+  ))
+  c.optim = ml_collections.ConfigDict(dict(
+      name="adamw", lr=3e-4, schedule="cosine", warmup_steps=100, end_lr_ratio=0.1, b1=0.9,
+      b2=0.999, eps=1e-8, weight_decay=0.01, clip_norm=1.0,
+      momentum=0.9,  # sgd only
+  ))
+  c.mesh = ml_collections.ConfigDict(dict(
+      data=-1,  # -1 = all devices not used by the other axes
+      fsdp=1,
+      tensor=1,
+  ))
+  c.sharding_rules = sh.DEFAULT_RULES
+  c.sample = ml_collections.ConfigDict(dict(  # lm only: text generated at the end of the run
+      prompt="",
+      num_tokens=0,  # 0 = no sample
+      temperature=0.8,
+      top_k=40,
+  ))
+  return c
 
-  # Start from pretrained weights: a Hugging Face folder, a zoo checkpoint folder, a train.py
-  # workdir, a ViT .npz, or a short name of an installed checkpoint (zoo.pretrained.KNOWN).
-  # The architecture then comes from the checkpoint; config.model keeps only what may differ
-  # (dropout, dtype, remat, the task head), and the data uses the checkpoint's tokenizer.
-  c.init = ml_collections.ConfigDict()
-  c.init.path = config_dict.placeholder(str)
-  c.init.step = config_dict.placeholder(int)  # a workdir's checkpoint step (None = latest)
-  c.init.weights = True  # False: the checkpoint's architecture and tokenizer, random weights
-  c.init.tokenizer = True  # the data reads the checkpoint's tokenizer (when it has one)
 
-  c.train = ml_collections.ConfigDict()
-  c.train.batch_size = 64  # global batch, summed over all devices and hosts
-  c.train.num_steps = 10_000
-  c.train.grad_accum_steps = 1  # micro-batches per step (same update, less activation memory)
-  c.train.log_every = 50  # steps between JSONL/TensorBoard rows
-  c.train.checkpoint_every = 1000
-  c.train.keep_checkpoints = 3
-  c.train.progress_bar = True
-  c.train.plot = True  # loss curve PNG in the workdir at the end
+def _init_section() -> ml_collections.ConfigDict:
+  """Start from pretrained weights: a Hugging Face folder, a zoo checkpoint folder, a train.py
+  workdir, a ViT .npz, or a short name of an installed checkpoint (zoo.pretrained.KNOWN).
+
+  The architecture then comes from the checkpoint; config.model keeps only what may differ
+  (dropout, dtype, remat, the task head), and the data uses the checkpoint's tokenizer.
+  """
+  c = ml_collections.ConfigDict()
+  c.path = config_dict.placeholder(str)
+  c.step = config_dict.placeholder(int)  # a workdir's checkpoint step (None = latest)
+  c.weights = True  # False: the checkpoint's architecture and tokenizer, random weights
+  c.tokenizer = True  # the data reads the checkpoint's tokenizer (when it has one)
+  return c
+
+
+def _train_section() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.batch_size = 64  # global batch, summed over all devices and hosts
+  c.num_steps = 10_000
+  c.grad_accum_steps = 1  # micro-batches per step (same update, less activation memory)
+  c.log_every = 50  # steps between JSONL/TensorBoard rows
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.progress_bar = True
+  c.plot = True  # loss curve PNG in the workdir at the end
   # XLA options for the compiled init/train/eval programs, a dict set whole on the command
   # line: --config.train.compiler_options="{'xla_backend_optimization_level': 0}".
-  c.train.compiler_options = ml_collections.ConfigDict()
+  c.compiler_options = ml_collections.ConfigDict()
   # What trains (zoo.training.trainable): a regular expression over parameter paths that stay
   # fixed ("embeddings/|encoder/layers_[0-3]/"; "" = none), and paths that train even so (a
   # fresh task head on a pretrained backbone is added to it automatically).
-  c.train.freeze = ""
-  c.train.always_train = ""
-
-  # LoRA adapters (rank 0 = off): only adapters (and fresh heads) train; merged on export.
-  c.lora = ml_collections.ConfigDict()
-  c.lora.rank = 0
-  c.lora.alpha = 16.0
-  c.lora.targets = r"attn/(query|value)$"  # regular expression over module paths
-
-  c.eval = ml_collections.ConfigDict()
-  c.eval.every = 1000  # steps; 0 = only at the end; -1 = never
-  c.eval.split = "validation"
-  c.eval.num_batches = 20  # at most this many batches per evaluation; 0 = the whole split
-  c.eval.batch_size = 0  # 0 = train.batch_size
-  c.eval.decode_batches = 2  # translation: eval batches decoded for corpus BLEU (0 = none)
-  c.eval.num_beams = 1  # translation: 1 = greedy, else beam search for BLEU
-
-  c.optim = ml_collections.ConfigDict()
-  c.optim.name = "adamw"
-  c.optim.lr = 3e-4  # peak learning rate
-  c.optim.schedule = "cosine"
-  c.optim.warmup_steps = 100
-  c.optim.end_lr_ratio = 0.1
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.999
-  c.optim.eps = 1e-8
-  c.optim.weight_decay = 0.01
-  c.optim.clip_norm = 1.0
-  c.optim.momentum = 0.9  # sgd only
-
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1  # -1 = all devices not used by the other axes
-  c.mesh.fsdp = 1
-  c.mesh.tensor = 1
-  c.sharding_rules = sh.DEFAULT_RULES
-
-  c.sample = ml_collections.ConfigDict()  # lm only: text generated at the end of the run
-  c.sample.prompt = ""
-  c.sample.num_tokens = 0  # 0 = no sample
-  c.sample.temperature = 0.8
-  c.sample.top_k = 40
+  c.freeze = ""
+  c.always_train = ""
   return c
 
 
