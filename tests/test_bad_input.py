@@ -3,6 +3,7 @@ ValueError before any tracing, or as one paragraph and exit code 2 from a CLI.""
 
 import importlib.util
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -86,6 +87,42 @@ def test_broken_config_json_names_the_file_and_field(gpt_folder, text, why):
   (gpt_folder / "config.json").write_text(text)
   with pytest.raises(ValueError, match=why):
     zoo.from_pretrained(gpt_folder)
+
+
+def test_config_json_that_is_not_an_object_names_the_file_and_what_it_holds(gpt_folder):
+  (gpt_folder / "config.json").write_text('[{"model_type": "gpt2"}]')
+  with pytest.raises(ValueError, match=r"gpt/config\.json holds a JSON list \(\[\{.*not the JSON "
+                                       r"object .* restore the file .* save the checkpoint again"):
+    zoo.from_pretrained(gpt_folder)
+
+
+def test_a_missing_npz_names_the_path_and_what_to_give(tmp_path):
+  missing = tmp_path / "missing.npz"
+  want = f"{missing} does not exist: a ViT checkpoint ending in .npz must be a file"
+  with pytest.raises(FileNotFoundError, match=re.escape(want) + ".*check the path"):
+    zoo.from_pretrained(missing)
+  (tmp_path / "junk.npz").write_text("not a zip")
+  with pytest.raises(ValueError, match=r"junk\.npz is not a readable \.npz archive.*save it again"):
+    zoo.from_pretrained(tmp_path / "junk.npz")
+
+
+def test_a_folder_without_tokenizer_files_names_what_was_looked_for(gpt_folder):
+  want = (f"{gpt_folder} holds no tokenizer: zoo looked for source.spm + target.spm + "
+          "vocab.json or tokenizer.json or vocab.txt or vocab.json + merges.txt. Copy ")
+  with pytest.raises(ValueError, match=re.escape(want) + ".*required=False"):
+    zoo.load_tokenizer(gpt_folder)
+  assert zoo.load_tokenizer(gpt_folder, required=False) is None
+
+
+def test_saving_onto_an_existing_file_says_a_folder_is_needed(gpt, tmp_path):
+  afile = tmp_path / "afile"
+  afile.write_text("x")
+  want = f"{afile} is an existing file, but save_pretrained writes a folder there; give the path"
+  with pytest.raises(ValueError, match=re.escape(want)):
+    zoo.save_pretrained(*gpt, afile)
+  with pytest.raises(ValueError, match=re.escape(f"{afile} is an existing file, but save_zoo")):
+    zoo.pretrained.save_zoo(*gpt, afile)
+  assert afile.read_text() == "x"
 
 
 # ----------------------------------------------------------------------------------------------

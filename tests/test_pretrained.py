@@ -22,6 +22,7 @@ import zoo  # noqa: E402
 from zoo.layers.positional import interpolate_table  # noqa: E402
 from zoo.pretrained import api, checkpoint_io  # noqa: E402
 from zoo.pretrained import keymap as km  # noqa: E402
+from zoo.pretrained.converter import converters  # noqa: E402
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -571,11 +572,15 @@ def test_gpt2_bpe_tokenizer_matches_transformers(tmp_path):
     assert tok.encode(text) == ref(text)["input_ids"]
     assert tok.decode(tok.encode(text)) == text
   (tmp_path / "empty").mkdir()
-  assert zoo.load_tokenizer(tmp_path / "empty") is None
+  assert zoo.load_tokenizer(tmp_path / "empty", required=False) is None
 
 
-def test_supported_architectures_cover_the_issue():
-  assert set(api.supported_architectures()) == {
+def test_supported_architectures_are_the_registered_converters_and_cover_the_issue():
+  supported = api.supported_architectures()
+  declared = {arch: conv.name for family in zoo.registry.families()
+              for conv in converters(family) for arch in conv.architectures}
+  assert supported == declared
+  assert set(supported) >= {
       "GPT2LMHeadModel", "GPT2Model", "BertModel", "BertForPreTraining", "BertForMaskedLM",
       "BertForSequenceClassification", "BertForTokenClassification", "ViTModel",
       "ViTForImageClassification", "MarianMTModel", "LlamaForCausalLM", "MistralForCausalLM",
@@ -583,10 +588,10 @@ def test_supported_architectures_cover_the_issue():
   }
 
 
-def _exported_activation(conv, hf, activation):
-  cfg_cls = conv.CONFIG
-  fields = conv.config_from_hf(hf, conv.ARCHITECTURES[0])
-  out = conv.config_to_hf(cfg_cls(**{**fields, "activation": activation}))
+def _exported_activation(module, hf, activation):
+  conv = module.CONVERTER
+  fields = conv.config_from_hf(hf, conv.architectures[0])
+  out = conv.config_to_hf(conv.config_cls(**{**fields, "activation": activation}))
   return out.get("hidden_act", out.get("activation_function"))
 
 

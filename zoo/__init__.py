@@ -81,8 +81,12 @@ def save_pretrained(model, params, path, extra: dict | None = None) -> None:
   pretrained.save_pretrained(model, params, path, extra)
 
 
-def load_tokenizer(path):
-  """The tokenizer stored next to pretrained weights (None if there is none)."""
+def load_tokenizer(path, *, required: bool = True):
+  """The tokenizer stored next to pretrained weights.
+
+  A folder without tokenizer files is a ValueError naming the files looked for; with
+  ``required=False`` it gives None instead. See :func:`zoo.pretrained.load_tokenizer`.
+  """
   from zoo import pretrained
 
-  return pretrained.load_tokenizer(pretrained.api.resolve(path))
+  return pretrained.load_tokenizer(pretrained.api.resolve(path), required=required)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from zoo.generate import decoder, seq2seq
-from zoo.pretrained.checkpoint_io import read_json
+from zoo.pretrained.checkpoint_io import read_json_object
 
 
 @dataclasses.dataclass
@@ -77,18 +77,6 @@ def load_run_config(spec: str):
   return runpy.run_path(path)["get_config"](arg or None)
 
 
-def _model_from_meta(meta: dict[str, Any], where: str):
-  """The model a train.py checkpoint holds, rebuilt from the model config saved with it."""
-  from zoo import registry
-
-  if "model_config" not in meta:
-    raise ValueError(
-        f"{where}: the checkpoint has no saved model config (it was written by an older zoo); "
-        "export it with that version, or retrain."
-    )
-  return registry.build(registry.config_from_json(meta["model_config"], f"{where} model_config"))
-
-
 def load_workdir(workdir: str, config=None, step: int | None = None) -> Loaded:
   """A train.py run directory -> :class:`Loaded` (parameters of checkpoint ``step``, default last).
 
@@ -99,24 +87,19 @@ def load_workdir(workdir: str, config=None, step: int | None = None) -> Loaded:
       tokenizer.
     step: which checkpoint; None = the latest.
   """
-  from zoo.training import trainable
-  from zoo.training.checkpoint import Checkpointer
+  from zoo import registry
+  from zoo.pretrained import workdir as workdir_lib
 
-  ckpt = Checkpointer(workdir, every=1, keep=1, fingerprint={})
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise ValueError(f"{workdir} holds no checkpoint under {ckpt.directory}.")
-  params, meta = ckpt.read_params(step)
-  ckpt.close()
-  model = _model_from_meta(meta, workdir)
-  params = trainable.merge(params)  # LoRA adapters folded into their kernels
+  ckpt = workdir_lib.read(workdir, step)  # the saved model config; LoRA adapters merged
+  model, params = registry.build(ckpt.config), ckpt.params
 
   if isinstance(config, str):
     config = load_run_config(config)
-  if config is None and os.path.exists(os.path.join(workdir, "config.json")):
+  run_config = os.path.join(workdir, workdir_lib.RUN_CONFIG)
+  if config is None and os.path.exists(run_config):
     import ml_collections
 
-    config = ml_collections.ConfigDict(read_json(os.path.join(workdir, "config.json")))
+    config = ml_collections.ConfigDict(read_json_object(run_config))
   tokenizer = None
   if config is not None:
     import zoo.data
@@ -137,9 +120,9 @@ def load_pretrained(path: str) -> Loaded:
   from zoo import pretrained
 
   model, params = pretrained.from_pretrained(path)
-  tokenizer = pretrained.load_tokenizer(path)
-  hf = {**read_json(os.path.join(path, "config.json"), missing_ok=True),
-        **read_json(os.path.join(path, "generation_config.json"), missing_ok=True)}
+  tokenizer = pretrained.load_tokenizer(path, required=False)  # without one, ids still work
+  hf = {**read_json_object(os.path.join(path, "config.json"), missing_ok=True),
+        **read_json_object(os.path.join(path, "generation_config.json"), missing_ok=True)}
   eos = _first(hf.get("eos_token_id"))
   pad = hf.get("pad_token_id")
   pad = pad if pad is not None else (eos if eos is not None else getattr(model.config, "pad_id", 0))
@@ -162,7 +145,9 @@ def load(checkpoint: str, *, config=None, step: int | None = None) -> Loaded:
   checkpoint = os.fspath(checkpoint)
   if not os.path.isdir(checkpoint):
     raise ValueError(f"--checkpoint {checkpoint} is not a directory.")
-  if os.path.isdir(os.path.join(checkpoint, "checkpoints")):
+  from zoo.pretrained import workdir as workdir_lib
+
+  if workdir_lib.is_workdir(checkpoint):
     return load_workdir(checkpoint, config, step)
   return load_pretrained(checkpoint)
 

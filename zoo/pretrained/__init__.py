@@ -5,18 +5,19 @@
 ``ViT*``, ``MarianMTModel``), a zoo checkpoint or a big_vision ViT ``.npz``;
 ``save_pretrained(model, params, path)`` writes the Hugging Face layout;
 ``load_tokenizer(path)`` loads the tokenizer files next to the weights. One converter module
-per source format holds an explicit key map (see ``keymap.py``). CLI: ``python -m
+per source format declares a :class:`Converter` record with an explicit key map (see
+``converter.py`` and ``keymap.py``); ``workdir.py`` reads train.py runs. CLI: ``python -m
 zoo.pretrained convert IN OUT``.
 """
 
 from zoo.pretrained.api import (
     from_pretrained,
-    load_zoo,
     save_pretrained,
     save_zoo,
     supported_architectures,
 )
 from zoo.pretrained.assemble import param_shardings
+from zoo.pretrained.converter import Converter
 from zoo.pretrained.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = [
@@ -25,7 +26,7 @@ __all__ = [
     "load_tokenizer",
     "Tokenizer",
     "save_zoo",
-    "load_zoo",
     "param_shardings",
+    "Converter",
     "supported_architectures",
 ]

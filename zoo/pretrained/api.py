@@ -1,12 +1,11 @@
 """``from_pretrained`` / ``save_pretrained``: Hugging Face folders, zoo checkpoints, ViT ``.npz``.
 
 Each supported architecture has a converter module (``gpt2``, ``llama``, ``bert``, ``vit``,
-``marian``) with the same small interface: ``FAMILY``, ``MODEL_TYPE``, ``ARCHITECTURES``,
-``PREFIX``, ``config_from_hf(hf, arch)``, ``config_to_hf(cfg)``, ``entries(cfg, arch)``,
-``ignore(hf, arch)`` and ``describe(cfg)``; a family with several converters picks the one that
-writes a config by its ``matches(cfg)``. This module finds the converter, builds the zoo
-model, runs the key map and places the parameters (on one device, or straight into their
-shardings on a mesh).
+``marian``) that declares a :class:`zoo.pretrained.converter.Converter` record; a family with
+several converters picks the one that writes a config by the record's ``matches``. This module
+finds the converter, builds the zoo model, runs the key map and places the parameters (on one
+device, or straight into their shardings on a mesh). train.py workdirs are read by
+:mod:`zoo.pretrained.workdir`.
 """
 
 from __future__ import annotations
@@ -26,9 +25,16 @@ from jax.sharding import Mesh
 
 from zoo import registry
 from zoo.layers.stack import unscan_params
-from zoo.pretrained import assemble
+from zoo.pretrained import assemble, workdir
 from zoo.pretrained import keymap as km
-from zoo.pretrained.checkpoint_io import SAFETENSORS, TensorStore, read_json, save_safetensors
+from zoo.pretrained.checkpoint_io import (
+    SAFETENSORS,
+    TensorStore,
+    read_json,
+    read_json_object,
+    save_safetensors,
+)
+from zoo.pretrained.converter import Converter, converters
 
 # Short names of checkpoints that pip packages install: name -> (module, function -> folder).
 KNOWN: dict[str, tuple[str, str, str]] = {
@@ -40,27 +46,22 @@ ZOO_PARAMS = "params.msgpack"
 
 def supported_architectures() -> dict[str, str]:
   """``{Hugging Face architecture: converter module name}`` for every registered converter."""
-  out = {}
-  for conv in registry.converter_modules():
-    for arch in conv.ARCHITECTURES:
-      out[arch] = conv.__name__.rsplit(".", 1)[-1]
-  return out
+  return {arch: conv.name for conv in converters() for arch in conv.architectures}
 
 
-def _pick_converter(hf: dict[str, Any], where: str):
-  """``(architecture, converter module)`` from ``config.json``'s architectures / model_type."""
-  convs = registry.converter_modules()
+def _pick_converter(hf: dict[str, Any], where: str) -> tuple[str, Converter]:
+  """``(architecture, converter)`` from ``config.json``'s architectures / model_type."""
+  convs = converters()
   archs = hf.get("architectures") or []
   for arch in archs:
     for conv in convs:
-      if arch in conv.ARCHITECTURES:
+      if arch in conv.architectures:
         return arch, conv
   model_type = hf.get("model_type")
   if not archs:  # a bare config: the model type's first (default) architecture
     for conv in convs:
       # A converter of several model types (llama, mistral, qwen2) maps each to its class.
-      types = getattr(conv, "MODEL_TYPES", {conv.ARCHITECTURES[0]: conv.MODEL_TYPE})
-      for arch, kind in types.items():
+      for arch, kind in conv.model_types.items():
         if kind == model_type:
           return arch, conv
   raise ValueError(
@@ -74,8 +75,8 @@ def _pick_converter(hf: dict[str, Any], where: str):
 
 
 def _heads(family: registry.Family) -> tuple[str, ...]:
-  convs = registry.converter_modules(family)
-  return tuple(getattr(convs[0], "HEAD_PARAMS", ())) if convs else ()
+  convs = converters(family)
+  return convs[0].head_params if convs else ()
 
 
 def read_hf(path: str, *, strict: bool = True, names=(), lazy: bool = False) -> assemble.Weights:
@@ -86,10 +87,10 @@ def read_hf(path: str, *, strict: bool = True, names=(), lazy: bool = False) -> 
   (shapes checked now), read per device when placed on a mesh.
   """
   config_path = os.path.join(path, "config.json")
-  hf = read_json(config_path)
+  hf = read_json_object(config_path)
   arch, conv = _pick_converter(hf, config_path)
   store = TensorStore(path)
-  family = registry.family_of(conv.CONFIG)
+  family = registry.family_of(conv.config_cls)
   assemble.check_names(family, names)
   try:
     fields = conv.config_from_hf(hf, arch, store.keys())
@@ -109,7 +110,7 @@ def read_hf(path: str, *, strict: bool = True, names=(), lazy: bool = False) -> 
       conv.entries(native, arch),
       store,
       shapes,
-      prefix=conv.PREFIX,
+      prefix=conv.prefix,
       ignore=conv.ignore(hf, arch),
       strict=strict,
       what=f"{path} ({arch})",
@@ -119,17 +120,26 @@ def read_hf(path: str, *, strict: bool = True, names=(), lazy: bool = False) -> 
   if unused:
     warnings.warn(f"{path}: {len(unused)} tensors unused: {unused[:10]}", stacklevel=3)
   return assemble.Weights(
-      native, flat, path, heads=_heads(family),
-      resize=conv.resize if getattr(conv, "RESIZE_FIELDS", ()) else None,
-      implied=getattr(conv, "implied_overrides", None),
+      native, flat, path, heads=_heads(family), resize=conv.resize,
+      implied=conv.implied_overrides,
   )
 
 
-def export_converter(family: registry.Family, cfg: Any):
+def export_converter(family: registry.Family, cfg: Any) -> Converter:
   """The converter that writes ``cfg``: the first whose ``matches(cfg)`` holds, else the
   family's first (whose ``config_to_hf`` then names what has no equivalent)."""
-  convs = registry.converter_modules(family)
-  return next((c for c in convs if getattr(c, "matches", None) and c.matches(cfg)), convs[0])
+  convs = converters(family)
+  return next((c for c in convs if c.writes(cfg)), convs[0])
+
+
+def _check_folder(path: str, what: str) -> None:
+  """Refuse, before any work, an output ``path`` that is a file (``os.makedirs`` would say
+  only ``FileExistsError``)."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(
+        f"{path} is an existing file, but {what} writes a folder there; give the path of a "
+        "folder (new or existing), or move the file away."
+    )
 
 
 def save_hf(model: nn.Module, params, path: str, extra: dict | None = None) -> None:
@@ -137,6 +147,7 @@ def save_hf(model: nn.Module, params, path: str, extra: dict | None = None) -> N
 
   ``extra``: ``config.json`` keys to add (``id2label``, special token ids ...).
   """
+  _check_folder(path, "save_pretrained")
   family = registry.family_of(model)
   if not family.converters:
     raise ValueError(f"{family.config_cls.__name__} has no Hugging Face format to export to.")
@@ -146,7 +157,7 @@ def save_hf(model: nn.Module, params, path: str, extra: dict | None = None) -> N
   assemble.check_params_fit(model, params)
   arch = hf["architectures"][0]
   flat = assemble.host_flat(params)
-  if getattr(cfg, "scan_layers", False):
+  if registry.scanned(cfg):
     flat = assemble.host_flat(unscan_params(traverse_util.unflatten_dict(flat, sep="/")))
   tensors = km.export_entries(conv.entries(assemble.loop_model(model).config, arch), flat)
   dtypes = {v.dtype for v in tensors.values()}
@@ -165,10 +176,11 @@ def save_hf(model: nn.Module, params, path: str, extra: dict | None = None) -> N
 
 def save_zoo(model: nn.Module, params, path: str) -> None:
   """Write ``zoo_config.json`` + ``params.msgpack`` (looped-layer layout) under ``path``."""
+  _check_folder(path, "save_zoo")
   os.makedirs(path, exist_ok=True)
   flat = assemble.host_flat(params)
   tree = traverse_util.unflatten_dict(flat, sep="/")
-  if getattr(model.config, "scan_layers", False):
+  if registry.scanned(model.config):
     tree = jax.device_get(unscan_params(tree))
   with open(os.path.join(path, ZOO_CONFIG), "w") as f:
     json.dump(registry.config_to_json(model.config), f, indent=2)
@@ -196,46 +208,27 @@ def read_zoo(path: str, names=()) -> assemble.Weights:
 
 def is_workdir(path: str) -> bool:
   """A ``train.py --workdir`` (it holds ``checkpoints/``)."""
-  return os.path.isdir(os.path.join(path, "checkpoints"))
+  return workdir.is_workdir(path)
 
 
 def read_workdir(path: str, step: int | None = None, names=()) -> assemble.Weights:
   """A train.py run directory -> the weights of checkpoint ``step`` (default the latest).
 
   The model config saved with the checkpoint rebuilds the model; LoRA adapters are merged
-  into their kernels, and scanned layers are read back in the looped layout.
+  into their kernels (:func:`zoo.pretrained.workdir.read`), and scanned layers are read back
+  in the looped layout.
   """
-  from zoo.training import trainable  # lazy: orbax only when a workdir is read
-  from zoo.training.checkpoint import Checkpointer
-
-  ckpt = Checkpointer(path, every=1, keep=1, fingerprint={})
-  try:
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"{path} holds no checkpoint under {ckpt.directory}.")
-    params, meta = ckpt.read_params(step)
-  finally:
-    ckpt.close()
-  if not meta.get("model_config"):
-    raise ValueError(
-        f"{path}: checkpoint {step} has no saved model config (an older zoo wrote it)."
-    )
-  config = registry.config_from_json(meta["model_config"], f"{path} step {step}")
+  ckpt = workdir.read(path, step)
+  config = ckpt.config
   assemble.check_names(registry.family_of(config), names)
-  tree = trainable.merge(jax.device_get(params))
-  if getattr(config, "scan_layers", False):
+  tree = jax.device_get(ckpt.params)
+  if registry.scanned(config):
     tree = unscan_params(tree)
     config = dataclasses.replace(config, scan_layers=False)
-  flat = assemble.host_flat(tree)
   return assemble.Weights(
-      config, flat, f"{path} (step {step})", heads=_heads(registry.family_of(config)),
-      info=dict(meta.get("data_info") or {}),
+      config, assemble.host_flat(tree), ckpt.where, heads=_heads(registry.family_of(config)),
+      info=dict(ckpt.meta.get("data_info") or {}),
   )
-
-
-def load_zoo(path: str, *, dtype=None, mesh=None, rules=None, **overrides):
-  """A folder written by :func:`save_zoo` -> ``(model, params)``."""
-  return from_pretrained(path, dtype=dtype, mesh=mesh, rules=rules, **overrides)
 
 
 # ----------------------------------------------------------------------------------------------

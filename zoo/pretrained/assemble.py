@@ -93,14 +93,14 @@ def _describe_config(cfg) -> str:
 
 def scan_unstacked(model: nn.Module, tree):
   """``tree`` with scanned layers unstacked when ``model`` scans them (key maps name layers)."""
-  if getattr(model.config, "scan_layers", False):
+  if registry.scanned(model.config):
     return unscan_params(tree)
   return tree
 
 
 def loop_model(model: nn.Module) -> nn.Module:
   """The same model with looped layers: key maps name ``layers_i``."""
-  if getattr(model.config, "scan_layers", False):
+  if registry.scanned(model.config):
     return type(model)(dataclasses.replace(model.config, scan_layers=False))
   return model
 
@@ -185,12 +185,12 @@ def finish(model: nn.Module, flat: dict[str, np.ndarray], mesh, rules) -> dict:
   """
   cfg = model.config
   param_dtype = jnp.dtype(getattr(cfg, "param_dtype", jnp.float32))
-  if mesh is not None and not getattr(cfg, "scan_layers", False):
+  if mesh is not None and not registry.scanned(cfg):
     return place_lazy(flat, model, mesh, rules, param_dtype)
   tree = traverse_util.unflatten_dict(
       {k: np.asarray(v).astype(param_dtype) for k, v in flat.items()}, sep="/"
   )
-  if getattr(cfg, "scan_layers", False):
+  if registry.scanned(cfg):
     tree = jax.tree.map(np.asarray, scan_params(tree))
   return place(tree, model, mesh, rules)
 

@@ -30,19 +30,10 @@ from typing import Any
 
 from zoo.models.bert import BertConfig
 from zoo.pretrained import keymap as km
+from zoo.pretrained.converter import Converter
 
-CONFIG = BertConfig  # the zoo family this converter reads and writes
 MODEL_TYPE = "bert"
-ARCHITECTURES = (
-    "BertModel",
-    "BertForPreTraining",
-    "BertForMaskedLM",
-    "BertForSequenceClassification",
-    "BertForTokenClassification",
-)
 PREFIX = "bert."
-# Top-level parameters of the task heads: created fresh on a checkpoint without them.
-HEAD_PARAMS = ("pooler", "mlm", "nsp", "classifier")
 
 _HEADS = {
     "BertModel": "none",
@@ -203,3 +194,19 @@ def describe(cfg) -> str:
       f"vocab_size={cfg.vocab_size}, hidden_size={cfg.d_model}, num_attention_heads="
       f"{cfg.num_heads}, intermediate_size={cfg.mlp_dim}, max_position_embeddings={cfg.max_len}"
   )
+
+
+CONVERTER = Converter(
+    module=__name__,
+    config_cls=BertConfig,
+    model_type=MODEL_TYPE,
+    architectures=tuple(_HEADS),  # BertModel first: the class of a bare config
+    prefix=PREFIX,
+    config_from_hf=config_from_hf,
+    config_to_hf=config_to_hf,
+    entries=entries,
+    ignore=ignore,
+    describe=describe,
+    head_params=("pooler", "mlm", "nsp", "classifier"),  # created fresh when missing
+    implied_overrides=implied_overrides,
+)

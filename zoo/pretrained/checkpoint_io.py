@@ -68,6 +68,23 @@ def read_json(path: str | os.PathLike, *, missing_ok: bool = False) -> Any:
       ) from e
 
 
+def read_json_object(path: str | os.PathLike, *, missing_ok: bool = False) -> dict[str, Any]:
+  """:func:`read_json` of a file that must hold one JSON object (``config.json`` ...).
+
+  Raises:
+    ValueError: the file holds a list, a string or a number; the message names the file and
+      what it holds.
+  """
+  data = read_json(path, missing_ok=missing_ok)
+  if not isinstance(data, dict):
+    raise ValueError(
+        f"{os.fspath(path)} holds a JSON {type(data).__name__} ({json.dumps(data)[:60]}), not "
+        "the JSON object ({\"key\": value, ...}) this file must hold; restore the file (the "
+        "program that saved the checkpoint writes it) or save the checkpoint again."
+    )
+  return data
+
+
 class _SafetensorsFile:
   """One ``.safetensors`` file: header parsed once, tensors read on demand."""
 

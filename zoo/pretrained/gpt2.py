@@ -28,12 +28,10 @@ from typing import Any
 
 from zoo.models.gpt import GPTConfig
 from zoo.pretrained import keymap as km
+from zoo.pretrained.converter import Converter
 
-CONFIG = GPTConfig  # the zoo family this converter reads and writes
 MODEL_TYPE = "gpt2"
-ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
 PREFIX = "transformer."
-HEAD_PARAMS = ("lm_head",)  # an untied output projection; tied ones are the embedding
 
 
 def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
@@ -148,3 +146,18 @@ def describe(cfg) -> str:
       f"vocab_size={cfg.vocab_size}, n_positions={cfg.max_len}, n_embd={cfg.d_model}, "
       f"n_head={cfg.num_heads}, n_inner={cfg.mlp_dim}"
   )
+
+
+CONVERTER = Converter(
+    module=__name__,
+    config_cls=GPTConfig,
+    model_type=MODEL_TYPE,
+    architectures=("GPT2LMHeadModel", "GPT2Model"),
+    prefix=PREFIX,
+    config_from_hf=config_from_hf,
+    config_to_hf=config_to_hf,
+    entries=entries,
+    ignore=ignore,
+    describe=describe,
+    head_params=("lm_head",),  # an untied output projection; tied ones are the embedding
+)

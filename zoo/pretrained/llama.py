@@ -33,14 +33,12 @@ from typing import Any
 
 from zoo.models.gpt import GPTConfig
 from zoo.pretrained import keymap as km
+from zoo.pretrained.converter import Converter
 
-CONFIG = GPTConfig  # the zoo family this converter reads and writes
 MODEL_TYPE = "llama"
-ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
                "Qwen2ForCausalLM": "qwen2"}
 PREFIX = "model."
-HEAD_PARAMS = ("lm_head",)
 ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -252,3 +250,20 @@ def describe(cfg) -> str:
       f"{cfg.num_heads}, num_key_value_heads={cfg.num_kv_heads or cfg.num_heads}, head_dim="
       f"{cfg.head_dim or cfg.d_model // cfg.num_heads}, intermediate_size={cfg.mlp_dim}"
   )
+
+
+CONVERTER = Converter(
+    module=__name__,
+    config_cls=GPTConfig,
+    model_type=MODEL_TYPE,
+    architectures=tuple(MODEL_TYPES),
+    prefix=PREFIX,
+    config_from_hf=config_from_hf,
+    config_to_hf=config_to_hf,
+    entries=entries,
+    ignore=ignore,
+    describe=describe,
+    model_types=MODEL_TYPES,
+    head_params=("lm_head",),
+    matches=matches,
+)

@@ -31,10 +31,9 @@ from typing import Any
 
 from zoo.models.transformer import TransformerConfig
 from zoo.pretrained import keymap as km
+from zoo.pretrained.converter import Converter
 
-CONFIG = TransformerConfig  # the zoo family this converter reads and writes
 MODEL_TYPE = "marian"
-ARCHITECTURES = ("MarianMTModel",)
 PREFIX = "model."
 
 # Opus-MT configs call SiLU "swish": exports keep that name.
@@ -190,3 +189,17 @@ def describe(cfg) -> str:
       f"vocab_size={cfg.src_vocab}, decoder_vocab_size={cfg.tgt_vocab}, d_model={cfg.d_model}, "
       f"attention_heads={cfg.num_heads}, ffn_dim={cfg.mlp_dim}"
   )
+
+
+CONVERTER = Converter(
+    module=__name__,
+    config_cls=TransformerConfig,
+    model_type=MODEL_TYPE,
+    architectures=("MarianMTModel",),
+    prefix=PREFIX,
+    config_from_hf=config_from_hf,
+    config_to_hf=config_to_hf,
+    entries=entries,
+    ignore=ignore,
+    describe=describe,
+)

@@ -1,8 +1,9 @@
 """The tokenizer that ships next to a checkpoint, without transformers.
 
-``load_tokenizer(folder)`` looks, in order, for ``tokenizer.json`` (any fast tokenizer),
-Marian's ``source.spm`` + ``target.spm`` + ``vocab.json``, BERT's ``vocab.txt`` and GPT-2's
-``vocab.json`` + ``merges.txt``, and wraps what it finds in one small interface:
+``load_tokenizer(folder)`` looks, in order, for Marian's ``source.spm`` + ``target.spm`` +
+``vocab.json``, ``tokenizer.json`` (any fast tokenizer), BERT's ``vocab.txt`` and GPT-2's
+``vocab.json`` + ``merges.txt`` (a folder with none is an error, unless ``required=False``),
+and wraps what it finds in one small interface:
 ``encode(text) -> list[int]``, ``decode(ids) -> str`` and ``__call__(texts)`` -> padded
 numpy batches (``input_ids``, ``attention_mask``, ``token_type_ids``) that zoo models take.
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from zoo.pretrained.checkpoint_io import read_json
+from zoo.pretrained.checkpoint_io import read_json, read_json_object
 
 
 def _token(value: Any) -> str | None:
@@ -142,14 +143,24 @@ class _Marian:
     return self.target.decode_pieces(pieces)
 
 
-def load_tokenizer(path: str | os.PathLike) -> Tokenizer | None:
-  """The tokenizer saved with a checkpoint folder, or None when it has none.
+# The files of each tokenizer kind, in the order load_tokenizer looks for them.
+_MARIAN = ("source.spm", "target.spm", "vocab.json")
+_FAST = ("tokenizer.json",)
+_WORDPIECE = ("vocab.txt",)
+_BPE = ("vocab.json", "merges.txt")
+LOOKED_FOR = (_MARIAN, _FAST, _WORDPIECE, _BPE)
+
+
+def load_tokenizer(path: str | os.PathLike, *, required: bool = True) -> Tokenizer | None:
+  """The tokenizer saved with a checkpoint folder.
 
   Args:
-    path: a Hugging Face model folder.
+    path: a Hugging Face model folder (or a file in it: the folder is searched).
+    required: a folder with no tokenizer files is a ValueError naming the files looked for;
+      False returns None for it (for callers that can work with token ids alone).
 
   Returns:
-    A :class:`Tokenizer`, or None if the folder holds no tokenizer files.
+    A :class:`Tokenizer`, or None (only with ``required=False``) if the folder holds none.
   """
   folder = os.fspath(path)
   if os.path.isfile(folder):
@@ -157,28 +168,35 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer | None:
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"{folder} is not a folder.")
   config = {
-      **read_json(os.path.join(folder, "special_tokens_map.json"), missing_ok=True),
-      **read_json(os.path.join(folder, "tokenizer_config.json"), missing_ok=True),
+      **read_json_object(os.path.join(folder, "special_tokens_map.json"), missing_ok=True),
+      **read_json_object(os.path.join(folder, "tokenizer_config.json"), missing_ok=True),
   }
   has = lambda *names: all(os.path.exists(os.path.join(folder, n)) for n in names)  # noqa: E731
 
-  if has("source.spm", "target.spm", "vocab.json"):
+  if has(*_MARIAN):
     marian = _Marian(folder, config)
     return Tokenizer(
         None, kind="marian", pad_id=marian.pad, vocab_size=len(marian.vocab), marian=marian
     )
-  if has("tokenizer.json"):
+  if has(*_FAST):
     return read_tokenizer_json(os.path.join(folder, "tokenizer.json"), config)
-  if has("vocab.txt"):
+  if has(*_WORDPIECE):
     return read_vocab_txt(os.path.join(folder, "vocab.txt"), config)
-  if has("vocab.json", "merges.txt"):
+  if has(*_BPE):
     import tokenizers
 
     backend = tokenizers.ByteLevelBPETokenizer(
         os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
     )
     return _wrap(backend, "bpe", _token(config.get("pad_token")))
-  return None
+  if not required:
+    return None
+  raise ValueError(
+      f"{folder} holds no tokenizer: zoo looked for {' or '.join(map(' + '.join, LOOKED_FOR))}. "
+      "Copy the tokenizer files of the checkpoint into it (transformers' "
+      "tokenizer.save_pretrained(folder) writes them), or pass required=False to get None "
+      "and work with token ids."
+  )
 
 
 def read_tokenizer_json(path: str | os.PathLike, config: dict[str, Any] | None = None) -> Tokenizer:

@@ -37,13 +37,10 @@ import numpy as np
 from zoo.layers.positional import interpolate_table
 from zoo.models.vit import ViTConfig
 from zoo.pretrained import keymap as km
+from zoo.pretrained.converter import Converter
 
-CONFIG = ViTConfig  # the zoo family this converter reads and writes
 MODEL_TYPE = "vit"
-ARCHITECTURES = ("ViTModel", "ViTForImageClassification")
 PREFIX = "vit."
-HEAD_PARAMS = ("head", "pre_logits")  # created fresh for another num_classes
-RESIZE_FIELDS = ("image_size",)  # may differ from the checkpoint's: positions are resized
 
 # ViT exports the tanh GELU as "gelu_pytorch_tanh" (BERT, GPT-2: "gelu_new", the same function).
 _ACT_TO_HF = {"gelu_tanh": "gelu_pytorch_tanh"}
@@ -198,3 +195,19 @@ def resize(flat: dict[str, np.ndarray], native, cfg) -> dict[str, np.ndarray]:
     flat = {**flat, "pos_embedding": interpolate_table(
         flat["pos_embedding"], (g0, g0), (g1, g1), num_prefix=int(native.class_token))}
   return flat
+
+
+CONVERTER = Converter(
+    module=__name__,
+    config_cls=ViTConfig,
+    model_type=MODEL_TYPE,
+    architectures=("ViTModel", "ViTForImageClassification"),
+    prefix=PREFIX,
+    config_from_hf=config_from_hf,
+    config_to_hf=config_to_hf,
+    entries=entries,
+    ignore=ignore,
+    describe=describe,
+    head_params=("head", "pre_logits"),  # created fresh for another num_classes
+    resize=resize,  # image_size may differ from the checkpoint's: positions are resized
+)

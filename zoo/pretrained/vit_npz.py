@@ -26,7 +26,9 @@ epsilon 1e-6: those are the defaults here (override with ``activation="gelu"``).
 
 from __future__ import annotations
 
+import os
 import re
+import zipfile
 
 import numpy as np
 
@@ -48,8 +50,21 @@ class NpzStore:
   """The arrays of an ``.npz``, under vision_transformer names."""
 
   def __init__(self, path: str):
-    with np.load(path, allow_pickle=False) as f:
-      arrays = {k: f[k] for k in f.files}
+    if not os.path.isfile(path):
+      what = "is a folder" if os.path.isdir(path) else "does not exist"
+      raise FileNotFoundError(
+          f"{path} {what}: a ViT checkpoint ending in .npz must be a file (np.savez of the "
+          "flax params); check the path, or give a Hugging Face folder, a zoo checkpoint "
+          "folder or a train.py workdir instead."
+      )
+    try:
+      with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+      raise ValueError(
+          f"{path} is not a readable .npz archive ({type(e).__name__}: {e}); download or "
+          "save it again (np.savez of the flax params)."
+      ) from e
     self.arrays = self._normalise(arrays)
 
   @staticmethod
@@ -180,4 +195,5 @@ def read(path: str, *, strict: bool = True, names=()) -> assemble.Weights:
       entries(native), store, shapes, strict=strict, what=path,
       describe=f"the shapes of embedding/kernel and encoderblock_0 ({vit_hf.describe(native)})",
   )
-  return assemble.Weights(native, flat, path, heads=vit_hf.HEAD_PARAMS, resize=vit_hf.resize)
+  conv = vit_hf.CONVERTER  # the ViT family's heads and position resizing
+  return assemble.Weights(native, flat, path, heads=conv.head_params, resize=conv.resize)
