@@ -536,3 +536,26 @@ def test_cudnn_branch_validation_and_plumbing(fake_gpu):
   trace(q32, key32, v32)
   trace(q, key, v, return_weights=True)
   assert len(fake_gpu) == 1
+
+
+def test_mha_passes_bias_and_scale_to_cudnn(fake_gpu):
+  """MultiHeadAttention(scale=1.0) on the cuDNN path: the bias reaches the cuDNN call (full
+  ``[T, S]`` trailing dims, input dtype) and the output is the einsum path's."""
+  x = _x().astype(jnp.bfloat16)
+  bias = jnp.asarray(np.random.default_rng(2).standard_normal((1, 4, 6, 6)), jnp.float32)
+  mk = lambda impl, scale: _mha(2, implementation=impl, scale=scale, dtype=jnp.bfloat16)  # noqa: E731
+  params = _init(mk("xla", None), x)
+
+  @jax.jit
+  def run(params):
+    kw = dict(mask=causal_mask(6), bias=bias)
+    return tuple(
+        mk(impl, scale).apply({"params": params}, x, **kw)
+        for impl, scale in (("cudnn", 1.0), ("xla", 1.0), ("xla", None))
+    )
+
+  cudnn, xla, xla_default_scale = (np.asarray(a, np.float32) for a in run(params))
+  assert len(fake_gpu) == 1 and fake_gpu[0]["implementation"] == "cudnn"
+  assert fake_gpu[0]["bias"].shape == (1, 4, 6, 6) and fake_gpu[0]["bias"].dtype == jnp.bfloat16
+  np.testing.assert_allclose(cudnn, xla, atol=3e-2, rtol=3e-2)
+  assert np.abs(cudnn - xla_default_scale).max() > 0.1  # scale=1.0 is not the default

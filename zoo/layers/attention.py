@@ -5,7 +5,9 @@ Letters used in shapes and einsum strings:
   N query heads, K key/value heads (N is a multiple of K), G = N // K query heads per
   key/value head, H head dim.
 
-Masks are boolean, True = attend, broadcastable to ``[B, N, T, S]``.
+Masks are boolean, True = attend, broadcastable to ``[B, N, T, S]``; an additive bias
+(relative positions) is a float array broadcastable to the same shape, added to the scaled
+logits before the mask.
 """
 
 from __future__ import annotations
@@ -229,7 +231,9 @@ def dot_product_attention(
     key: ``[B, S, K, H]`` with N a multiple of K; query head n reads key/value head n // (N/K).
     value: ``[B, S, K, H]``.
     mask: boolean, True = attend, broadcastable to ``[B, N, T, S]``.
-    bias: additive logits bias broadcastable to ``[B, N, T, S]``.
+    bias: additive logits bias broadcastable to ``[B, N, T, S]`` (relative positions: T5,
+      ALiBi, BEiT), added after ``scale`` and before the mask: in float32 on the "xla" and
+      "chunked" paths (which also give its gradient), in the input dtype on "cudnn".
     implementation: "xla" (einsum path, any device), "cudnn" (``jax.nn.dot_product_attention``
       flash attention, GPU with bf16/fp16 only), "chunked" (blockwise online softmax in pure
       JAX, any device and dtype, memory O(T * chunk) instead of O(T * S); no dropout, no
@@ -334,6 +338,18 @@ def _window(mask: Array | None, window: int | None, q_slots: Array, kv_slots: Ar
   return combine_masks(mask, sliding_window_mask(q_slots, kv_slots, window))
 
 
+def _check_decode_bias(bias: Array | None, t: int, max_len: int) -> None:
+  """A bias for a cached call must cover this call's T query rows and all max_len cache slots."""
+  if bias is None or bias.ndim != 4:
+    return  # dot_product_attention reports the rank
+  if bias.shape[2] not in (1, t) or bias.shape[3] not in (1, max_len):
+    raise ValueError(
+        f"decoding with a KV cache, bias must broadcast to [B, N, T, max_len] = [B, N, {t}, "
+        f"{max_len}]: rows for this call's {t} new query tokens, columns for every cache slot "
+        f"0..{max_len - 1} (not only the ones written so far); got shape {tuple(bias.shape)}."
+    )
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head (or grouped-query / multi-query) attention with an optional KV cache.
 
@@ -344,7 +360,10 @@ class MultiHeadAttention(nn.Module):
   ``[B, max_len, D]`` to allocate the ``"cache"`` collection, then call with ``decode=True`` on
   chunks (a prompt, then one token at a time) with ``mutable=["cache"]``. Each call writes its
   keys/values at the cache index and attends causally to everything written so far; an extra
-  ``mask`` is then broadcastable to ``[B, N, T, max_len]`` (e.g. prompt padding).
+  ``mask`` is then broadcastable to ``[B, N, T, max_len]`` (e.g. prompt padding), and so is
+  ``bias``: the rows of this call's T tokens (cache slots ``cache_index .. cache_index + T - 1``)
+  against every cache slot ``0 .. max_len - 1`` (unwritten slots are masked, so any finite
+  value does there).
   """
 
   num_heads: int
@@ -363,6 +382,7 @@ class MultiHeadAttention(nn.Module):
   param_dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.lecun_normal()
   out_kernel_init: Any = None  # None = kernel_init (GPT-2 scales residual projections)
+  scale: float | None = None  # logits scale; None = 1/sqrt(head_dim) (T5: 1.0)
 
   @nn.compact
   def __call__(
@@ -382,8 +402,10 @@ class MultiHeadAttention(nn.Module):
     Args:
       inputs_q: ``[B, T, D]`` queries.
       inputs_kv: ``[B, S, Dkv]`` keys/values source for cross-attention; None = self-attention.
-      mask: boolean, broadcastable to ``[B, N, T, S]``.
-      bias: additive logits bias, broadcastable to ``[B, N, T, S]``.
+      mask: boolean, broadcastable to ``[B, N, T, S]`` (``[B, N, T, max_len]`` when decoding).
+      bias: additive logits bias, broadcastable to ``[B, N, T, S]`` (``[B, N, T, max_len]``
+        when decoding, see the class docstring); added after ``scale``, before the mask (in
+        float32, except on cuDNN: see :func:`dot_product_attention`).
       positions: ``[B, T]`` (or ``[T]``) positions for RoPE; default ``arange(T)`` (offset by
         the cache index when decoding).
       deterministic: disables dropout.
@@ -394,6 +416,33 @@ class MultiHeadAttention(nn.Module):
     Returns:
       ``[B, T, out_features]``.
     """
+    num_kv = self._check_inputs(inputs_q, inputs_kv, decode)
+    self_attention = inputs_kv is None
+    kv_in = inputs_q if self_attention else inputs_kv
+    query, key, value = self._project_qkv(inputs_q, kv_in, num_kv)
+
+    b, t = inputs_q.shape[:2]
+    cache = self._cache(key, value) if decode else None
+    cache_index = None if cache is None else cache[2].value
+    if positions is None:
+      positions = jnp.arange(t)[None, :] + (0 if cache_index is None else cache_index)
+    positions = jnp.broadcast_to(jnp.asarray(positions), (b, t))
+
+    if self.use_rope and self_attention:
+      query = apply_rope(query, positions, base=self.rope_base, scaling=self.rope_scaling)
+      key = apply_rope(key, positions, base=self.rope_base, scaling=self.rope_scaling)
+    slots = (jnp.arange(t), jnp.arange(t))  # query and key slots, for the sliding window
+    if cache is not None:
+      key, value, mask, slots = self._write_cache(cache, key, value, mask)
+      _check_decode_bias(bias, t, key.shape[1])
+    # The window is over slots (sequence or cache indices), like the causal mask.
+    mask = _window(mask, self.sliding_window if self_attention else None, *slots)
+
+    result = self._attend(query, key, value, mask, bias, deterministic, sow_weights)
+    return self._project_out(result, self.out_features or inputs_q.shape[-1])
+
+  def _check_inputs(self, inputs_q: Array, inputs_kv: Array | None, decode: bool) -> int:
+    """Checks ranks and the decode / head settings; returns the number of key/value heads K."""
     if inputs_q.ndim != 3:
       raise ValueError(f"inputs_q must be [batch, length, features]; got {tuple(inputs_q.shape)}.")
     self_attention = inputs_kv is None
@@ -410,7 +459,10 @@ class MultiHeadAttention(nn.Module):
       raise ValueError(
           f"num_heads={self.num_heads} must be a multiple of num_kv_heads={num_kv}."
       )
-    kv_in = inputs_q if self_attention else inputs_kv
+    return num_kv
+
+  def _project_qkv(self, inputs_q: Array, kv_in: Array, num_kv: int):
+    """``[B, T, D]``, ``[B, S, Dkv]`` -> query ``[B, T, N, H]``, key and value ``[B, S, K, H]``."""
     qkv_bias = self.use_bias if self.qkv_bias is None else self.qkv_bias
     proj = lambda x, heads, heads_axis, name: Einsum(  # noqa: E731
         (x.shape[-1], heads, self.head_dim),
@@ -424,42 +476,40 @@ class MultiHeadAttention(nn.Module):
     query = proj(inputs_q, self.num_heads, sh.HEADS, "query")("BLD,DNH->BLNH", inputs_q)
     key = proj(kv_in, num_kv, sh.KV_HEADS, "key")("BLD,DNH->BLNH", kv_in)
     value = proj(kv_in, num_kv, sh.KV_HEADS, "value")("BLD,DNH->BLNH", kv_in)
+    return query, key, value
 
-    b, t = inputs_q.shape[:2]
-    cache_index = None
-    if decode:
-      initialised = self.has_variable("cache", "cached_key")
-      cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-      cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
-      index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
-      if initialised:
-        cache_index = index.value
-    if positions is None:
-      positions = jnp.arange(t)[None, :] + (0 if cache_index is None else cache_index)
-    positions = jnp.broadcast_to(jnp.asarray(positions), (b, t))
+  def _cache(self, key: Array, value: Array):
+    """``(cached_key, cached_value, cache_index)`` variables, or None on the call that
+    allocates them (shaped like this call's ``key`` / ``value``, ``[B, max_len, K, H]``)."""
+    initialised = self.has_variable("cache", "cached_key")
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+    index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    return (cached_key, cached_value, index) if initialised else None
 
-    if self.use_rope and self_attention:
-      query = apply_rope(query, positions, base=self.rope_base, scaling=self.rope_scaling)
-      key = apply_rope(key, positions, base=self.rope_base, scaling=self.rope_scaling)
-    slots = (jnp.arange(t), jnp.arange(t))  # query and key slots, for the sliding window
+  def _write_cache(self, cache, key: Array, value: Array, mask: Array | None):
+    """Writes this call's ``[B, T, K, H]`` keys/values at the cache index and advances it.
 
-    if cache_index is not None:
-      max_len = cached_key.value.shape[1]
-      if t > max_len:
-        raise ValueError(f"decoding {t} tokens at once exceeds the cache length {max_len}.")
-      key = jax.lax.dynamic_update_slice(cached_key.value, key, (0, cache_index, 0, 0))
-      value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, cache_index, 0, 0))
-      cached_key.value, cached_value.value = key, value
-      index.value = cache_index + t
-      # Slots are written in order, so "slot <= this query's slot" is causal over the cache
-      # and hides the unwritten tail.
-      q_slot = cache_index + jnp.arange(t)
-      cache_mask = (jnp.arange(max_len)[None, :] <= q_slot[:, None])[None, None]
-      mask = combine_masks(mask, cache_mask)
-      slots = (q_slot, jnp.arange(max_len))
-    # The window is over slots (sequence or cache indices), like the causal mask.
-    mask = _window(mask, self.sliding_window if self_attention else None, *slots)
+    Returns the whole cache's key and value ``[B, max_len, K, H]``, ``mask`` combined with
+    causality over the cache, and the (query, key) slots for the sliding window.
+    """
+    cached_key, cached_value, index = cache
+    cache_index = index.value
+    t, max_len = key.shape[1], cached_key.value.shape[1]
+    if t > max_len:
+      raise ValueError(f"decoding {t} tokens at once exceeds the cache length {max_len}.")
+    key = jax.lax.dynamic_update_slice(cached_key.value, key, (0, cache_index, 0, 0))
+    value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, cache_index, 0, 0))
+    cached_key.value, cached_value.value = key, value
+    index.value = cache_index + t
+    # Slots are written in order, so "slot <= this query's slot" is causal over the cache
+    # and hides the unwritten tail.
+    q_slot = cache_index + jnp.arange(t)
+    cache_mask = (jnp.arange(max_len)[None, :] <= q_slot[:, None])[None, None]
+    return key, value, combine_masks(mask, cache_mask), (q_slot, jnp.arange(max_len))
 
+  def _attend(self, query, key, value, mask, bias, deterministic: bool, sow_weights: bool):
+    """:func:`dot_product_attention` with this module's settings; ``[B, T, N, H]``."""
     dropout_rng = None
     if self.dropout_rate > 0.0 and not deterministic:
       dropout_rng = self.make_rng("dropout")
@@ -470,6 +520,7 @@ class MultiHeadAttention(nn.Module):
         mask=mask,
         bias=bias,
         implementation="xla" if sow_weights else self.implementation,
+        scale=self.scale,
         dropout_rate=self.dropout_rate,
         dropout_rng=dropout_rng,
         deterministic=deterministic,
@@ -478,8 +529,12 @@ class MultiHeadAttention(nn.Module):
     if sow_weights:
       result, weights = result
       self.sow("intermediates", "attention_weights", weights)
+    return result
+
+  def _project_out(self, result: Array, features: int) -> Array:
+    """``[B, T, N, H]`` -> ``[B, T, features]`` through the ``out`` kernel."""
     out = Einsum(
-        (self.num_heads, self.head_dim, self.out_features or inputs_q.shape[-1]),
+        (self.num_heads, self.head_dim, features),
         (sh.HEADS, sh.HEAD_DIM, sh.EMBED),
         use_bias=self.use_bias,
         dtype=self.dtype,

@@ -4,8 +4,9 @@ Shapes: B batch, T target length, S source length, D model width, F mlp width.
 
 Every block is called as ``block(x, inputs, deterministic, decode)``: the residual stream
 ``x`` ``[B, T, D]``, a :class:`BlockInputs` record of the arrays every layer shares (masks,
-positions, encoder output) and two Python flags. :class:`zoo.layers.stack.Stack` relies on
-that order: the record is broadcast to every layer and the flags stay static under remat.
+attention biases, positions, encoder output) and two Python flags.
+:class:`zoo.layers.stack.Stack` relies on that order: the record is broadcast to every layer and
+the flags stay static under remat.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class BlockConfig:
   rope_scaling: RopeScaling | None = None  # long-context frequency scaling (Llama 3)
   sliding_window: int | None = None  # self-attention over the last W slots (Mistral)
   attention_impl: Implementation | None = None  # None = best for device and dtype
+  attention_scale: float | None = None  # attention logits scale; None = 1/sqrt(head_dim) (T5: 1)
   init_std: float | None = 0.02  # normal(init_std) kernels; None = Xavier-uniform (2017 paper)
   residual_init_scale: float = 1.0  # multiplies init_std of projections into the residual
   dtype: Any = jnp.float32  # compute dtype
@@ -188,6 +190,7 @@ def _attention(config: BlockConfig, name: str, use_rope: bool) -> MultiHeadAtten
       qkv_bias=config.qkv_bias,
       sliding_window=config.sliding_window,  # self-attention only (MultiHeadAttention)
       implementation=config.attention_impl,
+      scale=config.attention_scale,
       dtype=config.dtype,
       param_dtype=config.param_dtype,
       kernel_init=config.kernel_init(),
@@ -201,20 +204,30 @@ class BlockInputs:
   """The arrays every layer of a stack reads besides the residual stream; any may be None.
 
   A pytree (None fields have no leaves), so it is broadcast through ``nn.scan`` and traced
-  through ``nn.remat`` as one argument.
+  through ``nn.remat`` as one argument: a value a family computes once at the top of its model
+  (a relative-position bias from its own parameters) reaches every layer, and its gradient
+  comes back summed over the layers.
 
   Attributes:
     mask: self-attention mask, boolean, broadcastable to ``[B, N, T, T]`` (``[B, N, T,
       max_len]`` when decoding with a cache).
+    bias: additive self-attention logits bias (T5, ALiBi, BEiT relative positions),
+      broadcastable to ``[B, N, T, T]``; added in float32 to the scaled logits before the mask.
+      When decoding with a cache it is ``[B, N, T, max_len]``: rows for this call's T new
+      tokens (cache slots ``index .. index + T - 1``, the ``positions`` of the call), columns
+      for every cache slot ``0 .. max_len - 1``, written or not.
     positions: ``[B, T]`` positions for RoPE (unused by blocks without it).
     encoded: ``[B, S, D]`` encoder output read by cross-attention.
     cross_mask: cross-attention mask, broadcastable to ``[B, N, T, S]``.
+    cross_bias: additive cross-attention logits bias, broadcastable to ``[B, N, T, S]``.
   """
 
   mask: Array | None = None
+  bias: Array | None = None
   positions: Array | None = None
   encoded: Array | None = None
   cross_mask: Array | None = None
+  cross_bias: Array | None = None
 
 
 # A sublayer ``f`` with its norm is ``x + f(norm(x))`` (pre-LN) or ``norm(x + f(x))`` (post-LN):
@@ -252,7 +265,8 @@ class EncoderBlock(nn.Module):
       deterministic: bool = True,
       decode: bool = False,
   ):
-    """The block on ``x`` ``[B, L, D]``; reads ``inputs.mask`` ``[B, N, L, L]`` and ``positions``.
+    """The block on ``x`` ``[B, L, D]``; reads ``inputs.mask`` and ``inputs.bias`` (both
+    broadcastable to ``[B, N, L, L]``) and ``inputs.positions``.
 
     ``decode`` is there for the common block signature; an encoder has no cache.
     """
@@ -266,6 +280,7 @@ class EncoderBlock(nn.Module):
     h = attn(
         _pre_ln(cfg, norm, x),
         mask=inputs.mask,
+        bias=inputs.bias,
         positions=inputs.positions,
         deterministic=deterministic,
     )
@@ -300,8 +315,9 @@ class DecoderBlock(nn.Module):
   ):
     """The block on ``x`` ``[B, T, D]``.
 
-    Reads ``inputs.mask`` (``[B, N, T, T]``), ``inputs.positions`` and, with cross-attention,
-    ``inputs.encoded`` (``[B, S, D]``) and ``inputs.cross_mask`` (``[B, N, T, S]``).
+    Reads ``inputs.mask`` and ``inputs.bias`` (``[B, N, T, T]``; ``[B, N, T, max_len]`` with
+    ``decode``), ``inputs.positions`` and, with cross-attention, ``inputs.encoded``
+    (``[B, S, D]``), ``inputs.cross_mask`` and ``inputs.cross_bias`` (``[B, N, T, S]``).
     """
     cfg = self.config
     if self.cross_attention and inputs.encoded is None:
@@ -313,6 +329,7 @@ class DecoderBlock(nn.Module):
     h = attn(
         _pre_ln(cfg, norm, x),
         mask=inputs.mask,
+        bias=inputs.bias,
         positions=inputs.positions,
         deterministic=deterministic,
         decode=decode,
@@ -322,7 +339,11 @@ class DecoderBlock(nn.Module):
     if self.cross_attention:
       cross, norm = _attention(cfg, "cross_attn", use_rope=False), make_norm(cfg, "cross_norm")
       h = cross(
-          _pre_ln(cfg, norm, x), inputs.encoded, mask=inputs.cross_mask, deterministic=deterministic
+          _pre_ln(cfg, norm, x),
+          inputs.encoded,
+          mask=inputs.cross_mask,
+          bias=inputs.cross_bias,
+          deterministic=deterministic,
       )
       x = _post_ln(cfg, norm, x + drop(checkpoint_name(h, "cross_out")))
 

@@ -43,6 +43,12 @@ class Stack(nn.Module):
   A block is called as ``block(x, inputs, deterministic, decode)`` (see
   ``zoo.layers.blocks``): ``inputs`` is the same pytree for every layer and the two flags are
   Python values, static under remat and broadcast under scan.
+
+  ``inputs`` is the seam for a value a family computes once and gives to every layer (T5's
+  relative-position bias, ALiBi's per-head slopes times distance, in ``BlockInputs.bias``): the
+  loop passes the same arrays to each layer, ``nn.scan`` broadcasts them (``nn.broadcast``, not
+  sliced per layer), remat traces them as an argument; either way the values are the same and
+  their gradient is the sum over layers.
   """
 
   block_cls: Any
