@@ -61,9 +61,10 @@ class NpzStore:
       with np.load(path, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
+      why = str(e).split(". ")[0].rstrip(".")  # numpy's advice (allow_pickle=...) does not apply
       raise ValueError(
-          f"{path} is not a readable .npz archive ({type(e).__name__}: {e}); download or "
-          "save it again (np.savez of the flax params)."
+          f"{path} is not a readable .npz archive (np.load: {why}); download or save it again "
+          "(np.savez of the flax params)."
       ) from e
     self.arrays = self._normalise(arrays)
 
