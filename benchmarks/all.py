@@ -19,7 +19,7 @@ import sys
 import tempfile
 from typing import Any
 
-from benchmarks import common
+from benchmarks import report
 
 SCRIPTS = ("gpt", "bert", "vit", "transformer", "attention")
 
@@ -55,15 +55,15 @@ def summary(reports: list[dict[str, Any]]) -> str:
     for case in rep.get("cases", []):
       zoo = case["results"][0]
       row = [case["model"], case["shape"],
-             f"{common._num(zoo['train']['units_per_s'])} {case['unit']}",
-             common._num(zoo["forward"]["units_per_s"]) if "forward" in zoo else "—"]
+             f"{report.fmt_num(zoo['train']['units_per_s'])} {case['unit']}",
+             report.fmt_num(zoo["forward"]["units_per_s"]) if "forward" in zoo else "—"]
       for p in peers:
         ratio = case["ratios"].get(p)
         if ratio is None:
           entry = next((r for r in case["results"] if r["framework"] == p), None)
           row.append(entry.get("error", "—") if entry else "—")
         else:
-          row.append(f"{common._ratio(ratio, 'train')} / {common._ratio(ratio, 'forward')}")
+          row.append(f"{report.fmt_ratio(ratio, 'train')} / {report.fmt_ratio(ratio, 'forward')}")
       lines.append("| " + " | ".join(row) + " |")
   return "\n".join(lines)
 
@@ -74,13 +74,13 @@ def merge(reports: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
   combined = {"environment": env, "benchmarks": reports}
   parts = ["## Results"]
   if env:
-    parts.append(common.environment_markdown(env))
+    parts.append(report.environment_markdown(env))
   parts.append("### Summary: zoo ÷ peer throughput (higher = zoo faster)\n\n" + summary(reports))
   for rep in reports:
     if "error" in rep:
       parts.append(f"### {rep['benchmark']}\n\n{rep['error']}")
     else:
-      parts.append(common.markdown(rep, with_environment=False).rstrip())
+      parts.append(report.markdown(rep, with_environment=False).rstrip())
   return combined, "\n\n".join(parts) + "\n"
 
 

@@ -14,7 +14,6 @@ and with the causal half (what a causal kernel actually has to do).
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from benchmarks import common
+from benchmarks import cli, env, report, timing, zoo_side
 from zoo.layers import attention as attn
 
 HEADS, HEAD_DIM = 12, 64
@@ -30,10 +29,10 @@ HEADS, HEAD_DIM = 12, 64
 
 def lengths_for(args) -> list[int]:
   if args.lengths:
-    return common.parse_ints("--lengths", args.lengths)
+    return cli.parse_ints("--lengths", args.lengths)
   if args.smoke:
     return [16, 32]
-  return [512, 1024, 2048, 4096, 8192] if common.on_gpu() else [256, 512, 1024, 2048, 4096]
+  return [512, 1024, 2048, 4096, 8192] if env.on_gpu() else [256, 512, 1024, 2048, 4096]
 
 
 def batch_for(args, length: int) -> int:
@@ -41,7 +40,7 @@ def batch_for(args, length: int) -> int:
     return args.batch_size
   if args.smoke:
     return 2
-  tokens = 16384 if common.on_gpu() else 1024
+  tokens = 16384 if env.on_gpu() else 1024
   return max(tokens // length, 1)
 
 
@@ -53,7 +52,7 @@ def implementations_for(args) -> tuple[list[str], list[str]]:
       raise ValueError(
           f"--implementations takes a comma list of {attn.IMPLEMENTATIONS}; got {impl!r}."
       )
-  if common.on_gpu() or "cudnn" not in wanted:
+  if env.on_gpu() or "cudnn" not in wanted:
     return wanted, []
   return [i for i in wanted if i != "cudnn"], [
       "cuDNN flash attention needs an NVIDIA GPU: not timed."
@@ -81,18 +80,18 @@ def measure(impl: str, b: int, t: int, dtype, args) -> dict[str, Any]:
       ("forward_backward", jax.jit(jax.grad(loss, argnums=(0, 1, 2))), 3 * flops_fwd),
   ):
     t0 = time.perf_counter()
-    compiled = fn.lower(q, k, v).compile(common.compiler_options(args))
+    compiled = fn.lower(q, k, v).compile(zoo_side.compiler_options(args))
     compile_s = time.perf_counter() - t0
-    timing = common.timed(
+    steps = timing.timed(
         lambda c=compiled: jax.block_until_ready(c(q, k, v)), args.warmup, args.steps
     )
     out[name] = {
-        "step_s": timing["step_s"],
-        "times_s": timing["times_s"],
+        "step_s": steps["step_s"],
+        "times_s": steps["times_s"],
         "compile_s": compile_s,
-        "tokens_per_s": b * t / timing["step_s"],
-        "tflops_per_s": {"full": flops / timing["step_s"] / 1e12,
-                         "causal_half": flops / 2 / timing["step_s"] / 1e12},
+        "tokens_per_s": b * t / steps["step_s"],
+        "tflops_per_s": {"full": flops / steps["step_s"] / 1e12,
+                         "causal_half": flops / 2 / steps["step_s"] / 1e12},
     }
   return out
 
@@ -122,17 +121,17 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-  p = common.parser(__doc__.splitlines()[0])
+  p = cli.parser(__doc__.splitlines()[0])
   p.add_argument("--lengths", default=None, help="comma list of sequence lengths")
   p.add_argument("--implementations", default=None,
                  help="comma list (default: xla,chunked; plus cudnn on GPU)")
   p.add_argument("--chunk-size", type=int, default=None,
                  help="block length of the chunked path (default attention.CHUNK_SIZE)")
-  args = common.parse(p, argv)
-  env = common.environment(args)
+  args = cli.parse(p, argv)
+  environment = env.environment(args)
   dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
   impls, notes = implementations_for(args)
-  print(f"attention: {env['device']}, {args.dtype}", file=sys.stderr)
+  print(f"attention: {environment['device']}, {args.dtype}", file=sys.stderr)
   for note in notes:
     print(note, file=sys.stderr)
   rows = []
@@ -144,22 +143,23 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(measure(impl, b, t, dtype, args))
       except Exception as err:  # noqa: BLE001 - e.g. cuDNN refusing a shape: report it
         rows.append(
-            {"implementation": impl, "batch": b, "length": t, "error": common.short_error(err)}
+            {"implementation": impl, "batch": b, "length": t, "error": report.short_error(err)}
         )
-  if hasattr(os, "getloadavg"):
-    env["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-  report = {
+  load = env.load_average()
+  if load is not None:
+    environment["load_average_after"] = load
+  out = {
       "benchmark": f"Attention backends (causal, {HEADS} heads x {HEAD_DIM}, {args.dtype}, "
                    f"chunk {args.chunk_size or attn.CHUNK_SIZE})",
-      "environment": env,
+      "environment": environment,
       "notes": notes,
       "attention": rows,
       "table": table(rows),
   }
-  text = common.markdown(report)
+  text = report.markdown(out)
   print(text)
-  common.write_outputs(report, text, args)
-  return report
+  report.write_outputs(out, text, args)
+  return out
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks import common
+from benchmarks import cases, cli, env, runner
 
 SMOKE = dict(vocab_size=211, max_len=32, d_model=64, num_heads=4, num_layers=1, mlp_dim=128)
 LENGTHS = (128, 512)
@@ -20,21 +20,21 @@ SMOKE_LENGTHS = (16, 32)
 def default_batch(length: int, smoke: bool) -> int:
   if smoke:
     return 2
-  if common.on_gpu():
+  if env.on_gpu():
     return 128 if length <= 128 else 32
   return max(512 // length, 1)  # 512 tokens per step: a few seconds on two CPU cores
 
 
-def case(args, length: int) -> common.Case:
+def case(args, length: int) -> cases.Case:
   import zoo
 
   preset = "bert-base"
   overrides = dict(SMOKE) if args.smoke else {}
-  cfg = zoo.get_config(preset, head="pretraining", **overrides, **common.zoo_overrides(args))
+  cfg = zoo.get_config(preset, head="pretraining", **overrides, **cases.zoo_overrides(args))
   if length > cfg.max_len:
     raise ValueError(f"length {length} is longer than the model's max_len {cfg.max_len}.")
   b = args.batch_size or default_batch(length, args.smoke)
-  r = common.rng(length)
+  r = cases.rng(length)
   ids = r.randint(1, cfg.vocab_size, (b, length)).astype("int32")
   types = (np.arange(length)[None] >= length // 2).repeat(b, 0).astype("int32")  # A then B
   selected = r.rand(b, length) < 0.15
@@ -47,7 +47,7 @@ def case(args, length: int) -> common.Case:
            "mlm_targets": mlm_targets, "nsp_labels": nsp}
 
   def zoo_work():
-    return common.ZooWork(cfg, "mlm_nsp", batch)
+    return cases.ZooWork(cfg, "mlm_nsp", batch)
 
   def hf_work():
     import transformers
@@ -57,28 +57,28 @@ def case(args, length: int) -> common.Case:
     hf_cfg = transformers.BertConfig(**bert.config_to_hf(cfg))
     inputs = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
     train = {**inputs, "labels": mlm_targets, "next_sentence_label": nsp}
-    return common.TorchWork(transformers.BertForPreTraining(hf_cfg), train, inputs)
+    return cases.TorchWork(transformers.BertForPreTraining(hf_cfg), train, inputs)
 
-  return common.Case(
+  return cases.Case(
       model=preset + (" (smoke)" if args.smoke else ""),
       shape=f"B={b} T={length}",
       unit="tokens",
       units=b * length,
-      flops=common.zoo_flops(cfg, batch),
+      flops=cases.zoo_flops(cfg, batch),
       zoo=zoo_work,
       peers={"hf": hf_work},
   )
 
 
 def main(argv: list[str] | None = None) -> dict:
-  p = common.parser(__doc__.splitlines()[0])
+  p = cli.parser(__doc__.splitlines()[0])
   p.add_argument("--lengths", default=None, help="comma list of sequence lengths (default 128,512)")
-  args = common.parse(p, argv)
+  args = cli.parse(p, argv)
   if args.lengths:
-    lengths = common.parse_ints("--lengths", args.lengths)
+    lengths = cli.parse_ints("--lengths", args.lengths)
   else:
     lengths = SMOKE_LENGTHS if args.smoke else LENGTHS
-  return common.run(
+  return runner.run(
       "BERT-base (bert-base, pretraining heads)", [case(args, n) for n in lengths], args
   )
 

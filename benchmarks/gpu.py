@@ -62,11 +62,11 @@ def parity(dry_run: bool) -> dict[str, Any]:
   import jax.numpy as jnp
   import numpy as np
 
-  from benchmarks import common
+  from benchmarks import env, report
   from zoo.layers import attention as attn
 
   b, t, n, h = (2, 32, 4, 16) if dry_run else (4, 1024, 12, 64)
-  impls = ["xla", "chunked"] + (["cudnn"] if common.on_gpu() else [])
+  impls = ["xla", "chunked"] + (["cudnn"] if env.on_gpu() else [])
   keys = jax.random.split(jax.random.PRNGKey(0), 4)
   q, k, v = (jax.random.normal(kk, (b, t, n, h), jnp.float32).astype(jnp.bfloat16)
              for kk in keys[:3])
@@ -93,7 +93,7 @@ def parity(dry_run: bool) -> dict[str, Any]:
       try:
         got = run(impl, jnp.bfloat16)
       except Exception as err:  # noqa: BLE001 - a refused shape is a result, not a crash
-        rows.append({"mask": mask_name, "implementation": impl, "error": common.short_error(err)})
+        rows.append({"mask": mask_name, "implementation": impl, "error": report.short_error(err)})
         continue
       entry = {"mask": mask_name, "implementation": impl}
       for name, g, r in zip(("out", "dq", "dk", "dv"), got, ref):

@@ -3,8 +3,8 @@
 ``python -m benchmarks.profile gpt [--smoke] [--batch-size B] [--top 15] [--out prof.json]``
 (family: gpt | bert | vit | transformer, at the shapes of ``benchmarks.<family>``).
 
-The step is the one the benchmarks time and ``train.py`` runs (``loop.train_step`` from
-``zoo.training.loop.program``: loss, gradient, AdamW update), compiled once and run once
+The step is the one the benchmarks time and ``train.py`` runs (``steps.train_step`` from
+``zoo.training.steps.program``: loss, gradient, AdamW update), compiled once and run once
 under ``jax.profiler``. Every XLA op in the trace is matched to its HLO instruction, whose
 ``op_name`` metadata says which module it came from and whether it belongs to the forward pass
 or to the gradient (``transpose(jvp(...))``). Layers are folded together (``layers_*``), so a
@@ -27,7 +27,7 @@ from typing import Any
 
 import jax
 
-from benchmarks import common
+from benchmarks import cli, env, report, zoo_side
 
 SCRIPTS = ("gpt", "bert", "vit", "transformer")  # benchmarks/<name>.py, one per family
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?op_name=\"((?:[^\"\\]|\\.)*)\"")
@@ -140,23 +140,23 @@ def markdown(title: str, prof: dict[str, Any], top: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-  p = common.parser(__doc__.splitlines()[0])
+  p = cli.parser(__doc__.splitlines()[0])
   p.add_argument("family", choices=SCRIPTS)
   p.add_argument("--top", type=int, default=15, help="rows in the detailed table")
-  args = common.parse(p, argv)
+  args = cli.parse(p, argv)
   module = importlib.import_module(f"benchmarks.{args.family}")
   case = module.case(args)
   args.no_forward, args.peer_modes = True, []
-  prepared = common.prepare_zoo(case, args)  # compiled and already run twice
+  prepared = zoo_side.prepare(case, args)  # compiled and already run twice
   compiled = prepared.compiled
   with tempfile.TemporaryDirectory() as trace_dir:
     prof = profile_step(compiled, prepared.train, trace_dir)
-  title = f"{case.model}, {case.shape} ({common.device_name()}, {args.dtype})"
-  report = {"title": title, "environment": common.environment(args), **prof}
+  title = f"{case.model}, {case.shape} ({env.device_name()}, {args.dtype})"
+  out = {"title": title, "environment": env.environment(args), **prof}
   text = markdown(title, prof, args.top)
   print(text)
-  common.write_outputs(report, text, args)
-  return report
+  report.write_outputs(out, text, args)
+  return out
 
 
 if __name__ == "__main__":

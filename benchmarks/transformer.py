@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import dataclasses
 
-from benchmarks import common
+from benchmarks import cases, cli, env, runner
 
 SMOKE = dict(vocab_size=300, d_model=64, num_heads=4, num_encoder_layers=1,
              num_decoder_layers=1, mlp_dim=128, max_len=32)
 
 
-def case(args, src_len: int = 256, tgt_len: int = 256) -> common.Case:
+def case(args, src_len: int = 256, tgt_len: int = 256) -> cases.Case:
   import zoo
 
   preset = "transformer-base"
   overrides = dict(SMOKE) if args.smoke else {}
-  cfg = zoo.get_config(preset, **overrides, **common.zoo_overrides(args))
+  cfg = zoo.get_config(preset, **overrides, **cases.zoo_overrides(args))
   if args.smoke:
     src_len = tgt_len = 16
-  b = args.batch_size or (2 if args.smoke else 64 if common.on_gpu() else 2)
-  r = common.rng()
+  b = args.batch_size or (2 if args.smoke else 64 if env.on_gpu() else 2)
+  r = cases.rng()
   # No padding (pad_id 0 never drawn): every position counts on both sides.
   src = r.randint(1, cfg.vocab_size, (b, src_len)).astype("int32")
   tgt = r.randint(1, cfg.vocab_size, (b, tgt_len + 1)).astype("int32")
@@ -35,7 +35,7 @@ def case(args, src_len: int = 256, tgt_len: int = 256) -> common.Case:
            "weights": (tgt_out * 0 + 1).astype("float32")}
 
   def zoo_work():
-    return common.ZooWork(cfg, "translation", batch)
+    return cases.ZooWork(cfg, "translation", batch)
 
   def hf_work():
     import transformers
@@ -49,24 +49,24 @@ def case(args, src_len: int = 256, tgt_len: int = 256) -> common.Case:
     hf_cfg = transformers.MarianConfig(**hf, eos_token_id=1, forced_eos_token_id=None,
                                        use_cache=False)
     inputs = {"input_ids": src, "attention_mask": src * 0 + 1, "decoder_input_ids": tgt_in}
-    return common.TorchWork(
+    return cases.TorchWork(
         transformers.MarianMTModel(hf_cfg), {**inputs, "labels": tgt_out}, inputs
     )
 
-  return common.Case(
+  return cases.Case(
       model=preset + (" (smoke)" if args.smoke else ""),
       shape=f"B={b} S={src_len} T={tgt_len}",
       unit="tokens",
       units=b * (src_len + tgt_len),
-      flops=common.zoo_flops(cfg, batch),
+      flops=cases.zoo_flops(cfg, batch),
       zoo=zoo_work,
       peers={"hf": hf_work},
   )
 
 
 def main(argv: list[str] | None = None) -> dict:
-  args = common.parse(common.parser(__doc__.splitlines()[0]), argv)
-  return common.run("Transformer-base (transformer-base)", [case(args)], args)
+  args = cli.parse(cli.parser(__doc__.splitlines()[0]), argv)
+  return runner.run("Transformer-base (transformer-base)", [case(args)], args)
 
 
 if __name__ == "__main__":

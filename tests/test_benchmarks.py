@@ -19,7 +19,20 @@ import pytest
 from flax import linen as nn
 
 from benchmarks import all as bench_all
-from benchmarks import attention, bert, common, gpt, transformer, vit
+from benchmarks import (
+  attention,
+  bert,
+  cases,
+  cli,
+  gpt,
+  report,
+  runner,
+  timing,
+  torch_side,
+  transformer,
+  vit,
+  zoo_side,
+)
 
 SMOKE = ["--smoke", "--peers", "eager"]
 FAMILIES = {
@@ -60,7 +73,7 @@ def test_family_report_structure(name):
     train, fwd = r["train"], r["forward"]
     assert len(train["times_s"]) == 2 and train["step_s"] > 0
     np.testing.assert_allclose(train["units_per_s"], case["units_per_step"] / train["step_s"])
-    assert set(train["mfu"]) == set(common.CONVENTIONS) and train["mfu"]["full"] is None
+    assert set(train["mfu"]) == set(cases.CONVENTIONS) and train["mfu"]["full"] is None
     assert train["memory"]["bytes"] is not None
     assert np.isfinite(train["loss_first"])
     assert fwd["units_per_s"] > 0
@@ -110,33 +123,33 @@ def test_flop_conventions(name):
 
 
 def test_zoo_step_is_the_training_loops(monkeypatch):
-  """The step the benchmarks time (and benchmarks.profile traces) is ``loop.train_step``,
-  jitted by ``loop.program`` with the state donated: the one ``train.py`` runs."""
-  from zoo.training import loop, tasks
+  """The step the benchmarks time (and benchmarks.profile traces) is ``steps.train_step``,
+  jitted by ``steps.program`` with the state donated: the one ``train.py`` runs."""
   from zoo.training import mesh as mesh_lib
+  from zoo.training import steps
 
-  real, traced = loop.train_step, []
+  real, traced = steps.train_step, []
 
   def spy(state, batch, rng, **kwargs):  # train_step's argument names: "state" is donated
     traced.append(kwargs["task"].name)
     return real(state, batch, rng, **kwargs)
 
-  args = common.parse(common.parser("t"), [*SMOKE, "--no-forward"])
+  args = cli.parse(cli.parser("t"), [*SMOKE, "--no-forward"])
   case = gpt.case(args)
-  loop.program.cache_clear()  # a program cached earlier would hold the real train_step
-  monkeypatch.setattr(loop, "train_step", spy)
+  steps.program.cache_clear()  # a program cached earlier would hold the real train_step
+  monkeypatch.setattr(steps, "train_step", spy)
   try:
-    prepared = common.prepare_zoo(case, args)
+    prepared = zoo_side.prepare(case, args)
     prog = prepared.program
     # The loop's cached program for the benchmark's model, task, optimizer and one device.
-    assert prog is loop.program_for(
-        case.zoo().config, tasks.get_task("lm"), common.optim_config(),
-        num_steps=common.OPTIM_STEPS,
-        mesh=mesh_lib.make_mesh(common.ONE_DEVICE_MESH, jax.devices()[:1]),
-        rules=mesh_lib.rules_from_config(None), compiler_options=common.compiler_options(args),
+    assert prog is steps.program_for(
+        case.zoo().config, zoo_side.get_task("lm"), zoo_side.optim_config(),
+        num_steps=zoo_side.OPTIM_STEPS,
+        mesh=mesh_lib.make_mesh(zoo_side.ONE_DEVICE_MESH, jax.devices()[:1]),
+        rules=mesh_lib.rules_from_config(None), compiler_options=zoo_side.compiler_options(args),
     )
   finally:
-    loop.program.cache_clear()  # no program built around the spy outlives this test
+    steps.program.cache_clear()  # no program built around the spy outlives this test
   assert traced == ["lm"]  # compiling the timed step traced the loop's train_step, once
   assert prepared.step_fn is prog.step and prepared.step_fn.__wrapped__.func is spy
   assert prog.abstract.step.sharding.mesh.size == 1
@@ -145,38 +158,38 @@ def test_zoo_step_is_the_training_loops(monkeypatch):
 
 
 def test_mfu_uses_the_given_peak():
-  case = common.Case("m", "s", "tokens", 100, {"full": 2e12, "causal_half": 1e12}, None, {})
-  rates = common._rates(case, 2.0, peak=1e12)
+  case = cases.Case("m", "s", "tokens", 100, {"full": 2e12, "causal_half": 1e12}, None, {})
+  rates = timing.rates(case, 2.0, peak=1e12)
   assert rates["mfu"] == {"full": 1.0, "causal_half": 0.5}
   assert rates["units_per_s"] == 50
 
 
 def test_failing_peer_is_reported_not_fatal():
-  args = common.parse(common.parser("t"), SMOKE)
+  args = cli.parse(cli.parser("t"), SMOKE)
 
   def broken():
     raise RuntimeError("no such kernel\nsecond line")
 
-  case = common.Case("m", "s", "tokens", 4, {"full": 1.0, "causal_half": 1.0}, None,
+  case = cases.Case("m", "s", "tokens", 4, {"full": 1.0, "causal_half": 1.0}, None,
                      {"hf": broken})
-  prepared = common.prepare_torch(case, "hf", "compile", args)
+  prepared = torch_side.prepare(case, "hf", "compile", args)
   result = prepared.result
   assert result == {"framework": "hf torch.compile",
                     "error": "failed: RuntimeError: no such kernel"}
   assert prepared.train is None and prepared.forward is None
-  common.time_steps([prepared], "train", 2)  # skipped, not crashed
+  timing.time_steps([prepared], "train", 2)  # skipped, not crashed
   fake_zoo = {"framework": "zoo", "train": {"step_s": 1.0, "min_s": 1.0}}
-  row = common.case_markdown({
+  row = report.case_markdown({
       "model": "m", "shape": "s", "unit": "tokens", "units_per_step": 4,
       "flops_per_step": case.flops, "results": [result],
-      "ratios": common.ratios([fake_zoo, result]),
+      "ratios": runner.ratios([fake_zoo, result]),
   })
   assert "| hf torch.compile | failed: RuntimeError: no such kernel |" in row
 
 
 def test_bad_flags():
   with pytest.raises(ValueError, match="--peers"):
-    common.parse(common.parser("t"), ["--peers", "eager,jit"])
+    cli.parse(cli.parser("t"), ["--peers", "eager,jit"])
   with pytest.raises(ValueError, match="--only"):
     bench_all.main(["--only", "gpt,resnet"])
 
