@@ -107,10 +107,9 @@ def make_norm(config: BlockConfig, name: str) -> nn.Module:
   """LayerNorm or RMSNorm with statistics in float32 and unsharded parameters.
 
   Pre-LN models (GPT, ViT, Llama-style) get the hand-written backward of
-  :mod:`zoo.layers.norms` (no transposed copies in the gradient on CPU): the GPT-2 124M train
-  step went from 64 to 93 tokens/s with it. Post-LN models (BERT, the 2017 Transformer) keep
-  flax's, where autodiff fuses better: BERT-base's step went from 120 to 52 tokens/s with the
-  hand-written one (quiet 2-core CPU, 2026-12-01, BENCHMARKS.md). Same parameters either way.
+  :mod:`zoo.layers.norms` (no transposed copies in the gradient on CPU). Post-LN models (BERT,
+  the 2017 Transformer) keep flax's, where autodiff fuses better; the A/B that chose this is in
+  BENCHMARKS.md. Same parameters either way.
   """
   if config.norm_position == "pre":
     norm = RMSNorm if config.norm == "rmsnorm" else LayerNorm
