@@ -10,8 +10,8 @@ import optax
 import pytest
 
 from zoo import registry
-from zoo.data.iteration import IGNORE_INDEX as IGNORE
-from zoo.data.iteration import pad_batch
+from zoo.data.batch import IGNORE_INDEX as IGNORE
+from zoo.data.batch import pad_batch
 from zoo.models.common import train_flops
 from zoo.tasks import losses
 from zoo.training import config as config_lib

@@ -9,18 +9,19 @@ and ``get_state()`` / ``set_state()`` for exact resume. See zoo/data/README.md.
 from __future__ import annotations
 
 import platform
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zoo import registry
 from zoo.data import offline
+from zoo.data.batch import IGNORE_INDEX
 from zoo.data.config import default_config, resolve
-from zoo.data.iteration import IGNORE_INDEX, Dataset, Layout
 from zoo.data.tfds_sources import DataError
 from zoo.data.tokenizers import ByteTokenizer, tokenizer_from_file, train_tokenizer
 
-__all__ = [
-    "IGNORE_INDEX", "DataError", "Dataset", "build_dataset", "default_config", "make_tokenizer",
-]
+if TYPE_CHECKING:
+  from zoo.data.iteration import Dataset
+
+__all__ = ["IGNORE_INDEX", "DataError", "build_dataset", "default_config", "make_tokenizer"]
 
 
 def make_tokenizer(data_cfg):
@@ -78,6 +79,8 @@ def build_dataset(
     ValueError: unknown task, key, source or dataset; a missing or unprepared dataset
       (``DataError``); an empty corpus; a batch that does not divide over the processes.
   """
+  from zoo.data.iteration import Layout  # noqa: PLC0415 - Grain only once data is built
+
   cfg = resolve(data_cfg)
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count}).")

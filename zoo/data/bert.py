@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from zoo.data.iteration import IGNORE_INDEX, Dataset, example_dataset, pad_to
+from zoo.data.batch import IGNORE_INDEX
+from zoo.data.iteration import Dataset, example_dataset, pad_to
 from zoo.data.offline import sentences
 from zoo.data.tokenizers import normal_ids
 

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from zoo.data.iteration import IGNORE_INDEX, Dataset, example_dataset
+from zoo.data.batch import IGNORE_INDEX
+from zoo.data.iteration import Dataset, example_dataset
 
 
 def as_hwc(image, where: str = "image") -> np.ndarray:

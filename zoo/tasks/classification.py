@@ -13,10 +13,9 @@ from typing import ClassVar
 import jax.numpy as jnp
 
 from zoo import registry
-from zoo.data import bert as bert_data
 from zoo.data import offline
 from zoo.data import tfds_sources as tfds_src
-from zoo.data.iteration import IGNORE_INDEX
+from zoo.data.batch import IGNORE_INDEX
 from zoo.tasks import base, losses, metrics
 
 
@@ -44,6 +43,8 @@ class Classification(base.Task):
     return record[0]
 
   def dataset(self, records, tok, *, cfg, info, meta, train, common):
+    from zoo.data import bert as bert_data  # noqa: PLC0415 - Grain only once data is built
+
     names = meta["label_names"]
     info.update(seq_len=cfg.seq_len, num_classes=len(names), label_names=names)
     return bert_data.build_classification(records, tok, seq_len=cfg.seq_len, **common)

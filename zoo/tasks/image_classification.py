@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 
 from zoo import registry
-from zoo.data import images as image_data
 from zoo.data import offline
 from zoo.data import tfds_sources as tfds_src
 from zoo.tasks import base
@@ -42,6 +41,8 @@ class ImageClassification(Classification):
     return ()
 
   def dataset(self, records, tok, *, cfg, info, meta, train, common):
+    from zoo.data import images as image_data  # noqa: PLC0415 - Grain only once data is built
+
     entry = tfds_src.spec(cfg.tfds_name) if cfg.source == "tfds" else {"flip": False}
     mean = cfg.mean if cfg.mean is not None else entry.get("mean", (0.5,))
     std = cfg.std if cfg.std is not None else entry.get("std", (0.5,))

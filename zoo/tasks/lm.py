@@ -12,7 +12,6 @@ from __future__ import annotations
 import jax
 
 from zoo import registry
-from zoo.data import lm as lm_data
 from zoo.data import offline
 from zoo.data import tfds_sources as tfds_src
 from zoo.tasks import base, losses, metrics
@@ -35,6 +34,8 @@ class LanguageModeling(base.Task):
     return (record,)
 
   def dataset(self, records, tok, *, cfg, info, meta, train, common):
+    from zoo.data import lm as lm_data  # noqa: PLC0415 - Grain only once data is built
+
     info.update(seq_len=cfg.seq_len, packing=cfg.packing)
     return lm_data.build(records, tok, seq_len=cfg.seq_len, packing=cfg.packing, **common)
 

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from zoo.data.iteration import IGNORE_INDEX
+from zoo.data.batch import IGNORE_INDEX
 
 Array = jax.Array
 

@@ -10,7 +10,6 @@ The loss is the sum of the two means (each over its own labels).
 from __future__ import annotations
 
 from zoo import registry
-from zoo.data import bert as bert_data
 from zoo.data import offline
 from zoo.data import tfds_sources as tfds_src
 from zoo.tasks import base, losses
@@ -49,6 +48,8 @@ class MaskedLMAndNSP(base.Task):
     return (record,)
 
   def dataset(self, records, tok, *, cfg, info, meta, train, common):
+    from zoo.data import bert as bert_data  # noqa: PLC0415 - Grain only once data is built
+
     info["seq_len"] = cfg.seq_len
     return bert_data.build_mlm_nsp(records, tok, cfg=cfg, **common)
 

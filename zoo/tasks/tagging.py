@@ -10,10 +10,9 @@ Metrics: loss, accuracy, span precision / recall / F1 (seqeval, strict).
 from __future__ import annotations
 
 from zoo import registry
-from zoo.data import bert as bert_data
 from zoo.data import offline
 from zoo.data import tfds_sources as tfds_src
-from zoo.data.iteration import IGNORE_INDEX
+from zoo.data.batch import IGNORE_INDEX
 from zoo.tasks import metrics
 from zoo.tasks.classification import Classification
 
@@ -38,6 +37,8 @@ class Tagging(Classification):
     return (" ".join(record[0]),)
 
   def dataset(self, records, tok, *, cfg, info, meta, train, common):
+    from zoo.data import bert as bert_data  # noqa: PLC0415 - Grain only once data is built
+
     names = meta["label_names"]
     info.update(seq_len=cfg.seq_len, num_labels=len(names), label_names=names)
     return bert_data.build_tagging(records, tok, seq_len=cfg.seq_len, **common)

@@ -15,7 +15,6 @@ import numpy as np
 from zoo import registry
 from zoo.data import offline
 from zoo.data import tfds_sources as tfds_src
-from zoo.data import translation as translation_data
 from zoo.tasks import base, losses, metrics
 
 # Text keys the languages replace: the language names are the text fields.
@@ -57,6 +56,8 @@ class Translation(base.Task):
     return (cfg.source_lang, cfg.target_lang, cfg.max_number)
 
   def dataset(self, records, tok, *, cfg, info, meta, train, common):
+    from zoo.data import translation as translation_data  # noqa: PLC0415 - Grain only once data is built
+
     source_lang, target_lang = meta["languages"]
     info.update(src_len=cfg.src_len, tgt_len=cfg.tgt_len, source_lang=source_lang,
                 target_lang=target_lang)

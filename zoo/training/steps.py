@@ -22,7 +22,7 @@ from flax import linen as nn
 from jax.sharding import Mesh, PartitionSpec
 
 from zoo import registry
-from zoo.data.iteration import pad_batch
+from zoo.data.batch import pad_batch
 from zoo.tasks import Task, losses
 from zoo.training import mesh as mesh_lib
 from zoo.training import state as state_lib
