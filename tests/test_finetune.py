@@ -253,7 +253,7 @@ def test_lora_export_merges_and_transformers_gives_the_same_logits(lora_run):
   mask[1, 8:] = 0
   adapted = np.asarray(
       result.state.apply_fn({"params": result.state.params}, ids, attention_mask=mask)["logits"])
-  merged = _zoo_logits(run_model, tr.merge(result.state.params), ids, mask)
+  merged = _zoo_logits(run_model, tr.merge_adapters(result.state.params), ids, mask)
   np.testing.assert_allclose(merged, adapted, atol=1e-5)
   hf = transformers.AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
   with torch.no_grad():

@@ -260,7 +260,7 @@ def test_lora_fine_tuning_trains_only_adapters_in_bfloat16(tmp_path):
   assert type(back).__name__ == "LlamaForCausalLM"
   merged = zoo.build(cfg, dtype=np.float32)
   ids = np.random.RandomState(2).randint(0, 300, (1, 8))
-  ours = _forward(merged, tr.merge(result.state.params), ids, np.ones_like(ids, bool))
+  ours = _forward(merged, tr.merge_adapters(result.state.params), ids, np.ones_like(ids, bool))
   assert _max_diff(ours, _hf_logits(back, ids, np.ones_like(ids))) < ATOL
 
 

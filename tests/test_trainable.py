@@ -82,7 +82,7 @@ def test_lora_trains_only_adapters_and_merges_exactly(scan):
   # b starts at zero: the adapted model is the base model.
   base = {k: v for k, v in params.items()}
   np.testing.assert_array_equal(
-      model.apply({"params": tr.merge(params)}, ids), model.apply({"params": base}, ids)
+      model.apply({"params": tr.merge_adapters(params)}, ids), model.apply({"params": base}, ids)
   )
 
   new, opt_state = _train(model, ids, params, spec)
@@ -99,7 +99,7 @@ def test_lora_trains_only_adapters_and_merges_exactly(scan):
 
   # Merged export == the adapted forward pass.
   adapted_logits = tr.wrap_apply(model.apply, spec)({"params": new}, ids)
-  merged = tr.merge(new)
+  merged = tr.merge_adapters(new)
   assert not tr.has_adapters(merged) and set(_flat(merged)) == {
       p for p in after if p.rpartition("/")[2] not in tr.ADAPTER_NAMES
   }
@@ -119,7 +119,7 @@ def test_lora_merge_is_kernel_plus_scaled_product():
   b = jax.random.normal(jax.random.PRNGKey(4), flat[f"{out}/lora_b"].shape)
   assert a.shape == (*kernel.shape[:2], 2) and b.shape == (2, kernel.shape[2])
   flat[f"{out}/lora_a"], flat[f"{out}/lora_b"] = a, b
-  merged = _flat(tr.merge(traverse_util.unflatten_dict(flat, sep="/")))
+  merged = _flat(tr.merge_adapters(traverse_util.unflatten_dict(flat, sep="/")))
   n, h, d = kernel.shape
   expected = kernel + 3.0 * (a.reshape(n * h, 2) @ b).reshape(n, h, d)
   np.testing.assert_allclose(merged[f"{out}/kernel"], expected, rtol=1e-6, atol=1e-6)

@@ -191,7 +191,7 @@ class Evaluate(Action):
         num_batches=self.num_batches, task=run.task, info=run.info,
     )
     self.result.update(run.task.decode_metrics(
-        run.prog.model, trainable_lib.merge(run.state.params), self.dataset, run.info,
+        run.prog.model, trainable_lib.merge_adapters(run.state.params), self.dataset, run.info,
         run.config.eval,
     ))
     self.writer.write(step, "eval", self.result)

@@ -196,7 +196,7 @@ class Run:
         metrics_lib.plot_losses(self.workdir)
       if not interrupted:
         sample = self.task.sample(
-            self.prog.model, trainable_lib.merge(self.state.params), self.info, config
+            self.prog.model, trainable_lib.merge_adapters(self.state.params), self.info, config
         )
       if sample is not None:
         print(f"--- sample ---\n{sample}\n--------------", flush=True)

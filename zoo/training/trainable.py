@@ -11,7 +11,8 @@ read ``"encoder/layers/attn/query/kernel"``), matched with :func:`re.search`.
   forward pass uses ``kernel + (alpha / r) * a @ b``. ``lora_b`` starts at zero, so the adapted
   model starts equal to the base model; only adapters train (every other leaf is frozen).
   Adapters are ordinary parameters, so they are checkpointed and restored with the state;
-  :func:`merge` folds them into the kernels for export or generation.
+  :func:`~zoo.pretrained.workdir.merge_adapters` folds them into the kernels for export or
+  generation (it lives with the workdir reader, which must merge without importing training).
 
 The in/out split of a kernel comes from its logical axis names: a projection *into* the model
 width (``[N, H, D]`` attention output, ``[F, D]`` MLP output) contracts every axis but the
@@ -33,9 +34,15 @@ from flax import linen as nn
 from flax import traverse_util
 
 from zoo import sharding as sh
+from zoo.pretrained.workdir import (  # the adapter names the workdir reader merges by
+    ADAPTER_NAMES,
+    LORA_A,
+    LORA_B,
+    LORA_SCALE,
+    merge_adapters,
+)
 
-LORA_A, LORA_B, LORA_SCALE = "lora_a", "lora_b", "lora_scale"
-ADAPTER_NAMES = (LORA_A, LORA_B, LORA_SCALE)
+__all__ = ["ADAPTER_NAMES", "LORA_A", "LORA_B", "LORA_SCALE", "Trainable", "merge_adapters"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,31 +168,6 @@ def has_adapters(params) -> bool:
   return any(p.rpartition("/")[2] == LORA_A for p in _flat(params))
 
 
-def _delta(a, b, scale):
-  if a.ndim == b.ndim == 2 or np.ndim(scale) == 0:
-    return scale * jnp.tensordot(a, b, axes=1)
-  return jax.vmap(_delta)(a, b, scale)  # scanned layers: one delta per layer
-
-
-def merge(params):
-  """The plain model tree: each adapted ``kernel + scale * a @ b``, adapter leaves removed."""
-  flat = dict(_flat(params))
-  if not any(p.endswith(f"/{LORA_A}") for p in flat):
-    return params
-  out = {}
-  for path, value in flat.items():
-    module, _, leaf = path.rpartition("/")
-    if leaf in ADAPTER_NAMES:
-      continue
-    if leaf == "kernel" and f"{module}/{LORA_A}" in flat:
-      a, b = flat[f"{module}/{LORA_A}"], flat[f"{module}/{LORA_B}"]
-      scale = flat[f"{module}/{LORA_SCALE}"]
-      delta = _delta(a.astype(jnp.float32), b.astype(jnp.float32), jnp.asarray(scale, jnp.float32))
-      value = (value.astype(jnp.float32) + delta).astype(value.dtype)
-    out[path] = value
-  return traverse_util.unflatten_dict(out, sep="/")
-
-
 def frozen_mask(params, trainable: Trainable):
   """``True`` for leaves that do not train: the freeze pattern, or everything but adapters."""
   pattern = re.compile(trainable.freeze) if trainable.freeze else None
@@ -240,7 +222,7 @@ class _Apply:
     params = variables["params"]
     mask = frozen_mask(params, self.trainable)
     params = jax.tree.map(lambda p, frozen: jax.lax.stop_gradient(p) if frozen else p, params, mask)
-    return self.apply_fn({**variables, "params": merge(params)}, *args, **kwargs)
+    return self.apply_fn({**variables, "params": merge_adapters(params)}, *args, **kwargs)
 
 
 def wrap_apply(apply_fn: Callable, trainable: Trainable) -> Callable:
