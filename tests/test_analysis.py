@@ -146,8 +146,33 @@ def test_attention_selection_and_errors(tmp_path):
   r = _cli("attention", "--out", str(tmp_path), "--attention-impl", "cudnn")
   assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
   assert "python -m zoo.analysis attention: error:" in r.stderr and "xla" in r.stderr
-  with pytest.raises(AnalysisError, match="support Bert and GPT"):
+  models = " and ".join(f.model_cls.__name__ for f in zoo.registry.families())
+  with pytest.raises(AnalysisError, match=f"support {models} checkpoints; got a object"):
     attention_maps.attention_weights(object(), {}, np.ones((1, 2), np.int32))
+
+
+def test_attention_views_import_the_weights_not_the_command():
+  # attention_maps dispatches to the views; they import attention_weights, never it.
+  code = ("import sys; import zoo.analysis.vit_attention, zoo.analysis.seq2seq_attention; "
+          "print('zoo.analysis.attention_maps' in sys.modules)")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+  from zoo.analysis import attention_weights
+
+  assert attention_maps.select is attention_weights.select
+  assert vit_attention.attention_weights is attention_weights.attention_weights
+
+
+def test_embeddings_need_a_registered_text_encoder(tmp_path):
+  import tokenizers
+
+  _tiny("gpt", tmp_path / "gpt")
+  words = {w: i for i, w in enumerate(["<unk>", "king", "queen", "man", "woman"])}
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(words, unk_token="<unk>"))
+  tok.save(str(tmp_path / "gpt" / "tokenizer.json"))
+  encoders = " or ".join(zoo.registry.capable("text_encoder"))
+  with pytest.raises(AnalysisError, match=rf"needs a text encoder checkpoint \({encoders}\)"):
+    embeddings.run(checkpoint=str(tmp_path / "gpt"))
 
 
 def test_attention_cli_on_minilm(tmp_path):
@@ -264,6 +289,7 @@ def test_vit_attention_cli_writes_maps_and_rollout(tmp_path, tiny_vit):
                "--all-layers", "--image-index", "3"]) == 0
   data = json.loads((tmp_path / "attention.json").read_text())
   assert data["family"] == "ViT" and data["grid"] == [4, 4] and data["class_token"] is True
+  assert data["inputs"] == "images"
   assert data["tokens"][:2] == ["[CLS]", "0,0"] and len(data["tokens"]) == 17
   assert [r["layer"] for r in data["layers"]] == [0, 1] and data["num_heads"] == 2
   for r in data["layers"]:
@@ -333,7 +359,7 @@ def test_transformer_attention_cli_labels_tokens(tmp_path, tiny_transformer):
   assert main(["attention", "--out", str(tmp_path), "--checkpoint", str(tiny_transformer[2]),
                "--text", "the cat sat on a mat", "--target", "le chat", "--head", "1"]) == 0
   data = json.loads((tmp_path / "attention.json").read_text())
-  assert data["family"] == "Transformer"
+  assert data["family"] == "Transformer" and data["inputs"] == "source_target"
   assert data["source_tokens"] == ["the", "cat", "sat", "on", "a", "mat"]
   assert data["decoder_tokens"] == ["<pad>", "le", "chat"]  # the start token, then the target
   cross = np.asarray(data["cross"][0]["heads"]["1"])

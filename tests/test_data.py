@@ -1,6 +1,5 @@
 """zoo.data: configs, offline defaults end to end, exact resume, process sharding, bad input."""
 
-import itertools
 import json
 
 import numpy as np
@@ -8,33 +7,13 @@ import pytest
 
 import zoo.data as zd
 from zoo import registry
-from zoo.data import offline
+from zoo.data import default_config, offline
 from zoo.data.iteration import Layout
 from zoo.data.tokenizers import ByteTokenizer
 
 IGNORE = zd.IGNORE_INDEX
 
 
-def take(ds, n):
-  return list(itertools.islice(iter(ds), n))
-
-
-def cfg_for(task, **kw):
-  cfg = zd.default_config(task)
-  for k, v in kw.items():
-    cfg[k] = v
-  return cfg
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-  """A small folder of real prose (stdlib docstrings), 40 short documents."""
-  root = tmp_path_factory.mktemp("corpus")
-  docs = [d for _, d in offline.stdlib_docstrings() if 80 < len(d) < 400 and d.isascii()][:40]
-  for i, d in enumerate(docs):
-    (root / f"doc{i:02d}.txt").write_text(d)
-  (root / "blob.bin").write_bytes(bytes(range(256)) * 4)  # not UTF-8: skipped
-  return root
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +30,13 @@ def digits_npz(tmp_path_factory):
 
 def test_default_config_has_every_interface_key():
   for task in registry.task_names():
-    cfg = zd.default_config(task)
+    cfg = default_config(task)
     for key in ("task", "source", "tfds_name", "data_dir", "shuffle", "path"):
       assert key in cfg, (task, key)
     assert cfg.source == "offline" and cfg.tfds_name
     assert ("image_size" in cfg) == (task == "image_classification")
-  assert "packing" in zd.default_config("lm")
-  assert {"src_len", "tgt_len", "source_lang"} <= set(zd.default_config("translation"))
+  assert "packing" in default_config("lm")
+  assert {"src_len", "tgt_len", "source_lang"} <= set(default_config("translation"))
 
 
 @pytest.mark.parametrize(
@@ -86,8 +65,8 @@ def test_batch_not_divisible_by_processes():
 # Offline defaults, end to end.
 
 
-def test_offline_lm_is_stdlib_python():
-  ds = zd.build_dataset(zd.default_config("lm"), split="train", global_batch_size=4, seed=0)
+def test_offline_lm_is_stdlib_python(take):
+  ds = zd.build_dataset(default_config("lm"), split="train", global_batch_size=4, seed=0)
   batches = take(ds, 2)
   tok = ds.info["tokenizer"]
   assert ds.info["vocab_size"] == 264 and ds.info["pad_id"] == 0
@@ -100,10 +79,10 @@ def test_offline_lm_is_stdlib_python():
   assert any(w in text for w in ("def ", "return", "import ", "self")), text[:300]
 
 
-def test_offline_translation_is_english_to_french_number_names():
+def test_offline_translation_is_english_to_french_number_names(take):
   from num2words import num2words
 
-  cfg = cfg_for("translation", max_number=3000, tokenizer="byte")
+  cfg = default_config("translation", max_number=3000, tokenizer="byte")
   truth = {num2words(n, lang="en"): num2words(n, lang="fr") for n in range(3000)}
   for split in ("train", "validation"):
     ds = zd.build_dataset(cfg, split=split, global_batch_size=4, seed=0)
@@ -117,8 +96,8 @@ def test_offline_translation_is_english_to_french_number_names():
         assert truth[tok.decode(s)] == tok.decode(t_out)
 
 
-def test_offline_mlm_nsp_layout():
-  ds = zd.build_dataset(zd.default_config("mlm_nsp"), split="train", global_batch_size=4, seed=0)
+def test_offline_mlm_nsp_layout(take):
+  ds = zd.build_dataset(default_config("mlm_nsp"), split="train", global_batch_size=4, seed=0)
   for b in take(ds, 2):
     assert b["input_ids"].shape == b["mlm_targets"].shape == (4, 128)
     assert b["nsp_labels"].shape == (4,) and set(b["nsp_labels"]) <= {0, 1}
@@ -132,8 +111,8 @@ def test_offline_mlm_nsp_layout():
       assert not types[: first_sep + 1].any() and types[first_sep + 1 : attn.sum()].all()
 
 
-def test_offline_classification_is_docstring_topic():
-  ds = zd.build_dataset(zd.default_config("classification"), split="validation",
+def test_offline_classification_is_docstring_topic(take):
+  ds = zd.build_dataset(default_config("classification"), split="validation",
                         global_batch_size=8, seed=0)
   assert ds.info["label_names"] == offline.TOPIC_PACKAGES and ds.info["num_classes"] == 9
   b = take(ds, 1)[0]
@@ -148,8 +127,8 @@ def test_offline_classification_is_docstring_topic():
     assert offline.TOPIC_PACKAGES[label] in owners
 
 
-def test_offline_tagging_is_word_segmentation():
-  ds = zd.build_dataset(zd.default_config("tagging"), split="train", global_batch_size=4, seed=0)
+def test_offline_tagging_is_word_segmentation(take):
+  ds = zd.build_dataset(default_config("tagging"), split="train", global_batch_size=4, seed=0)
   assert ds.info["label_names"] == ("B", "M", "E", "S")
   tok = ds.info["tokenizer"]
   for b in take(ds, 2):
@@ -164,8 +143,8 @@ def test_offline_tagging_is_word_segmentation():
                  for w in tags.replace("S", " S ").replace("E", "E ").split()), tags
 
 
-def test_offline_images_are_sklearn_digits():
-  cfg = cfg_for("image_classification", image_size=16, num_channels=3)
+def test_offline_images_are_sklearn_digits(take):
+  cfg = default_config("image_classification", image_size=16, num_channels=3)
   ds = zd.build_dataset(cfg, split="train", global_batch_size=4, seed=0)
   assert ds.info["num_classes"] == 10
   for b in take(ds, 2):
@@ -174,7 +153,7 @@ def test_offline_images_are_sklearn_digits():
     assert b["labels"].dtype == np.int32 and set(b["labels"]) <= set(range(10))
     assert -1.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.3  # normalised real strokes
     np.testing.assert_array_equal(x[..., 0], x[..., 2])  # grayscale repeated
-  gray = zd.build_dataset(cfg_for("image_classification", num_channels=1, augment=False),
+  gray = zd.build_dataset(default_config("image_classification", num_channels=1, augment=False),
                           split="validation", global_batch_size=2, seed=0)
   assert take(gray, 1)[0]["images"].shape == (2, 32, 32, 1)
 
@@ -190,18 +169,18 @@ def test_offline_splits_are_disjoint_and_deterministic():
 # Exact resume and sharding.
 
 RESUME_CASES = {
-    "lm_packed": lambda c, n: cfg_for("lm", path=str(c), seq_len=32),
-    "lm_unpacked": lambda c, n: cfg_for("lm", path=str(c), seq_len=32, packing=False),
-    "mlm_nsp": lambda c, n: cfg_for("mlm_nsp", path=str(c), seq_len=32),
-    "translation_bucketed": lambda c, n: cfg_for("translation", tokenizer="byte", max_number=60,
-                                                 src_len=32, tgt_len=32, bucket_window=3),
-    "images_augmented": lambda c, n: cfg_for("image_classification", path=str(n), image_size=12,
-                                             offline_eval_fraction=1e-6),
+    "lm_packed": lambda c, n: default_config("lm", path=str(c), seq_len=32),
+    "lm_unpacked": lambda c, n: default_config("lm", path=str(c), seq_len=32, packing=False),
+    "mlm_nsp": lambda c, n: default_config("mlm_nsp", path=str(c), seq_len=32),
+    "translation_bucketed": lambda c, n: default_config(
+        "translation", tokenizer="byte", max_number=60, src_len=32, tgt_len=32, bucket_window=3),
+    "images_augmented": lambda c, n: default_config(
+        "image_classification", path=str(n), image_size=12, offline_eval_fraction=1e-6),
 }
 
 
 @pytest.mark.parametrize("case", sorted(RESUME_CASES))
-def test_restored_iterator_equals_uninterrupted(case, corpus, digits_npz):
+def test_restored_iterator_equals_uninterrupted(take, case, corpus, digits_npz):
   cfg = RESUME_CASES[case](corpus, digits_npz)
   make = lambda: zd.build_dataset(cfg, split="train", global_batch_size=4, seed=7)
   ds = make()
@@ -220,8 +199,8 @@ def test_restored_iterator_equals_uninterrupted(case, corpus, digits_npz):
   assert any(not np.array_equal(full[0][k], full[1][k]) for k in full[0])
 
 
-def test_state_of_another_configuration_is_refused(corpus):
-  cfg = cfg_for("lm", path=str(corpus), seq_len=32)
+def test_state_of_another_configuration_is_refused(take, corpus):
+  cfg = default_config("lm", path=str(corpus), seq_len=32)
   a = zd.build_dataset(cfg, split="train", global_batch_size=4, seed=0)
   take(a, 2)
   b = zd.build_dataset(cfg, split="train", global_batch_size=8, seed=0)
@@ -240,16 +219,16 @@ def test_record_order_is_a_fresh_permutation_each_epoch():
 
 
 GLOBAL_CASES = {
-    "lm_packed": lambda c, n: cfg_for("lm", path=str(c), seq_len=32),
-    "mlm_nsp": lambda c, n: cfg_for("mlm_nsp", path=str(c), seq_len=32),
+    "lm_packed": lambda c, n: default_config("lm", path=str(c), seq_len=32),
+    "mlm_nsp": lambda c, n: default_config("mlm_nsp", path=str(c), seq_len=32),
     "translation_bucketed": RESUME_CASES["translation_bucketed"],
-    "images_augmented": lambda c, n: cfg_for("image_classification", path=str(n),
+    "images_augmented": lambda c, n: default_config("image_classification", path=str(n),
                                              image_size=12, offline_eval_fraction=0.5),
 }
 
 
 @pytest.mark.parametrize("case", sorted(GLOBAL_CASES))
-def test_global_batches_do_not_depend_on_the_process_count(case, corpus, digits_npz):
+def test_global_batches_do_not_depend_on_the_process_count(take, case, corpus, digits_npz):
   """Global batch N is the same rows for 1, 2 or 4 processes, on train and eval, and a state
   saved by one process count resumes on another."""
   cfg = GLOBAL_CASES[case](corpus, digits_npz)
@@ -278,8 +257,8 @@ def test_global_batches_do_not_depend_on_the_process_count(case, corpus, digits_
           batch[k], np.concatenate([h[step][k] for h in halves]), err_msg=f"eval {k}")
 
 
-def test_process_shards_disjoint_and_covering_through_batches(digits_npz):
-  cfg = cfg_for("image_classification", path=str(digits_npz), image_size=8,
+def test_process_shards_disjoint_and_covering_through_batches(take, digits_npz):
+  cfg = default_config("image_classification", path=str(digits_npz), image_size=8,
                 offline_eval_fraction=1e-6)
   per_process = []
   for i in range(3):
@@ -295,7 +274,7 @@ def test_process_shards_disjoint_and_covering_through_batches(digits_npz):
 
 
 def test_eval_split_is_sharded_once_with_padding():
-  cfg = cfg_for("translation", tokenizer="byte", max_number=500)
+  cfg = default_config("translation", tokenizer="byte", max_number=500)
   whole = zd.build_dataset(cfg, split="validation", global_batch_size=8, seed=0)
   tok = whole.info["tokenizer"]
 
@@ -323,9 +302,10 @@ def test_eval_split_is_sharded_once_with_padding():
 def test_empty_corpus_is_named(tmp_path):
   (tmp_path / "only.bin").write_bytes(b"\xff\xfe\x00" * 10)
   with pytest.raises(ValueError, match="empty corpus.*only|empty corpus: found no"):
-    zd.build_dataset(cfg_for("lm", path=str(tmp_path)), split="train", global_batch_size=2, seed=0)
+    zd.build_dataset(default_config("lm", path=str(tmp_path)), split="train",
+                     global_batch_size=2, seed=0)
   with pytest.raises(ValueError, match="does not exist"):
-    zd.build_dataset(cfg_for("lm", path=str(tmp_path / "nope")), split="train",
+    zd.build_dataset(default_config("lm", path=str(tmp_path / "nope")), split="train",
                      global_batch_size=2, seed=0)
 
 
@@ -333,7 +313,7 @@ def test_wrong_image_shape_is_named(tmp_path):
   bad = tmp_path / "rgba.npz"
   np.savez(bad, images=np.zeros((4, 8, 8, 4), np.uint8), labels=np.arange(4))
   with pytest.raises(ValueError, match=r"shape \(4, 8, 8, 4\).*\[N, H, W, 1 or 3\]"):
-    zd.build_dataset(cfg_for("image_classification", path=str(bad)), split="train",
+    zd.build_dataset(default_config("image_classification", path=str(bad)), split="train",
                      global_batch_size=2, seed=0)
   from zoo.data.images import as_hwc
 

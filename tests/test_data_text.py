@@ -1,6 +1,5 @@
 """zoo.data text pipelines: tokenizers, MLM/NSP statistics, packing (checked through GPT)."""
 
-import itertools
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +7,7 @@ import numpy as np
 import pytest
 
 import zoo.data as zd
-from zoo.data import bert, lm, offline
+from zoo.data import bert, default_config, lm, offline
 from zoo.data.iteration import Layout
 from zoo.data.tokenizers import (
   ByteTokenizer,
@@ -22,24 +21,6 @@ IGNORE = zd.IGNORE_INDEX
 FRENCH = ["quatre-vingt-dix-sept élèves", "deux cent soixante et onze", "zéro à mille", "ça coûte"]
 
 
-def take(ds, n):
-  return list(itertools.islice(iter(ds), n))
-
-
-def cfg_for(task, **kw):
-  cfg = zd.default_config(task)
-  for k, v in kw.items():
-    cfg[k] = v
-  return cfg
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-  root = tmp_path_factory.mktemp("corpus")
-  docs = [d for _, d in offline.stdlib_docstrings() if 80 < len(d) < 400 and d.isascii()][:40]
-  for i, d in enumerate(docs):
-    (root / f"doc{i:02d}.txt").write_text(d)
-  return root
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,8 +152,8 @@ def test_mask_tokens_statistics_on_a_large_sample():
   assert not np.isin(out[sel], [0, 1, 2, 3, 4, 6, 7]).any()  # random tokens are never special
 
 
-def test_mlm_nsp_dataset_statistics():
-  ds = zd.build_dataset(zd.default_config("mlm_nsp"), split="train", global_batch_size=64, seed=1)
+def test_mlm_nsp_dataset_statistics(take):
+  ds = zd.build_dataset(default_config("mlm_nsp"), split="train", global_batch_size=64, seed=1)
   batches = take(ds, 6)
   ids = np.concatenate([b["input_ids"] for b in batches])
   targets = np.concatenate([b["mlm_targets"] for b in batches])
@@ -187,8 +168,8 @@ def test_mlm_nsp_dataset_statistics():
   assert nsp.mean() == pytest.approx(0.5, abs=0.08)  # 384 draws: ~4 sigma
 
 
-def test_nsp_true_pairs_are_the_following_text():
-  cfg = cfg_for("mlm_nsp", mask_rate=0.0, seq_len=512)
+def test_nsp_true_pairs_are_the_following_text(take):
+  cfg = default_config("mlm_nsp", mask_rate=0.0, seq_len=512)
   ds = zd.build_dataset(cfg, split="validation", global_batch_size=8, seed=0)
   tok, docs, checked = ds.info["tokenizer"], offline.mlm_documents(None, "validation", 0.1), 0
   batches = take(ds, 8)  # an eval pass reads the records in order
@@ -210,8 +191,8 @@ def test_nsp_true_pairs_are_the_following_text():
 # Packing.
 
 
-def test_packed_rows_segments_positions_and_no_dropped_tokens(corpus):
-  cfg = cfg_for("lm", path=str(corpus), seq_len=24, shuffle=False)
+def test_packed_rows_segments_positions_and_no_dropped_tokens(take, corpus):
+  cfg = default_config("lm", path=str(corpus), seq_len=24, shuffle=False)
   ds = zd.build_dataset(cfg, split="train", global_batch_size=2, seed=0)
   tok, docs = ds.info["tokenizer"], offline.lm_documents(str(corpus), "train", 0.1)
   batches = take(ds, 30)
@@ -279,7 +260,7 @@ def test_packed_tokens_never_attend_across_segments_through_gpt():
 
 
 def test_translation_truncation_keeps_eos():
-  cfg = cfg_for("translation", tokenizer="byte", max_number=2000, src_len=12, tgt_len=10)
+  cfg = default_config("translation", tokenizer="byte", max_number=2000, src_len=12, tgt_len=10)
   ds = zd.build_dataset(cfg, split="train", global_batch_size=8, seed=0)
   tok = ds.info["tokenizer"]
   b = next(iter(ds))
@@ -289,8 +270,8 @@ def test_translation_truncation_keeps_eos():
   assert (last == 9).sum() >= 4  # most targets were cut to tgt_len
 
 
-def test_translation_bucketing_pads_to_batch_length():
-  cfg = cfg_for("translation", tokenizer="byte", max_number=3000, src_len=64, tgt_len=64,
+def test_translation_bucketing_pads_to_batch_length(take):
+  cfg = default_config("translation", tokenizer="byte", max_number=3000, src_len=64, tgt_len=64,
                 bucket_window=4, pad_to_multiple=8)
   ds = zd.build_dataset(cfg, split="train", global_batch_size=4, seed=0)
   lengths = set()
@@ -321,7 +302,7 @@ def test_classification_pairs_and_tagging_wordpieces(tmp_path):
 
 
 def test_packed_eval_pass_is_sharded_with_equal_batch_counts(corpus):
-  cfg = cfg_for("lm", path=str(corpus), seq_len=16, offline_eval_fraction=0.5)
+  cfg = default_config("lm", path=str(corpus), seq_len=16, offline_eval_fraction=0.5)
   whole = zd.build_dataset(cfg, split="validation", global_batch_size=4, seed=0)
   total = sum(b["weights"].sum() for b in whole)
   docs = offline.lm_documents(str(corpus), "validation", 0.5)

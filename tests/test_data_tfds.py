@@ -5,7 +5,6 @@
 prepared array_record files runs here on generated examples. Nothing is downloaded.
 """
 
-import itertools
 import sys
 
 import numpy as np
@@ -16,9 +15,6 @@ import zoo.data as zd
 tfds = pytest.importorskip("tensorflow_datasets")
 IGNORE = zd.IGNORE_INDEX
 
-
-def take(ds, n):
-  return list(itertools.islice(iter(ds), n))
 
 
 def tfds_cfg(task, name, data_dir, **kw):
@@ -52,7 +48,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("task, name, extra", CASES, ids=[f"{t}-{n}" for t, n, _ in CASES])
-def test_tfds_dataset_by_name(task, name, extra, tmp_path, mock):
+def test_tfds_dataset_by_name(take, task, name, extra, tmp_path, mock):
   cfg = tfds_cfg(task, name, tmp_path, **extra)
   for split in ("train", "validation"):
     ds = zd.build_dataset(cfg, split=split, global_batch_size=4, seed=0)
@@ -82,7 +78,7 @@ def test_tfds_dataset_by_name(task, name, extra, tmp_path, mock):
   assert "tensorflow" not in sys.modules  # read without TensorFlow
 
 
-def test_tfds_iterator_resumes_exactly(tmp_path, mock):
+def test_tfds_iterator_resumes_exactly(take, tmp_path, mock):
   cfg = tfds_cfg("image_classification", "cifar10", tmp_path)
   full = take(zd.build_dataset(cfg, split="train", global_batch_size=4, seed=5), 6)
   ds = zd.build_dataset(cfg, split="train", global_batch_size=4, seed=5)

@@ -9,19 +9,16 @@ import json
 import os
 import runpy
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from flax import traverse_util  # noqa: E402
-
-import train as train_cli  # noqa: E402
-import zoo  # noqa: E402
-from zoo.pretrained import export as export_lib  # noqa: E402
-from zoo.training import loop  # noqa: E402
-from zoo.training import trainable as tr  # noqa: E402
+import train as train_cli
+import zoo
+from zoo.pretrained import export as export_lib
+from zoo.training import loop
+from zoo.training import trainable as tr
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -1,6 +1,7 @@
 """Decoding: cached == full-forward greedy, padding invariance, samplers, compile counts,
 HF parity."""
 
+import dataclasses
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,7 +12,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from flax import linen as nn  # noqa: E402
 
+import zoo  # noqa: E402
 from zoo import generate as zg  # noqa: E402
+from zoo import registry  # noqa: E402
 from zoo.generate import decoder, seq2seq  # noqa: E402
 from zoo.generate.sampling import next_token  # noqa: E402
 from zoo.models.gpt import GPT, GPTConfig  # noqa: E402
@@ -239,6 +242,148 @@ def test_transformer_bad_input(transformer):
     seq2seq.generate(model, params, [[3]], **{**kw, "max_new_tokens": 40})
   with pytest.raises(ValueError, match="num_beams"):
     seq2seq.generate(model, params, [[3]], num_beams=0, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# Capabilities: what decodes is what a family registers, not its name or its config's fields.
+
+
+def test_capabilities_give_the_lengths_the_positions_allow():
+  lm = registry.causal_lm(GPT_CFG, "test")
+  assert lm.context_length(GPT_CFG) == 32 and lm.vocab_size(GPT_CFG) == 61
+  rope = dataclasses.replace(GPT_CFG, position="rope")
+  assert lm.context_length(rope) is None and lm.longest_prompt(rope) == 32
+  s2s = registry.seq2seq(Transformer(T_CFG), "test")
+  assert (s2s.source_length(T_CFG), s2s.target_length(T_CFG)) == (32, 32)
+  bart = dataclasses.replace(T_CFG, position="learned", position_offset=2)
+  assert s2s.target_length(bart) == 30
+  assert s2s.target_length(dataclasses.replace(T_CFG, position="rope")) is None
+  assert (s2s.pad_id(T_CFG), s2s.source_vocab(T_CFG), s2s.target_vocab(T_CFG)) == (0, 53, 53)
+
+
+@pytest.mark.parametrize("preset", ["bert-base", "vit-b16"])
+def test_a_family_without_the_capability_is_refused_naming_those_with_it(preset):
+  model = zoo.build(zoo.get_config(preset))  # no parameters: the refusal comes first
+  family = registry.family_of(model)
+  lms = [f.name for f in registry.families() if f.causal_lm is not None]
+  encoder_decoders = [f.name for f in registry.families() if f.seq2seq is not None]
+  assert lms and encoder_decoders and family.name not in lms + encoder_decoders
+  for ask, use, offering in ((registry.causal_lm, "generate", lms),
+                             (registry.seq2seq, "translate_ids", encoder_decoders)):
+    with pytest.raises(ValueError) as e:
+      ask(model, use)
+    message = str(e.value)
+    assert message.startswith(
+        f"{use} decodes {' or '.join(offering)} models; got {type(model).__name__} "
+        f"(family {family.name!r})"
+    )
+    assert all(name in message for name in lms + encoder_decoders), message
+  lead = f"generate decodes {' or '.join(lms)} models; got {type(model).__name__}"
+  with pytest.raises(ValueError, match="^" + lead):
+    zg.generate(model, {}, [[1, 2]], max_new_tokens=2)
+  with pytest.raises(ValueError, match="^" + lead.replace("generate decodes", "stream decodes")):
+    next(zg.stream(model, {}, [[1, 2]], max_new_tokens=2))
+  with pytest.raises(ValueError, match=f"^translate_ids decodes {' or '.join(encoder_decoders)}"):
+    zg.translate_ids(model, {}, [[1, 2]], max_new_tokens=2, decoder_start_id=0, eos_id=1)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PlainConfig:
+  """An encoder-decoder config with none of the 2017 Transformer's position fields."""
+
+  vocab: int
+  width: int
+  pad: int = 0
+
+  def transformer(self) -> TransformerConfig:
+    return dataclasses.replace(T_CFG, vocab_size=self.vocab, d_model=self.width, pad_id=self.pad)
+
+
+class Plain(nn.Module):
+  """The Transformer behind another config class and another decoder method name."""
+
+  config: PlainConfig
+
+  def setup(self):
+    self.inner = Transformer(self.config.transformer())
+
+  def __call__(self, src_ids, tgt_ids):
+    return self.inner(src_ids, tgt_ids)
+
+  def encode(self, src_ids):
+    return self.inner.encode(src_ids)
+
+  def step(self, tgt_ids, memory, src_ids, decode=False):
+    return self.inner.decode(tgt_ids, memory, src_ids, decode=decode)
+
+
+def _plain_cache(model, batch_size, num_slots):
+  args = (jnp.zeros((batch_size, num_slots), jnp.int32),
+          jnp.zeros((batch_size, 1, model.config.width)), jnp.zeros((batch_size, 1), jnp.int32))
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), *args, decode=True, method="step"))["cache"]
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def _plain_step(model, params, cache, tgt_ids, memory, src_ids):
+  logits, mutated = model.apply({"params": params, "cache": cache}, tgt_ids, memory, src_ids,
+                                decode=True, method="step", mutable=["cache"])
+  return logits, mutated["cache"]
+
+
+PLAIN = registry.Family(
+    name="plain_seq2seq",
+    config_cls=PlainConfig,
+    model_cls=Plain,
+    dummy_inputs=lambda config: ((jnp.ones((1, 4), jnp.int32),) * 2, {}),
+    train_flops=lambda config, params, shapes: {},
+    tasks=(),
+    inputs="source_target",
+    seq2seq=registry.Seq2Seq(
+        encode=lambda model, params, src: model.apply({"params": params}, src, method="encode"),
+        decode_step=_plain_step,
+        init_cache=_plain_cache,
+        pad_id=lambda config: config.pad,
+        source_vocab=lambda config: config.vocab,
+        target_vocab=lambda config: config.vocab,
+        source_length=lambda config: None,
+        target_length=lambda config: None,
+    ),
+)
+
+
+@pytest.fixture
+def plain_family():
+  registry.register(PLAIN)
+  try:
+    yield PLAIN
+  finally:
+    registry.unregister(PLAIN.name)
+
+
+def test_any_registered_seq2seq_family_decodes_not_only_the_2017_transformer(
+    transformer, plain_family
+):
+  # The proof that decoding reads the capability only: a family whose config has no
+  # position / max_len / position_offset (nor src_vocab, pad_id ...) decodes exactly as the
+  # Transformer it wraps, greedy and with beams.
+  assert not {"position", "max_len", "position_offset", "pad_id"} & set(dir(PlainConfig))
+  model, params = transformer
+  plain = Plain(PlainConfig(vocab=T_CFG.vocab_size, width=T_CFG.d_model))
+  assert registry.family_of(plain) is plain_family
+  for beams in (1, 3):
+    kw = dict(max_new_tokens=NEW, decoder_start_id=BOS, eos_id=EOS, num_beams=beams)
+    expected = zg.translate_ids(model, params, SOURCES, **kw)
+    assert np.array_equal(zg.translate_ids(plain, {"inner": params}, SOURCES, **kw), expected)
+
+
+def test_unregister_forgets_a_family():
+  registry.register(PLAIN)
+  assert "plain_seq2seq" in registry.capable("seq2seq")
+  assert registry.unregister("plain_seq2seq") is PLAIN
+  assert "plain_seq2seq" not in [f.name for f in registry.families()]
+  with pytest.raises(ValueError, match="is not a zoo model config"):
+    registry.family_of(PlainConfig(vocab=3, width=8))
 
 
 # ----------------------------------------------------------------------------------------------

