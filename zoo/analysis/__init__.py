@@ -6,9 +6,10 @@
 * ``positions``: sinusoidal, learned and rotary position encodings
   (:mod:`zoo.analysis.positions`);
 * ``attention``: per-layer / per-head attention maps of a checkpoint of any family
-  (:mod:`zoo.analysis.attention_maps`; ViT maps and attention rollout in
-  :mod:`zoo.analysis.vit_attention`, encoder-decoder cross-attention in
-  :mod:`zoo.analysis.seq2seq_attention`);
+  (:mod:`zoo.analysis.attention_maps`, which picks the view by the family's declared inputs;
+  images: maps and attention rollout in :mod:`zoo.analysis.vit_attention`; source and target:
+  encoder-decoder cross-attention in :mod:`zoo.analysis.seq2seq_attention`; all of them read
+  :mod:`zoo.analysis.attention_weights`);
 * ``embeddings``: input embeddings, word analogies and sentence similarity
   (:mod:`zoo.analysis.embeddings`);
 * ``lowpass``: a ViT and a CNN trained on the offline digits, the high-frequency amplitude of

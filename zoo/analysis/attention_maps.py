@@ -1,132 +1,24 @@
-"""Attention maps of a checkpoint of any family.
+"""Attention maps of a checkpoint of any family: ``python -m zoo.analysis attention``.
 
-BERT: encoder self-attention; GPT: masked self-attention (both over the tokens of ``--text``);
-ViT: self-attention over the patches (+ [CLS]) of an image, and attention rollout
-(:mod:`zoo.analysis.vit_attention`); Transformer: encoder self-attention, decoder masked
-self-attention and cross-attention (:mod:`zoo.analysis.seq2seq_attention`).
-
-The weights come from :class:`zoo.layers.attention.MultiHeadAttention`'s ``sow_weights``:
-:func:`attention_weights` intercepts every attention call with ``sow_weights=True`` (which
-forces the xla path, the one that forms the ``[B, N, T, S]`` weights) and applies the model
-with ``mutable=["intermediates"]``, so no model code needs a new switch.
+What is shown follows the family's declared inputs (``zoo.registry.Family.inputs``), never its
+name. Token ids (BERT, GPT): the self-attention over the tokens of ``--text``, drawn here;
+images (ViT): self-attention over the patches (+ [CLS]) of an image, and attention rollout
+(:mod:`zoo.analysis.vit_attention`); source and target ids (the Transformer): encoder
+self-attention, decoder masked self-attention and cross-attention
+(:mod:`zoo.analysis.seq2seq_attention`). The weights come from
+:func:`zoo.analysis.attention_weights.attention_weights`, which every view imports.
 """
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
-from zoo.analysis import common
+from zoo import registry
+from zoo.analysis import common, seq2seq_attention, vit_attention
+from zoo.analysis.attention_weights import NO_WEIGHTS_IMPLS, attention_weights, select
 
 DEFAULT_CHECKPOINT = "all-MiniLM-L6-v2"
 DEFAULT_TEXT = "The cat sat on the mat because it was tired."
-FAMILIES = ("Bert", "GPT", "ViT", "Transformer")
-NO_WEIGHTS_IMPLS = ("cudnn", "chunked")  # never form the [B, N, T, S] weights
-
-
-def _natural(key: str):
-  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
-
-
-def _collect(tree, prefix=()) -> list[tuple[str, np.ndarray]]:
-  """``(path, weights)`` of every sown ``attention_weights``; scanned stacks are split."""
-  out = []
-  for key in sorted(tree, key=_natural):
-    value, path = tree[key], (*prefix, key)
-    if key == "attention_weights":
-      w = np.asarray(value[0], np.float32)
-      name = "/".join(prefix)
-      if w.ndim == 5:  # nn.scan: a leading [L] axis
-        out += [(name.replace("/layers/", f"/layers_{i}/"), w[i]) for i in range(w.shape[0])]
-      else:
-        out.append((name, w))
-    elif hasattr(value, "keys"):
-      out += _collect(value, path)
-  return out
-
-
-def attention_weights(
-    model, params, inputs, attention_mask=None, token_type_ids=None, tgt_ids=None
-) -> list[tuple[str, np.ndarray]]:
-  """Every attention layer's weights, in module-path order.
-
-  Args:
-    model: a zoo ``Bert``, ``GPT``, ``ViT`` or ``Transformer`` module.
-    params: its parameters (with or without the ``"params"`` level).
-    inputs: ``[B, L]`` token ids; a ViT's ``[B, H, W, C]`` float images; a Transformer's
-      ``[B, S]`` source ids (``pad_id`` is padding).
-    attention_mask: ``[B, L]``, True / 1 for real tokens (None = the model's default).
-    token_type_ids: ``[B, L]`` BERT segment ids.
-    tgt_ids: ``[B, T]`` a Transformer's decoder input ids (start token first).
-
-  Returns:
-    ``[(module path, [B, N, T, S] float32 weights), ...]``; for a Transformer the
-    ``decoder/layers_i/attn`` (``[B, N, T, T]``), ``decoder/layers_i/cross_attn``
-    (``[B, N, T, S]``) and ``encoder/layers_i/attn`` (``[B, N, S, S]``) layers.
-
-  Raises:
-    AnalysisError: for another family, bad inputs, or when no attention weights came back.
-  """
-  from flax import linen as nn
-
-  from zoo.layers.attention import MultiHeadAttention
-
-  family = type(model).__name__
-  if family not in FAMILIES:
-    raise common.AnalysisError(
-        f"attention maps support {' and '.join(FAMILIES)} checkpoints; got a {family}."
-    )
-
-  def sow_all(next_fun, args, kwargs, context):
-    if isinstance(context.module, MultiHeadAttention) and context.method_name == "__call__":
-      kwargs = {**kwargs, "sow_weights": True}
-    return next_fun(*args, **kwargs)
-
-  args, kwargs = (np.asarray(inputs),), {}
-  if family == "ViT":
-    args = (np.asarray(inputs, np.float32),)
-  elif family == "Transformer":
-    if tgt_ids is None:
-      raise common.AnalysisError(
-          "a Transformer's attention needs tgt_ids, the decoder input (start token first)."
-      )
-    args = (np.asarray(inputs), np.asarray(tgt_ids))
-  if attention_mask is not None:
-    kwargs["attention_mask"] = np.asarray(attention_mask).astype(bool)
-  if token_type_ids is not None and family == "Bert":
-    kwargs["token_type_ids"] = np.asarray(token_type_ids)
-  variables = {"params": params.get("params", params)}
-  try:
-    with nn.intercept_methods(sow_all):
-      _, state = model.apply(variables, *args, mutable=["intermediates"], **kwargs)
-  except ValueError as e:  # the family's input checks: wrong image size, ids out of range ...
-    raise common.AnalysisError(str(e)) from e
-  found = _collect(state.get("intermediates", {}))
-  if not found:
-    raise common.AnalysisError(f"this {family} returned no attention weights.")
-  return found
-
-
-def select(
-    num_layers: int, num_heads: int, layer: int | None, head: int | None, all_layers: bool,
-    what: str = "attention layers",
-) -> tuple[list[int], list[int]]:
-  """The layer and head indices to show; an out-of-range ``layer`` / ``head`` is an error."""
-  chosen = list(range(num_layers))
-  if not all_layers:
-    index = num_layers - 1 if layer is None else layer
-    if not -num_layers <= index < num_layers:
-      raise common.AnalysisError(
-          f"--layer {layer} is out of range: the model has {num_layers} {what} "
-          f"(0..{num_layers - 1}, or negative from the end)."
-      )
-    chosen = [index % num_layers]
-  if head is not None and not 0 <= head < num_heads:
-    raise common.AnalysisError(
-        f"--head {head} is out of range: the model has {num_heads} heads (0..{num_heads - 1})."
-    )
-  return chosen, list(range(num_heads)) if head is None else [head]
 
 
 def _labels(tokenizer, ids) -> list[str]:
@@ -153,21 +45,23 @@ def run(
 
   Args:
     checkpoint: a Hugging Face folder, zoo checkpoint, train.py workdir or short name.
-    text: the input sentence (a Transformer's source).
+    text: the input sentence (an encoder-decoder's source).
     layer: layer to show (negative counts from the end); default the last.
     head: one head only; default all heads.
     all_layers: show every layer (rows) instead of one.
     attention_impl: an implementation requested for the run; only ``"xla"`` (or None) forms
       the weights.
-    image: a ViT's input image file; default an offline digit (``image_index``).
+    image: the input image file of a family of images; default an offline digit
+      (``image_index``).
     image_index: which validation digit.
     image_size: resize the image to this (a multiple of the patch size); default the model's.
-    target: a Transformer's target text (teacher-forced); default its greedy translation.
+    target: an encoder-decoder's target text (teacher-forced); default its greedy translation.
 
   Returns:
-    BERT / GPT: ``{"checkpoint", "family", "tokens", "layers": [{"layer", "name", "heads":
-    {h: [L, L]}}], "num_layers", "num_heads"}``; ViT: see :func:`vit_attention.run`;
-    Transformer: see :func:`seq2seq_attention.run`.
+    Token ids: ``{"checkpoint", "family", "inputs", "tokens", "layers": [{"layer", "name",
+    "heads": {h: [L, L]}}], "num_layers", "num_heads"}``; images: see
+    :func:`vit_attention.run`; source and target: see :func:`seq2seq_attention.run`. Every
+    view's numbers carry ``"inputs"`` (the family's input kind), which :func:`plot` reads.
   """
   import zoo
 
@@ -180,24 +74,19 @@ def run(
     model, params = zoo.from_pretrained(checkpoint)
   except (OSError, ValueError, KeyError) as e:
     raise common.AnalysisError(f"cannot read checkpoint {checkpoint!r}: {e}") from e
-  family = type(model).__name__
-  if family == "ViT":
-    from zoo.analysis import vit_attention
-
+  kind = registry.family_of(model).inputs
+  if kind == "images":
     numbers = vit_attention.run(
-        model, params, attention_weights, checkpoint=checkpoint, image=image,
-        image_index=image_index, image_size=image_size, layer=layer, head=head,
-        all_layers=all_layers,
+        model, params, checkpoint=checkpoint, image=image, image_index=image_index,
+        image_size=image_size, layer=layer, head=head, all_layers=all_layers,
     )
-  elif family == "Transformer":
-    from zoo.analysis import seq2seq_attention
-
+  elif kind == "source_target":
     numbers = seq2seq_attention.run(
-        checkpoint, text=text, target=target, weights_fn=attention_weights, layer=layer,
-        head=head, all_layers=all_layers,
+        checkpoint, text=text, target=target, layer=layer, head=head, all_layers=all_layers,
     )
   else:
     numbers = _text_run(model, params, checkpoint, text, layer, head, all_layers)
+  numbers["inputs"] = kind
   impl = getattr(model.config, "attention_impl", None)
   if impl in NO_WEIGHTS_IMPLS:  # sow_weights switches those layers to the xla path
     numbers["note"] = (
@@ -208,7 +97,7 @@ def run(
 
 
 def _text_run(model, params, checkpoint, text, layer, head, all_layers) -> dict:
-  """BERT / GPT: the maps over the tokens of ``text``."""
+  """A model of token ids (BERT, GPT): the maps over the tokens of ``text``."""
   import zoo
 
   tokenizer = zoo.load_tokenizer(checkpoint)
@@ -234,15 +123,11 @@ def _text_run(model, params, checkpoint, text, layer, head, all_layers) -> dict:
 def plot(numbers: dict):
   """A grid of heatmaps: one row per layer shown, one column per head, token labels.
 
-  ViT and Transformer numbers are drawn by their modules' ``plot``.
+  The maps of images and of source and target ids are drawn by their modules' ``plot``.
   """
-  if numbers["family"] == "ViT":
-    from zoo.analysis import vit_attention
-
+  if numbers["inputs"] == "images":
     return vit_attention.plot(numbers)
-  if numbers["family"] == "Transformer":
-    from zoo.analysis import seq2seq_attention
-
+  if numbers["inputs"] == "source_target":
     return seq2seq_attention.plot(numbers)
   plt = common.pyplot()
   rows, tokens = numbers["layers"], numbers["tokens"]
@@ -267,17 +152,23 @@ def plot(numbers: dict):
 
 
 def add_arguments(parser) -> None:
+  models = ", ".join(f.model_cls.__name__ for f in registry.families())
   parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
                       help="Hugging Face folder, zoo checkpoint, train.py workdir or short name "
-                      "(BERT, GPT, ViT or Transformer)")
-  parser.add_argument("--text", default=DEFAULT_TEXT, help="input text (a Transformer's source)")
+                      f"(any family: {models})")
+  parser.add_argument("--text", default=DEFAULT_TEXT,
+                      help="input text (an encoder-decoder's source)")
   parser.add_argument("--target", default=None,
-                      help="Transformer: target text to teacher-force (default: its translation)")
+                      help="encoder-decoder: target text to teacher-force (default: its "
+                      "translation)")
   parser.add_argument("--image", default=None,
-                      help="ViT: image file (PNG / JPEG / .npy); default an offline digit")
-  parser.add_argument("--image-index", type=int, default=0, help="ViT: which validation digit")
+                      help="images (ViT): image file (PNG / JPEG / .npy); default an offline "
+                      "digit")
+  parser.add_argument("--image-index", type=int, default=0,
+                      help="images (ViT): which validation digit")
   parser.add_argument("--image-size", type=int, default=None,
-                      help="ViT: resize the image to this (default the model's image_size)")
+                      help="images (ViT): resize the image to this (default the model's "
+                      "image_size)")
   parser.add_argument("--layer", type=int, default=None, help="layer to show (default last)")
   parser.add_argument("--head", type=int, default=None, help="one head (default all)")
   parser.add_argument("--all-layers", action="store_true", help="every layer, one row each")

@@ -5,6 +5,9 @@
 * the analogy ``king - man + woman``, scored by cosine against the whole vocabulary (the
   three query words excluded, as is usual), with the rank of ``queen``;
 * the cosine similarity matrix of mean-pooled (over real tokens) sentence embeddings.
+
+Any family that registers a :class:`zoo.registry.TextEncoder` (BERT) can be read: it says
+where the input table is and how to get the last hidden states of a tokenizer's batch.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from zoo import registry
 from zoo.analysis import common
 
 DEFAULT_CHECKPOINT = "all-MiniLM-L6-v2"
@@ -79,14 +83,16 @@ def run(
     tokenizer = zoo.load_tokenizer(checkpoint)
   except (OSError, ValueError, KeyError) as e:
     raise common.AnalysisError(f"cannot read checkpoint {checkpoint!r}: {e}") from e
-  if type(model).__name__ != "Bert" or tokenizer is None:
+  encoder = registry.family_of(model).text_encoder
+  if encoder is None or tokenizer is None:
     raise common.AnalysisError(
-        f"embeddings needs a BERT checkpoint with a tokenizer; {checkpoint!r} is a "
-        f"{type(model).__name__}{'' if tokenizer else ' without a tokenizer'}."
+        f"embeddings needs a text encoder checkpoint "
+        f"({' or '.join(registry.capable('text_encoder'))}) with a tokenizer; {checkpoint!r} is "
+        f"a {type(model).__name__}{'' if tokenizer else ' without a tokenizer'}."
     )
   if len(words) < 3:
     raise common.AnalysisError(f"--words needs at least 3 words for a PCA; got {len(words)}.")
-  table = np.asarray(params["embeddings"]["word_embeddings"]["embedding"], np.float32)
+  table = np.asarray(encoder.token_embeddings(params), np.float32)
   rows, pieces = _word_rows(table, tokenizer, words)
   xy, explained = pca_2d(rows)
 
@@ -100,10 +106,7 @@ def run(
   result_incl = analogy(table, a, b, c, target, exclude=False)
 
   batch = tokenizer(list(sentences))
-  out = model.apply({"params": params}, np.asarray(batch["input_ids"]),
-                    attention_mask=np.asarray(batch["attention_mask"]),
-                    token_type_ids=np.asarray(batch["token_type_ids"]))
-  hidden = np.asarray(out["last_hidden_state"], np.float32)
+  hidden = np.asarray(encoder.hidden_states(model, params, batch), np.float32)
   mask = np.asarray(batch["attention_mask"], np.float32)[..., None]
   pooled = (hidden * mask).sum(1) / mask.sum(1)
   pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)

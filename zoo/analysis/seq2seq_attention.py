@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from zoo.analysis import common
+from zoo.analysis.attention_weights import attention_weights, select
 
 KINDS = (  # (key, module-path suffix, title)
     ("encoder", "attn", "encoder self-attention"),
@@ -23,7 +24,7 @@ MAX_NEW_TOKENS = 24
 
 
 def group(weights: list[tuple[str, np.ndarray]]) -> dict[str, list[tuple[str, np.ndarray]]]:
-  """``attention_weights`` of a Transformer split by kind, each in layer order."""
+  """``attention_weights`` of an encoder-decoder split by kind, each in layer order."""
   out = {key: [] for key, _, _ in KINDS}
   for name, w in weights:
     stack, _, module = name.rpartition("/")
@@ -80,10 +81,9 @@ def _labels(tokenizer, ids) -> list[str]:
   return out
 
 
-def run(checkpoint: str, *, text: str, target: str | None, weights_fn, layer: int | None = None,
+def run(checkpoint: str, *, text: str, target: str | None, layer: int | None = None,
         head: int | None = None, all_layers: bool = False) -> dict:
   """Encode ``text``, form the decoder input, return the three kinds of maps to plot."""
-  from zoo.analysis.attention_maps import select
   from zoo.generate import decoder, seq2seq
 
   loaded = _load(checkpoint)
@@ -105,10 +105,10 @@ def run(checkpoint: str, *, text: str, target: str | None, weights_fn, layer: in
   dec_in = [int(loaded.decoder_start_id)] + [int(t) for t in tgt]
   if loaded.eos_id is not None and dec_in[-1] == loaded.eos_id and len(dec_in) > 1:
     dec_in = dec_in[:-1]  # EOS is predicted, never fed
-  groups = group(weights_fn(model, params, np.asarray([src], np.int32),
-                            tgt_ids=np.asarray([dec_in], np.int32)))
+  groups = group(attention_weights(model, params, np.asarray([src], np.int32),
+                                   tgt_ids=np.asarray([dec_in], np.int32)))
   numbers = dict(
-      checkpoint=checkpoint, family="Transformer", text=text, target=target,
+      checkpoint=checkpoint, family=type(model).__name__, text=text, target=target,
       source_tokens=_labels(loaded.tokenizer, src),
       decoder_tokens=_labels(loaded.tokenizer, dec_in),
       translation=None if target is not None else loaded.tokenizer.decode(tgt),
@@ -143,6 +143,6 @@ def plot(numbers: dict):
       ax.set_title(f"{title}\nlayer {r['layer']} head {h}", fontsize=7)
       ax.set_xticks(range(len(xs)), xs, rotation=90, fontsize=6)
       ax.set_yticks(range(len(ys)), ys, fontsize=6)
-  fig.suptitle(f"Transformer {numbers['checkpoint']}: rows = queries, columns = keys")
+  fig.suptitle(f"{numbers['family']} {numbers['checkpoint']}: rows = queries, columns = keys")
   fig.tight_layout(rect=(0, 0, 1, 0.98))
   return fig

@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from zoo.analysis import common
+from zoo.analysis.attention_weights import attention_weights, select
 
 
 def rollout(weights: list[np.ndarray]) -> np.ndarray:
@@ -119,18 +120,13 @@ def token_labels(grid_h: int, grid_w: int, class_token: bool) -> list[str]:
   return ["[CLS]"] * int(class_token) + [f"{r},{c}" for r in range(grid_h) for c in range(grid_w)]
 
 
-def run(model, params, weights_fn, *, checkpoint: str, image: str | None = None,
+def run(model, params, *, checkpoint: str, image: str | None = None,
         image_index: int = 0, image_size: int | None = None, layer: int | None = None,
         head: int | None = None, all_layers: bool = False) -> dict:
-  """Maps and rollout of one image through a loaded ViT (see :func:`attention_maps.run`).
-
-  ``weights_fn`` is :func:`zoo.analysis.attention_maps.attention_weights`.
-  """
-  from zoo.analysis.attention_maps import select
-
+  """Maps and rollout of one image through a loaded ViT (see :func:`attention_maps.run`)."""
   cfg = model.config
   x, picture, where = load_image(cfg, checkpoint, image, image_index, image_size)
-  weights = weights_fn(model, params, x)
+  weights = attention_weights(model, params, x)
   num_layers, num_heads = len(weights), weights[0][1].shape[1]
   chosen, heads = select(num_layers, num_heads, layer, head, all_layers)
   grid_h, grid_w = x.shape[1] // cfg.patch_size, x.shape[2] // cfg.patch_size
@@ -144,7 +140,7 @@ def run(model, params, weights_fn, *, checkpoint: str, image: str | None = None,
     return np.asarray(row[skip:]).reshape(grid_h, grid_w).round(4)
 
   return dict(
-      checkpoint=checkpoint, family="ViT", image=where, image_size=int(x.shape[1]),
+      checkpoint=checkpoint, family=type(model).__name__, image=where, image_size=int(x.shape[1]),
       grid=[grid_h, grid_w], class_token=bool(skip), tokens=token_labels(grid_h, grid_w, skip),
       num_layers=num_layers, num_heads=num_heads,
       prediction=int(logits.argmax()) if cfg.num_classes else None,  # K = 0: features
@@ -211,7 +207,7 @@ def plot(numbers: dict):
       ax.set_title(f"layer {row['layer']} head {h} ({n} tokens)", fontsize=8)
       ax.set_xticks([])
       ax.set_yticks([])
-  fig.suptitle(f"ViT {numbers['checkpoint']}: {numbers['image']}; maps: rows = queries, "
-               "columns = keys", fontsize=9)
+  fig.suptitle(f"{numbers['family']} {numbers['checkpoint']}: {numbers['image']}; maps: rows = "
+               "queries, columns = keys", fontsize=9)
   fig.tight_layout()
   return fig

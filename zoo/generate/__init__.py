@@ -1,10 +1,14 @@
-"""Decoding: compiled sampling for GPT, greedy and beam search for the encoder-decoder.
+"""Decoding: compiled sampling for causal LMs, greedy and beam search for encoder-decoders.
 
-* :func:`generate` — GPT: prefill + cached steps in one jitted ``while_loop``; ragged prompts
-  (left-padded to power-of-two buckets), stop ids, greedy / temperature / top-k / top-p,
-  repetition penalty. :func:`stream` yields the same tokens step by step (host loop).
-* :func:`translate_ids` (``zoo.generate.seq2seq.generate``) — Transformer / Marian: encoder
-  once, cached decoder, greedy or Hugging Face-exact beam search.
+What a model can decode is a typed capability of its family (``zoo.registry.CausalLM`` /
+``zoo.registry.Seq2Seq``), not its name or its config's fields.
+
+* :func:`generate` — causal LMs (GPT, Llama): prefill + cached steps in one jitted
+  ``while_loop``; ragged prompts (left-padded to power-of-two buckets), stop ids, greedy /
+  temperature / top-k / top-p, repetition penalty. :func:`stream` yields the same tokens step
+  by step (host loop).
+* :func:`translate_ids` (``zoo.generate.seq2seq.generate``) — encoder-decoders (Transformer,
+  Marian): encoder once, cached decoder, greedy or Hugging Face-exact beam search.
 * ``python -m zoo.generate --checkpoint DIR --prompt TEXT`` (GPT) or ``--source TEXT``
   (translation) prints generated text; see :mod:`zoo.generate.cli`.
 """

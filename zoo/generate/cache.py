@@ -1,8 +1,9 @@
-"""The KV cache as a pytree: allocate it from shapes, find its batch axes, reorder beams.
+"""The KV cache as a pytree: find its batch axes, reorder beams.
 
 The cache is whatever the model's ``"cache"`` collection holds (keys/values per layer, write
-indices, GPT's position counter). Its layout is read off ``jax.eval_shape`` of the model's
-``init`` rather than assumed, so looped (``[B, S, K, H]``) and scanned (``[L, B, S, K, H]``)
+indices, position counters); a family's capability (``zoo.registry.CausalLM`` /
+``Seq2Seq.init_cache``) allocates it. Its batch axes are read off ``jax.eval_shape`` of that
+allocation rather than assumed, so looped (``[B, S, K, H]``) and scanned (``[L, B, S, K, H]``)
 stacks both work.
 """
 
@@ -17,22 +18,14 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def zeros_cache(init_fn: Callable[[int], Any], batch_size: int) -> Any:
-  """A zero cache (indices 0) for ``batch_size`` rows.
+def batch_axes(cache_fn: Callable[[int], Any]) -> Any:
+  """Per cache leaf, the axis that grows with the batch (-1 for scalars like write indices).
 
   Args:
-    init_fn: ``batch_size -> variables`` (a ``model.init(..., decode=True)`` call); only its
-      shapes are evaluated, nothing runs.
-    batch_size: rows.
+    cache_fn: ``batch_size -> cache``; only its shapes are evaluated, nothing runs.
   """
-  shapes = jax.eval_shape(lambda: init_fn(batch_size))["cache"]
-  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-
-def batch_axes(init_fn: Callable[[int], Any]) -> Any:
-  """Per cache leaf, the axis that grows with the batch (-1 for scalars like write indices)."""
-  one = jax.eval_shape(lambda: init_fn(1))["cache"]
-  two = jax.eval_shape(lambda: init_fn(2))["cache"]
+  one = jax.eval_shape(lambda: cache_fn(1))
+  two = jax.eval_shape(lambda: cache_fn(2))
 
   def axis(a, b):
     diff = [i for i, (x, y) in enumerate(zip(a.shape, b.shape, strict=True)) if x != y]

@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from zoo import registry
 from zoo.generate import decoder, seq2seq
 from zoo.pretrained.checkpoint_io import read_json_object
 
@@ -56,8 +57,6 @@ class Loaded:
   @property
   def family(self):
     """The model's :class:`zoo.registry.Family`."""
-    from zoo import registry
-
     return registry.family_of(self.model)
 
 
@@ -196,10 +195,12 @@ def complete(
     **sampling: ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``repetition_penalty``,
       ``seed`` of :func:`zoo.generate.generate`.
   """
-  if "lm" not in loaded.family.tasks:
+  lm = loaded.family.causal_lm
+  if lm is None:
     raise ValueError(
         f"{loaded.where} holds a {loaded.family.name} model; --prompt needs a decoder-only "
-        "language model (GPT). For a translation model use --source."
+        f"language model ({', '.join(registry.capable('causal_lm'))}). For a translation model "
+        "use --source."
     )
   ids = _encode(loaded, prompt, "prompt")
   if isinstance(prompt, str) and not loaded.specials_in_encode and loaded.bos_id is not None:
@@ -212,9 +213,9 @@ def complete(
         f"stop strings {stop} need a tokenizer to read the text, and {loaded.where} has none; "
         "drop --stop or give a checkpoint (or --config) with a tokenizer."
     )
-  cfg = loaded.model.config
-  if cfg.position == "learned" and len(ids) <= cfg.max_len:
-    max_new_tokens = min(max_new_tokens, cfg.max_len - len(ids) + 1)
+  context = lm.context_length(loaded.model.config)
+  if context is not None and len(ids) <= context:
+    max_new_tokens = min(max_new_tokens, context - len(ids) + 1)
   prompt_ids = ids[1:] if ids[0] == loaded.bos_id and not loaded.specials_in_encode else ids
   kw = dict(max_new_tokens=max_new_tokens, eos_id=loaded.stops, pad_id=loaded.pad_id, **sampling)
   if not stop and on_text is None:  # one compiled program, no host loop
@@ -272,22 +273,27 @@ def translate(
     length_penalty: float | None = None,
 ):
   """The encoder-decoder's translation of ``source`` (beam search; greedy with one beam)."""
-  if "translation" not in loaded.family.tasks:
+  s2s = loaded.family.seq2seq
+  if s2s is None:
     raise ValueError(
         f"{loaded.where} holds a {loaded.family.name} model; --source needs an encoder-decoder "
-        "translation model (Transformer / Marian). For a GPT use --prompt."
+        f"translation model ({', '.join(registry.capable('seq2seq'))}). For a decoder-only "
+        "language model use --prompt."
     )
   ids = _encode(loaded, source, "source")
   if isinstance(source, str) and not loaded.specials_in_encode and loaded.eos_id is not None:
     ids = ids + [loaded.eos_id]  # zoo translation sources end with EOS
-  if loaded.decoder_start_id is None:
-    raise ValueError(f"{loaded.where} names no decoder start token (BOS / decoder_start_token_id).")
   cfg = loaded.model.config
-  if cfg.position != "rope":
-    max_new_tokens = min(max_new_tokens, cfg.max_len - cfg.position_offset)
+  start = loaded.decoder_start_id
+  start = s2s.start_id(cfg) if start is None else start
+  if start is None:
+    raise ValueError(f"{loaded.where} names no decoder start token (BOS / decoder_start_token_id).")
+  target_length = s2s.target_length(cfg)
+  if target_length is not None:  # the start token takes one of the decoder's positions
+    max_new_tokens = min(max_new_tokens, target_length - 1)
   out = seq2seq.generate(
       loaded.model, loaded.params, [ids], max_new_tokens=max_new_tokens,
-      decoder_start_id=loaded.decoder_start_id, eos_id=loaded.eos_id,
+      decoder_start_id=start, eos_id=loaded.eos_id,
       num_beams=loaded.num_beams if num_beams is None else num_beams,
       length_penalty=loaded.length_penalty if length_penalty is None else length_penalty,
       suppress_ids=loaded.suppress_ids, forced_eos=loaded.forced_eos,

@@ -1,4 +1,8 @@
-"""Compiled generation for decoder-only models (GPT): prefill, then cached one-token steps.
+"""Compiled generation for decoder-only models: prefill, then cached one-token steps.
+
+Any family that registers a :class:`zoo.registry.CausalLM` (GPT and its Llama configurations)
+decodes here: the capability allocates and applies the KV cache and says how long a context
+the model's positions allow.
 
 One jitted program per (batch size, prompt bucket, max_new_tokens, sampling switches; the
 temperature, k, p, repetition penalty, stop ids and pad values are traced, so changing them
@@ -24,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo.generate import cache as kv
+from zoo import registry
 from zoo.generate.sampling import Sampling, next_token, repetition_penalty
 
 Array = jax.Array
@@ -84,26 +88,9 @@ def as_rows(prompts, name: str = "prompts") -> list[list[int]]:
   return [list(map(int, r)) for r in rows]
 
 
-def check_family(model, family: str, use: str) -> None:
-  """``model`` is of the registered ``family`` (else a ValueError saying what to use)."""
-  from zoo import registry  # noqa: PLC0415
-
-  config = getattr(model, "config", None)
-  try:
-    got = registry.family_of(config).name
-  except (KeyError, TypeError, ValueError):
-    got = None
-  if got != family:
-    raise ValueError(
-        f"{use} decodes {family} models; got {type(model).__name__}"
-        + (f" (family {got!r})" if got else "")
-        + ". GPT models: zoo.generate.generate; encoder-decoder Transformers: "
-        "zoo.generate.translate_ids; BERT and ViT do not generate text."
-    )
-
-
-def check_rows(rows: list[list[int]], vocab_size: int, max_len: int | None, name: str) -> None:
-  """Non-empty batch, non-empty rows, ids in the vocabulary, no row longer than ``max_len``."""
+def check_rows(rows: list[list[int]], vocab_size: int, max_length: int | None, name: str) -> None:
+  """Non-empty batch, non-empty rows, ids in the vocabulary, no row longer than ``max_length``
+  (None = any length)."""
   if not rows:
     raise ValueError(f"{name} is an empty batch; give at least one sequence of token ids.")
   for i, row in enumerate(rows):
@@ -118,10 +105,10 @@ def check_rows(rows: list[list[int]], vocab_size: int, max_len: int | None, name
           f"{name}[{i}] holds ids in [{lo}, {hi}] but the vocabulary has {vocab_size} entries; "
           "check the tokenizer matches the model."
       )
-    if max_len is not None and len(row) > max_len:
+    if max_length is not None and len(row) > max_length:
       raise ValueError(
-          f"{name}[{i}] has {len(row)} tokens but the model's context is {max_len} "
-          "(max_len); truncate it (e.g. keep the last tokens)."
+          f"{name}[{i}] has {len(row)} tokens but the model's context is {max_length}; truncate "
+          "it (e.g. keep the last tokens)."
       )
 
 
@@ -145,25 +132,27 @@ def stop_array(eos_id) -> np.ndarray:
   return out
 
 
-def _check_args(cfg, max_new_tokens, eos_id, pad_id, rows) -> None:
+def _check_args(lm: registry.CausalLM, cfg, max_new_tokens, eos_id, pad_id, rows) -> None:
   if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be an int >= 1; got {max_new_tokens!r}.")
+  vocab_size = lm.vocab_size(cfg)
   stops = [] if eos_id is None else [eos_id] if isinstance(eos_id, (int, np.integer)) else eos_id
   for name, value in [("pad_id", pad_id)] + [("eos_id", v) for v in stops]:
-    if value is not None and not 0 <= value < cfg.vocab_size:
-      raise ValueError(f"{name}={value} is outside the vocabulary (size {cfg.vocab_size}).")
-  check_rows(rows, cfg.vocab_size, cfg.max_len, "prompts")
+    if value is not None and not 0 <= value < vocab_size:
+      raise ValueError(f"{name}={value} is outside the vocabulary (size {vocab_size}).")
+  check_rows(rows, vocab_size, lm.longest_prompt(cfg), "prompts")
   longest = max(len(r) for r in rows)
+  context = lm.context_length(cfg)
   # The last new token is never fed back, so positions reach longest + max_new_tokens - 2.
-  if cfg.position == "learned" and longest + max_new_tokens - 1 > cfg.max_len:
+  if context is not None and longest + max_new_tokens - 1 > context:
     raise ValueError(
         f"the longest prompt ({longest} tokens) plus max_new_tokens={max_new_tokens} runs past "
-        f"the learned position table (max_len={cfg.max_len}); use max_new_tokens <= "
-        f"{cfg.max_len - longest + 1} or a shorter prompt."
+        f"the model's {context} positions (its context length); use max_new_tokens <= "
+        f"{context - longest + 1} or a shorter prompt."
     )
 
 
-def _inputs(model, prompts, *, max_new_tokens, eos_id, pad_id, sampling, seed, min_bucket,
+def _inputs(lm, model, prompts, *, max_new_tokens, eos_id, pad_id, sampling, seed, min_bucket,
             repetition_penalty):
   """Checked arguments -> the traced inputs of :func:`_generate` / :func:`_prefill`."""
   if not repetition_penalty > 0:
@@ -172,7 +161,7 @@ def _inputs(model, prompts, *, max_new_tokens, eos_id, pad_id, sampling, seed, m
         f"{repetition_penalty!r}."
     )
   rows = as_rows(prompts)
-  _check_args(model.config, max_new_tokens, eos_id, pad_id, rows)
+  _check_args(lm, model.config, max_new_tokens, eos_id, pad_id, rows)
   ids, valid = left_pad(rows, bucket_length(max(len(r) for r in rows), min_bucket), pad_id)
   traced = (
       jnp.asarray(ids), jnp.asarray(valid), jax.random.key(seed), *sampling.values(),
@@ -201,7 +190,7 @@ def generate(
   """Continue each prompt with up to ``max_new_tokens`` tokens.
 
   Args:
-    model: a decoder-only zoo model (``zoo.models.gpt.GPT``).
+    model: a model whose family offers a :class:`zoo.registry.CausalLM` (``zoo.models.gpt.GPT``).
     params: its parameters (``variables["params"]``).
     prompts: token ids: a list of lists (lengths may differ), or a ``[B, L]`` / ``[L]`` array.
     max_new_tokens: tokens to generate per row.
@@ -220,10 +209,10 @@ def generate(
   Returns:
     ``[B, max_new_tokens]`` int32 numpy array of new tokens (``pad_id`` after EOS).
   """
-  check_family(model, "gpt", "generate")
+  lm = registry.causal_lm(model, "generate")  # first: the wrong model is the error to report
   sampling = Sampling(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p)
   traced, static = _inputs(
-      model, prompts, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+      lm, model, prompts, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
       sampling=sampling, seed=seed, min_bucket=min_bucket, repetition_penalty=repetition_penalty,
   )
   out = _generate(params, *traced, model=model, max_new_tokens=max_new_tokens, static=static)
@@ -252,9 +241,10 @@ def stream(
   from a host loop over two compiled programs (prefill, one cached step), so a caller can
   print tokens as they come or stop early (stop strings): close the generator to stop.
   """
+  lm = registry.causal_lm(model, "stream")
   sampling = Sampling(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p)
   traced, static = _inputs(
-      model, prompts, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+      lm, model, prompts, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
       sampling=sampling, seed=seed, min_bucket=min_bucket, repetition_penalty=repetition_penalty,
   )
   prompt_BxP, valid_BxP, rng, *values, stops, pad = traced
@@ -274,24 +264,16 @@ def stream(
 
 
 def _apply(model, params, cache, tokens_BxL, positions_BxL, valid_BxS):
-  logits, mutated = model.apply(
-      {"params": params, "cache": cache},
-      tokens_BxL,
-      positions=positions_BxL,
-      attention_mask=valid_BxS,
-      decode=True,
-      mutable=["cache"],
-  )
-  return logits[:, -1].astype(jnp.float32), mutated["cache"]
+  lm = registry.causal_lm(model, "generate")
+  logits, cache = lm.apply_cached(model, params, cache, tokens_BxL, positions_BxL, valid_BxS)
+  return logits[:, -1].astype(jnp.float32), cache
 
 
 def _start(params, prompt_BxP, valid_BxP, *, model, max_new_tokens, static):
   """Prefill: the state after the prompt (last logits, cache, which tokens were seen)."""
   b, p = prompt_BxP.shape
   num_slots = p + max_new_tokens
-  cache = kv.zeros_cache(
-      lambda n: model.init(jax.random.key(0), jnp.zeros((n, num_slots), jnp.int32), decode=True), b
-  )
+  cache = registry.causal_lm(model, "generate").init_cache(model, b, num_slots)
   # Generated tokens always fill the slots after the bucket; only prompt padding is hidden.
   valid_BxS = jnp.concatenate([valid_BxP, jnp.ones((b, max_new_tokens), bool)], axis=1)
   positions_BxP = jnp.maximum(jnp.cumsum(valid_BxP, axis=1, dtype=jnp.int32) - 1, 0)

@@ -1,4 +1,8 @@
-"""Greedy and beam search for the encoder-decoder Transformer (and imported Marian models).
+"""Greedy and beam search for encoder-decoders (the Transformer, imported Marian models).
+
+Any family that registers a :class:`zoo.registry.Seq2Seq` decodes here: the capability runs
+the encoder, steps the decoder over its KV cache, allocates that cache and says how many
+source and target positions the model has, its ids and its vocabularies.
 
 The encoder runs once; the decoder runs one token at a time over its KV cache inside a
 ``lax.while_loop``, the whole search one jitted program per (batch size, source bucket,
@@ -24,8 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zoo import registry
 from zoo.generate import cache as kv
-from zoo.generate.decoder import TRACE_COUNTS, as_rows, bucket_length, check_family, check_rows
+from zoo.generate.decoder import TRACE_COUNTS, as_rows, bucket_length, check_rows
 
 Array = jax.Array
 EarlyStopping = bool | Literal["never"]
@@ -62,10 +67,11 @@ def generate(
   """Translate: the best target sequence for each source, greedy or by beam search.
 
   Args:
-    model: a ``zoo.models.transformer.Transformer`` (``encode`` / ``decode`` methods).
+    model: a model whose family offers a :class:`zoo.registry.Seq2Seq`
+      (``zoo.models.transformer.Transformer``).
     params: its parameters.
     sources: source token ids (lists of different lengths, or a ``[B, S]`` / ``[S]`` array);
-      ``model.config.pad_id`` entries are padding.
+      entries equal to the capability's ``pad_id`` are padding.
     max_new_tokens: the longest target, not counting the decoder start token.
     decoder_start_id: the first decoder input (Marian: the pad id; zoo: BOS).
     eos_id: ends a hypothesis; None = run to ``max_new_tokens``.
@@ -82,15 +88,16 @@ def generate(
     ``[B, max_new_tokens]`` int32 numpy array of target tokens (without the start token),
     ``pad_id`` after EOS.
   """
-  check_family(model, "transformer", "translate_ids")
+  s2s = registry.seq2seq(model, "translate_ids")
   cfg = model.config
   if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be an int >= 1; got {max_new_tokens!r}.")
-  # The decoder start token takes a position too: max_len - 1 new tokens fit.
-  if cfg.position != "rope" and max_new_tokens > cfg.max_len - cfg.position_offset - 1:
+  # The decoder start token takes a position too: target_length - 1 new tokens fit.
+  target_length = s2s.target_length(cfg)
+  if target_length is not None and max_new_tokens > target_length - 1:
     raise ValueError(
-        f"max_new_tokens={max_new_tokens} exceeds the decoder's positions (max_len={cfg.max_len}"
-        f", position_offset={cfg.position_offset}, one of them for the start token); lower it."
+        f"max_new_tokens={max_new_tokens} exceeds the decoder's {target_length} positions (one "
+        f"of them for the start token); lower it to {target_length - 1} or less."
     )
   if not isinstance(num_beams, int) or num_beams < 1:
     raise ValueError(f"num_beams must be an int >= 1; got {num_beams!r}.")
@@ -98,18 +105,19 @@ def generate(
     raise ValueError(f"early_stopping must be True, False or 'never'; got {early_stopping!r}.")
   if forced_eos and eos_id is None:
     raise ValueError("forced_eos=True needs an eos_id.")
+  tgt_vocab = s2s.target_vocab(cfg)
   for name, value in (("decoder_start_id", decoder_start_id), ("eos_id", eos_id),
                       *(("suppress_ids", s) for s in suppress_ids)):
-    if value is not None and not 0 <= value < cfg.tgt_vocab:
-      raise ValueError(f"{name}={value} is outside the target vocabulary (size {cfg.tgt_vocab}).")
+    if value is not None and not 0 <= value < tgt_vocab:
+      raise ValueError(f"{name}={value} is outside the target vocabulary (size {tgt_vocab}).")
   rows = as_rows(sources, "sources")
-  context = None if cfg.position == "rope" else cfg.max_len - cfg.position_offset
-  check_rows(rows, cfg.src_vocab, context, "sources")
+  context = s2s.source_length(cfg)
+  check_rows(rows, s2s.source_vocab(cfg), context, "sources")
   longest = max(len(r) for r in rows)
   bucket = bucket_length(longest, min_bucket)
   if context is not None:
-    bucket = min(bucket, context)  # padding past the position table would be rejected
-  src_BxS = jnp.asarray(_right_pad(rows, bucket, cfg.pad_id))
+    bucket = min(bucket, context)  # padding past the source positions would be rejected
+  src_BxS = jnp.asarray(_right_pad(rows, bucket, s2s.pad_id(cfg)))
   out = _search(
       params,
       src_BxS,
@@ -160,36 +168,21 @@ def _search(
 ) -> Array:
   TRACE_COUNTS["seq2seq"] += 1
   b, k, n = src_BxS.shape[0], num_beams, max_new_tokens
-  pad_id = model.config.pad_id
-  encoded_BxSxD = model.apply({"params": params}, src_BxS, method="encode")
+  s2s = registry.seq2seq(model, "translate_ids")
+  pad_id = s2s.pad_id(model.config)
+  encoded_B = s2s.encode(model, params, src_BxS)
   # Rows are batch-major: row r is beam r % K of sentence r // K.
   src_RxS = jnp.repeat(src_BxS, k, axis=0)
-  encoded_RxSxD = jnp.repeat(encoded_BxSxD, k, axis=0)
-  d = encoded_BxSxD.shape[-1]
+  encoded_R = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), encoded_B)
 
-  def init_fn(rows):  # one extra slot: the last token is fed once more, its logits unused
-    return model.init(
-        jax.random.key(0),
-        jnp.zeros((rows, n + 1), jnp.int32),
-        jnp.zeros((rows, 1, d), encoded_BxSxD.dtype),
-        jnp.zeros((rows, 1), jnp.int32),
-        decode=True,
-        method="decode",
-    )
+  def cache_fn(rows):  # one extra slot: the last token is fed once more, its logits unused
+    return s2s.init_cache(model, rows, n + 1)
 
   def decoder_step(cache, tokens_R):
-    logits, mutated = model.apply(
-        {"params": params, "cache": cache},
-        tokens_R[:, None],
-        encoded_RxSxD,
-        src_RxS,
-        decode=True,
-        method="decode",
-        mutable=["cache"],
-    )
-    return logits[:, -1].astype(jnp.float32), mutated["cache"]
+    logits, cache = s2s.decode_step(model, params, cache, tokens_R[:, None], encoded_R, src_RxS)
+    return logits[:, -1].astype(jnp.float32), cache
 
-  cache = kv.zeros_cache(init_fn, b * k)
+  cache = cache_fn(b * k)
   logits_RxV, cache = decoder_step(cache, jnp.full((b * k,), start_id, jnp.int32))
   process = functools.partial(
       _process, suppress_ids=suppress_ids, forced_eos=forced_eos, eos_id=eos_id, last=n - 1
@@ -197,7 +190,7 @@ def _search(
 
   if k == 1:
     return _greedy(logits_RxV, cache, decoder_step, process, n=n, eos_id=eos_id, pad_id=pad_id)
-  axes = kv.batch_axes(init_fn)
+  axes = kv.batch_axes(cache_fn)
   return _beam(
       logits_RxV, cache, decoder_step, process, axes, length_penalty,
       b=b, k=k, n=n, eos_id=eos_id, pad_id=pad_id, stop_when_full=stop_when_full,

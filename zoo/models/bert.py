@@ -370,6 +370,15 @@ def train_flops(config: BertConfig, params, shapes) -> dict[str, float]:
   )
 
 
+def hidden_states(model: Bert, params, batch: Mapping[str, Any]) -> Array:
+  """The last hidden states ``[B, L, D]`` of a tokenizer's batch (``input_ids``,
+  ``attention_mask``, ``token_type_ids``)."""
+  extra = {k: jnp.asarray(batch[k]) for k in ("attention_mask", "token_type_ids")
+           if batch.get(k) is not None}
+  out = model.apply({"params": params}, jnp.asarray(batch["input_ids"]), **extra)
+  return out["last_hidden_state"]
+
+
 registry.register(registry.Family(
     name="bert",
     config_cls=BertConfig,
@@ -379,4 +388,8 @@ registry.register(registry.Family(
     tasks=("mlm_nsp", "classification", "tagging"),
     converters=("zoo.pretrained.bert",),
     validate=validate,
+    text_encoder=registry.TextEncoder(
+        token_embeddings=lambda params: params["embeddings"]["word_embeddings"]["embedding"],
+        hidden_states=hidden_states,
+    ),
 ))

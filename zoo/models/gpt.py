@@ -244,6 +244,32 @@ def train_flops(config: GPTConfig, params, shapes) -> dict[str, float]:
   )
 
 
+def init_cache(model: GPT, batch_size: int, num_slots: int) -> Any:
+  """An empty KV cache of ``num_slots`` positions for ``batch_size`` rows, from shapes only."""
+  ids = jnp.zeros((batch_size, num_slots), jnp.int32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, decode=True))["cache"]
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def apply_cached(model: GPT, params, cache, tokens_BxL, positions_BxL, valid_BxS):
+  """``(logits [B, L, V], cache)`` of ``L`` new tokens run through the cache (see
+  :class:`zoo.registry.CausalLM`)."""
+  logits, mutated = model.apply(
+      {"params": params, "cache": cache},
+      tokens_BxL,
+      positions=positions_BxL,
+      attention_mask=valid_BxS,
+      decode=True,
+      mutable=["cache"],
+  )
+  return logits, mutated["cache"]
+
+
+def context_length(config: GPTConfig) -> int | None:
+  """The learned position table's size; None for RoPE and sinusoids (no table to run past)."""
+  return config.max_len if config.position == "learned" else None
+
+
 registry.register(registry.Family(
     name="gpt",
     config_cls=GPTConfig,
@@ -253,4 +279,12 @@ registry.register(registry.Family(
     tasks=("lm",),
     converters=("zoo.pretrained.gpt2", "zoo.pretrained.llama"),
     validate=validate,
+    causal_lm=registry.CausalLM(
+        init_cache=init_cache,
+        apply_cached=apply_cached,
+        context_length=context_length,
+        vocab_size=lambda config: config.vocab_size,
+        # Prompts stay within the context the model was built for, whatever its positions.
+        prompt_limit=lambda config: config.max_len,
+    ),
 ))

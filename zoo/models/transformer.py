@@ -511,6 +511,30 @@ def train_flops(config: TransformerConfig, params, shapes) -> dict[str, float]:
   )
 
 
+def encode(model: Transformer, params, src_ids: Array) -> Array:
+  """The encoder output ``[B, S, D]`` the decoder attends to."""
+  return model.apply({"params": params}, src_ids, method="encode")
+
+
+def decode_step(model: Transformer, params, cache, tgt_ids, encoded, src_ids):
+  """``(logits [B, T, V], cache)`` of ``T`` new target tokens run through the decoder cache."""
+  logits, mutated = model.apply(
+      {"params": params, "cache": cache},
+      tgt_ids,
+      encoded,
+      src_ids,
+      decode=True,
+      method="decode",
+      mutable=["cache"],
+  )
+  return logits, mutated["cache"]
+
+
+def num_positions(config: TransformerConfig) -> int | None:
+  """Positions of either stack (``max_len`` less the offset); None with RoPE (unbounded)."""
+  return None if config.position == "rope" else config.max_len - config.position_offset
+
+
 registry.register(registry.Family(
     name="transformer",
     config_cls=TransformerConfig,
@@ -520,4 +544,17 @@ registry.register(registry.Family(
     tasks=("translation",),
     converters=("zoo.pretrained.marian",),
     validate=validate,
+    inputs="source_target",
+    seq2seq=registry.Seq2Seq(
+        encode=encode,
+        decode_step=decode_step,
+        init_cache=lambda model, batch_size, num_slots: init_cache(
+            model.config, batch_size, num_slots
+        ),
+        pad_id=lambda config: config.pad_id,
+        source_vocab=lambda config: config.src_vocab,
+        target_vocab=lambda config: config.tgt_vocab,
+        source_length=num_positions,
+        target_length=num_positions,
+    ),
 ))

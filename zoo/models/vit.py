@@ -342,4 +342,5 @@ registry.register(registry.Family(
     tasks=("image_classification",),
     converters=("zoo.pretrained.vit",),
     validate=validate,
+    inputs="images",
 ))
