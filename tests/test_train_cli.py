@@ -21,7 +21,8 @@ from zoo.training.checkpoint import Checkpointer
 from zoo.training.metrics import read_jsonl
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-FAMILIES = ["gpt", "transformer", "bert_pretrain", "bert_classify", "bert_tagging", "vit"]
+# configs/<name>.py files whose `:smoke` trains here (llama's: tests/test_llama.py).
+CONFIGS = ["gpt", "transformer", "bert_pretrain", "bert_classify", "bert_tagging", "vit"]
 
 
 def _load(path: pathlib.Path, name: str):
@@ -47,7 +48,7 @@ def _train_losses(workdir) -> dict[int, float]:
   return {r["step"]: r["loss"] for r in read_jsonl(str(workdir)) if r["split"] == "train"}
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", CONFIGS)
 def test_smoke_config_trains(tmp_path, family):
   cmd = [
       sys.executable, str(ROOT / "train.py"), "--config", f"configs/{family}.py:smoke",

@@ -3,8 +3,9 @@
 A family (``zoo/models/gpt.py`` ...) ends with ``registry.register(Family(...))``: its config
 and model classes, how to make dummy inputs, how many FLOPs a training step costs, which
 training tasks it serves, which converter modules under ``zoo.pretrained`` read and write its
-checkpoints, and how it checks its inputs. Everything else asks this module; nothing outside
-a family compares family names.
+checkpoints, and how it checks its inputs. Every module of ``zoo/models`` is imported on the
+first look-up, so a new family is a new file there. Everything else asks this module; nothing
+outside a family compares family names.
 
 What a family can do beyond a forward pass is a typed capability on its record: a
 :class:`CausalLM` (cached sampling), a :class:`Seq2Seq` (encoder once, cached decoder) or a
@@ -164,13 +165,9 @@ class Family:
 
 _BY_CONFIG: dict[type, Family] = {}
 _BY_NAME: dict[str, Family] = {}
-# The modules that register the built-in families. A new family adds its module here.
-FAMILY_MODULES = (
-    "zoo.models.transformer",
-    "zoo.models.gpt",
-    "zoo.models.bert",
-    "zoo.models.vit",
-)
+# Every module of this package that defines a family registers it when imported: a new
+# family is a new file there.
+FAMILY_PACKAGE = "zoo.models"
 _loaded = False
 
 
@@ -194,12 +191,19 @@ def _load() -> None:
   global _loaded
   if not _loaded:
     _loaded = True
-    for module in FAMILY_MODULES:
-      importlib.import_module(module)
+    _import_package(FAMILY_PACKAGE)
+
+
+def _import_package(name: str) -> None:
+  """Import every module of the package ``name`` (file-name order), which registers its
+  records."""
+  package = importlib.import_module(name)
+  for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+    importlib.import_module(f"{name}.{info.name}")
 
 
 def families() -> list[Family]:
-  """Every registered family, in registration order."""
+  """Every registered family (the modules of ``zoo/models`` in file-name order)."""
   _load()
   return list(_BY_NAME.values())
 
@@ -437,9 +441,7 @@ def _load_tasks() -> None:
   global _tasks_loaded
   if not _tasks_loaded:
     _tasks_loaded = True
-    package = importlib.import_module(TASK_PACKAGE)
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-      importlib.import_module(f"{TASK_PACKAGE}.{info.name}")
+    _import_package(TASK_PACKAGE)
 
 
 def task_names() -> tuple[str, ...]:

@@ -100,7 +100,7 @@ def _text_run(model, params, checkpoint, text, layer, head, all_layers) -> dict:
   """A model of token ids (BERT, GPT): the maps over the tokens of ``text``."""
   import zoo
 
-  tokenizer = zoo.load_tokenizer(checkpoint)
+  tokenizer = zoo.load_tokenizer(checkpoint, required=False)
   if tokenizer is None:
     raise common.AnalysisError(f"{checkpoint!r} has no tokenizer to encode --text with.")
   ids = tokenizer.encode(text)
