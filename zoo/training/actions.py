@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import numpy as np
@@ -18,9 +18,6 @@ from zoo.training import checkpoint as ckpt_lib
 from zoo.training import metrics as metrics_lib
 from zoo.training import trainable as trainable_lib
 from zoo.training.steps import evaluate
-
-if TYPE_CHECKING:
-  from zoo.training.loop import Run
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -138,7 +135,8 @@ class Action:
     del end, stopping
     return self.every > 0 and step % self.every == 0
 
-  def __call__(self, run: Run, step: int) -> None:
+  def __call__(self, run: Any, step: int) -> None:
+    """Act on ``run`` (the loop's ``Run``: state, checkpointer, mesh, task) at ``step``."""
     raise NotImplementedError
 
 
