@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from benchmarks import cli, env, report, timing, zoo_side
 from zoo.layers import attention as attn
+from zoo.layers import masks
 
 HEADS, HEAD_DIM = 12, 64
 
@@ -64,7 +65,7 @@ def measure(impl: str, b: int, t: int, dtype, args) -> dict[str, Any]:
   q, k, v = (
       jax.random.normal(kk, (b, t, HEADS, HEAD_DIM), dtype) for kk in jax.random.split(key, 3)
   )
-  mask = attn.causal_mask(t)
+  mask = masks.causal_mask(t)
 
   def fwd(q, k, v):
     return attn.dot_product_attention(q, k, v, mask=mask, implementation=impl,

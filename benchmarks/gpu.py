@@ -64,6 +64,7 @@ def parity(dry_run: bool) -> dict[str, Any]:
 
   from benchmarks import env, report
   from zoo.layers import attention as attn
+  from zoo.layers import masks
 
   b, t, n, h = (2, 32, 4, 16) if dry_run else (4, 1024, 12, 64)
   impls = ["xla", "chunked"] + (["cudnn"] if env.on_gpu() else [])
@@ -72,10 +73,10 @@ def parity(dry_run: bool) -> dict[str, Any]:
              for kk in keys[:3])
   w = jax.random.normal(keys[3], (b, t, n, h), jnp.float32)  # a cotangent reaching everything
   lengths = jnp.array([t] + [t * 3 // 4] * (b - 1))
-  valid = attn.valid_from_lengths(lengths, t)
-  masks = {"causal": attn.causal_mask(t), "padding": attn.padding_mask(valid)}
+  valid = masks.valid_from_lengths(lengths, t)
+  cases = {"causal": masks.causal_mask(t), "padding": masks.padding_mask(valid)}
   rows = []
-  for mask_name, mask in masks.items():
+  for mask_name, mask in cases.items():
     row_w = w * valid[:, :, None, None] if mask_name == "padding" else w
 
     def loss(q, k, v, impl, mask=mask, row_w=row_w):

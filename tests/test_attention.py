@@ -1,4 +1,4 @@
-"""Tests for zoo.layers.attention: the attention function, masks, MultiHeadAttention, KV cache.
+"""Tests for zoo.layers.attention and zoo.layers.masks: attention, masks, MHA, KV cache.
 
 References: ``jax.nn.dot_product_attention(implementation="xla")`` and a float64 numpy softmax
 written here; properties: causality by perturbation and by gradient, cached == full decoding.
@@ -14,12 +14,11 @@ import pytest
 from flax import linen as nn
 
 from zoo.layers import attention as attn_lib
-from zoo.layers.attention import (
-    MultiHeadAttention,
+from zoo.layers.attention import MultiHeadAttention, dot_product_attention
+from zoo.layers.masks import (
     causal_mask,
     causal_mask_from_positions,
     combine_masks,
-    dot_product_attention,
     padding_mask,
     segment_mask,
     valid_from_ids,

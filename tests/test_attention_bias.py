@@ -16,8 +16,9 @@ import pytest
 from flax import linen as nn
 
 from zoo.layers import attention as attn_lib
-from zoo.layers.attention import MultiHeadAttention, causal_mask, padding_mask
+from zoo.layers.attention import MultiHeadAttention
 from zoo.layers.blocks import BlockConfig, BlockInputs, DecoderBlock
+from zoo.layers.masks import causal_mask, padding_mask
 from zoo.layers.stack import Stack, scan_params, unscan_params
 
 B, T, D, N, K, H = 2, 6, 16, 4, 2, 4

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from zoo.layers.attention import causal_mask, padding_mask
 from zoo.layers.blocks import MLP, BlockConfig, BlockInputs, DecoderBlock, EncoderBlock, make_norm
+from zoo.layers.masks import causal_mask, padding_mask
 from zoo.layers.stack import Stack, scan_params, unscan_params
 
 B, T, S, D = 2, 5, 6, 16

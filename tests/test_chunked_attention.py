@@ -13,12 +13,10 @@ import numpy as np
 import pytest
 
 from zoo.layers import attention as attn_lib
-from zoo.layers.attention import (
-    IMPLEMENTATIONS,
-    MultiHeadAttention,
+from zoo.layers.attention import IMPLEMENTATIONS, MultiHeadAttention, dot_product_attention
+from zoo.layers.masks import (
     causal_mask,
     combine_masks,
-    dot_product_attention,
     padding_mask,
     segment_mask,
     valid_from_lengths,

@@ -88,8 +88,43 @@ def generate(
     ``[B, max_new_tokens]`` int32 numpy array of target tokens (without the start token),
     ``pad_id`` after EOS.
   """
-  s2s = registry.seq2seq(model, "translate_ids")
-  cfg = model.config
+  s2s, cfg = registry.seq2seq(model, "translate_ids"), model.config
+  _check_options(
+      s2s, cfg, max_new_tokens=max_new_tokens, decoder_start_id=decoder_start_id,
+      eos_id=eos_id, num_beams=num_beams, early_stopping=early_stopping,
+      suppress_ids=suppress_ids, forced_eos=forced_eos,
+  )
+  src_BxS = _source_batch(s2s, cfg, sources, min_bucket)
+  out = _search(
+      params,
+      src_BxS,
+      jnp.asarray(length_penalty, jnp.float32),
+      jnp.asarray(decoder_start_id, jnp.int32),
+      jnp.asarray(-1 if eos_id is None else eos_id, jnp.int32),
+      jnp.asarray(early_stopping is True),
+      jnp.asarray(early_stopping == "never"),
+      model=model,
+      max_new_tokens=max_new_tokens,
+      num_beams=num_beams,
+      suppress_ids=tuple(int(s) for s in suppress_ids),
+      forced_eos=bool(forced_eos),
+  )
+  return np.asarray(out)
+
+
+def _check_options(
+    s2s: registry.Seq2Seq,
+    cfg,
+    *,
+    max_new_tokens: int,
+    decoder_start_id: int,
+    eos_id: int | None,
+    num_beams: int,
+    early_stopping: EarlyStopping,
+    suppress_ids: tuple[int, ...],
+    forced_eos: bool,
+) -> None:
+  """Checks :func:`generate`'s search options against the model, before anything is traced."""
   if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be an int >= 1; got {max_new_tokens!r}.")
   # The decoder start token takes a position too: target_length - 1 new tokens fit.
@@ -110,6 +145,10 @@ def generate(
                       *(("suppress_ids", s) for s in suppress_ids)):
     if value is not None and not 0 <= value < tgt_vocab:
       raise ValueError(f"{name}={value} is outside the target vocabulary (size {tgt_vocab}).")
+
+
+def _source_batch(s2s: registry.Seq2Seq, cfg, sources, min_bucket: int) -> Array:
+  """Checked sources, right-padded to their bucket: ``[B, S]`` int32."""
   rows = as_rows(sources, "sources")
   context = s2s.source_length(cfg)
   check_rows(rows, s2s.source_vocab(cfg), context, "sources")
@@ -117,22 +156,7 @@ def generate(
   bucket = bucket_length(longest, min_bucket)
   if context is not None:
     bucket = min(bucket, context)  # padding past the source positions would be rejected
-  src_BxS = jnp.asarray(_right_pad(rows, bucket, s2s.pad_id(cfg)))
-  out = _search(
-      params,
-      src_BxS,
-      jnp.asarray(length_penalty, jnp.float32),
-      jnp.asarray(decoder_start_id, jnp.int32),
-      jnp.asarray(-1 if eos_id is None else eos_id, jnp.int32),
-      jnp.asarray(early_stopping is True),
-      jnp.asarray(early_stopping == "never"),
-      model=model,
-      max_new_tokens=max_new_tokens,
-      num_beams=num_beams,
-      suppress_ids=tuple(int(s) for s in suppress_ids),
-      forced_eos=bool(forced_eos),
-  )
-  return np.asarray(out)
+  return jnp.asarray(_right_pad(rows, bucket, s2s.pad_id(cfg)))
 
 
 def _process(log_probs_RxV: Array, step: Array, *, suppress_ids, forced_eos, eos_id, last):

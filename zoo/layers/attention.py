@@ -1,13 +1,13 @@
-"""Scaled dot-product attention, boolean masks, multi-head attention and its KV cache.
+"""Scaled dot-product attention, multi-head attention and its KV cache.
 
 Letters used in shapes and einsum strings:
   B batch, T query (target) length, S key/value (source) length, D model width,
   N query heads, K key/value heads (N is a multiple of K), G = N // K query heads per
   key/value head, H head dim.
 
-Masks are boolean, True = attend, broadcastable to ``[B, N, T, S]``; an additive bias
-(relative positions) is a float array broadcastable to the same shape, added to the scaled
-logits before the mask.
+Masks (built with :mod:`zoo.layers.masks`) are boolean, True = attend, broadcastable to
+``[B, N, T, S]``; an additive bias (relative positions) is a float array broadcastable to the
+same shape, added to the scaled logits before the mask.
 """
 
 from __future__ import annotations
@@ -22,18 +22,9 @@ from flax import linen as nn
 
 from zoo import sharding as sh
 from zoo.layers import blockwise
+from zoo.layers.attention_checks import check_decode_bias, check_inputs
 from zoo.layers.dense import Einsum
-from zoo.layers.masks import (  # noqa: F401 - the masks' public names, here as before
-    MASK_VALUE,
-    causal_mask,
-    causal_mask_from_positions,
-    combine_masks,
-    padding_mask,
-    segment_mask,
-    sliding_window_mask,
-    valid_from_ids,
-    valid_from_lengths,
-)
+from zoo.layers.masks import MASK_VALUE, combine_masks, sliding_window_mask
 from zoo.layers.positional import RopeScaling, apply_rope
 
 Array = jax.Array
@@ -50,45 +41,6 @@ CHUNKED_MIN_LENGTH = 1024
 
 # ----------------------------------------------------------------------------------------------
 # The attention function.
-
-
-def _check_broadcastable(name: str, x: Array | None, target: tuple[int, ...]) -> None:
-  if x is None:
-    return
-  if x.ndim != 4:
-    raise ValueError(
-        f"{name} must have rank 4, broadcastable to [B, N, T, S] = {list(target)}; got shape "
-        f"{tuple(x.shape)}. Build masks with zoo.layers.attention.padding_mask / causal_mask, "
-        "or add the missing axes (e.g. mask[:, None, None, :] for a [B, S] key mask)."
-    )
-  for got, want in zip(x.shape, target):
-    if got not in (1, want):
-      raise ValueError(
-          f"{name} of shape {tuple(x.shape)} does not broadcast to [B, N, T, S] = {list(target)}."
-      )
-
-
-def _check_qkv(query: Array, key: Array, value: Array) -> None:
-  for name, x in (("query", query), ("key", key), ("value", value)):
-    if x.ndim != 4:
-      raise ValueError(
-          f"{name} must be [batch, length, heads, head_dim] (rank 4); got shape {tuple(x.shape)}."
-      )
-  if key.shape != value.shape:
-    raise ValueError(f"key and value shapes differ: {tuple(key.shape)} vs {tuple(value.shape)}.")
-  if query.shape[-1] != key.shape[-1]:
-    raise ValueError(
-        f"query head dim {query.shape[-1]} differs from key head dim {key.shape[-1]} "
-        f"(query {tuple(query.shape)}, key {tuple(key.shape)}); q and k must share H."
-    )
-  if query.shape[0] != key.shape[0]:
-    raise ValueError(f"batch sizes differ: query {query.shape[0]}, key {key.shape[0]}.")
-  n, k = query.shape[2], key.shape[2]
-  if n % k:
-    raise ValueError(
-        f"query heads N={n} must be a multiple of key/value heads K={k} "
-        f"(MHA: K=N, grouped-query: K divides N, multi-query: K=1)."
-    )
 
 
 def default_implementation(
@@ -182,37 +134,91 @@ def dot_product_attention(
   Returns:
     ``[B, T, N, H]`` in the query dtype, and the weights when ``return_weights``.
   """
-  _check_qkv(query, key, value)
-  b, t, n, h = query.shape
-  s, k = key.shape[1], key.shape[2]
-  _check_broadcastable("mask", mask, (b, n, t, s))
-  _check_broadcastable("bias", bias, (b, n, t, s))
-  if mask is not None and mask.dtype != jnp.bool_:
-    raise ValueError(f"mask must be boolean (True = attend); got dtype {mask.dtype}.")
   use_dropout = dropout_rate > 0.0 and not deterministic
-  needs_xla = (
-      "return_weights" if return_weights else "attention dropout" if use_dropout else None
+  impl = _check_call(
+      query, key, value, mask, bias, implementation,
+      use_dropout=use_dropout, dropout_rng=dropout_rng, return_weights=return_weights,
   )
-  impl = _resolve_implementation(implementation, query, s, needs_xla)
-  scale = 1.0 / math.sqrt(h) if scale is None else scale
-
+  scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
   if impl == "cudnn":
-    # cuDNN wants mask/bias with full [T, S] trailing dims (only B and N may be 1) and a bias
-    # in the input dtype; a [B, 1, 1, S] key-padding mask is valid everywhere else.
-    if mask is not None:
-      mask = jnp.broadcast_to(mask, (*mask.shape[:2], t, s))
-    if bias is not None:
-      bias = jnp.broadcast_to(bias, (*bias.shape[:2], t, s)).astype(query.dtype)
-    out = jax.nn.dot_product_attention(
-        query, key, value, bias=bias, mask=mask, scale=scale, implementation="cudnn"
-    )
-    return out
-
+    return _cudnn_attention(query, key, value, mask=mask, bias=bias, scale=scale)
   if impl == "chunked":
     return _chunked_attention(
         query, key, value, mask=mask, bias=bias, scale=scale, chunk_size=chunk_size
     )
+  out, weights_BNTS = _xla_attention(
+      query, key, value, mask=mask, bias=bias, scale=scale,
+      dropout_rate=dropout_rate if use_dropout else 0.0, dropout_rng=dropout_rng,
+  )
+  if return_weights:
+    return out, weights_BNTS
+  return out
 
+
+def _check_call(
+    query: Array,
+    key: Array,
+    value: Array,
+    mask: Array | None,
+    bias: Array | None,
+    implementation: str | None,
+    *,
+    use_dropout: bool,
+    dropout_rng: Array | None,
+    return_weights: bool,
+) -> Implementation:
+  """Checks :func:`dot_product_attention`'s arguments before anything is computed.
+
+  Returns:
+    The implementation to run.
+  """
+  check_inputs(query, key, value, mask, bias)
+  needs_xla = (
+      "return_weights" if return_weights else "attention dropout" if use_dropout else None
+  )
+  impl = _resolve_implementation(implementation, query, key.shape[1], needs_xla)
+  if use_dropout and dropout_rng is None:
+    raise ValueError("dropout_rate > 0 with deterministic=False needs a dropout_rng.")
+  return impl
+
+
+def _cudnn_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    *,
+    mask: Array | None,
+    bias: Array | None,
+    scale: float,
+) -> Array:
+  """The "cudnn" path: ``jax.nn.dot_product_attention(implementation="cudnn")``."""
+  t, s = query.shape[1], key.shape[1]
+  # cuDNN wants mask/bias with full [T, S] trailing dims (only B and N may be 1) and a bias
+  # in the input dtype; a [B, 1, 1, S] key-padding mask is valid everywhere else.
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, (*mask.shape[:2], t, s))
+  if bias is not None:
+    bias = jnp.broadcast_to(bias, (*bias.shape[:2], t, s)).astype(query.dtype)
+  return jax.nn.dot_product_attention(
+      query, key, value, bias=bias, mask=mask, scale=scale, implementation="cudnn"
+  )
+
+
+def _xla_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    *,
+    mask: Array | None,
+    bias: Array | None,
+    scale: float,
+    dropout_rate: float,
+    dropout_rng: Array | None,
+) -> tuple[Array, Array]:
+  """The "xla" path: ``(out [B, T, N, H], weights [B, N, T, S])``, the weights in float32
+  and before dropout (none when ``dropout_rate`` is 0)."""
+  b, t, n, h = query.shape
+  s, k = key.shape[1], key.shape[2]
   g = n // k
   q_BTKGH = query.reshape(b, t, k, g, h)
   # Logits and softmax in float32 whatever the compute dtype: bf16 logits lose the small
@@ -227,16 +233,12 @@ def dot_product_attention(
     logits = jnp.where(mask, logits, MASK_VALUE)
   weights_BNTS = jax.nn.softmax(logits, axis=-1)
   probs = weights_BNTS
-  if use_dropout:
-    if dropout_rng is None:
-      raise ValueError("dropout_rate > 0 with deterministic=False needs a dropout_rng.")
+  if dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
     probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
   probs = probs.astype(value.dtype).reshape(b, k, g, t, s)
   out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, value).reshape(b, t, n, h)
-  if return_weights:
-    return out, weights_BNTS
-  return out
+  return out, weights_BNTS
 
 
 def _chunked_attention(
@@ -267,18 +269,6 @@ def _window(mask: Array | None, window: int | None, q_slots: Array, kv_slots: Ar
   if window is None:
     return mask
   return combine_masks(mask, sliding_window_mask(q_slots, kv_slots, window))
-
-
-def _check_decode_bias(bias: Array | None, t: int, max_len: int) -> None:
-  """A bias for a cached call must cover this call's T query rows and all max_len cache slots."""
-  if bias is None or bias.ndim != 4:
-    return  # dot_product_attention reports the rank
-  if bias.shape[2] not in (1, t) or bias.shape[3] not in (1, max_len):
-    raise ValueError(
-        f"decoding with a KV cache, bias must broadcast to [B, N, T, max_len] = [B, N, {t}, "
-        f"{max_len}]: rows for this call's {t} new query tokens, columns for every cache slot "
-        f"0..{max_len - 1} (not only the ones written so far); got shape {tuple(bias.shape)}."
-    )
 
 
 class MultiHeadAttention(nn.Module):
@@ -365,7 +355,7 @@ class MultiHeadAttention(nn.Module):
     slots = (jnp.arange(t), jnp.arange(t))  # query and key slots, for the sliding window
     if cache is not None:
       key, value, mask, slots = self._write_cache(cache, key, value, mask)
-      _check_decode_bias(bias, t, key.shape[1])
+      check_decode_bias(bias, t, key.shape[1])
     # The window is over slots (sequence or cache indices), like the causal mask.
     mask = _window(mask, self.sliding_window if self_attention else None, *slots)
 

@@ -51,6 +51,7 @@ from flax import linen as nn
 from zoo import registry
 from zoo import sharding as sh
 from zoo.layers import attention as attn
+from zoo.layers import masks
 from zoo.layers.blocks import (
     ACTIVATIONS,
     Activation,
@@ -312,12 +313,12 @@ class Bert(nn.Module):
       else:
         positions = segment_positions(segment_ids)
     if attention_mask is None:
-      attention_mask = attn.valid_from_ids(input_ids, cfg.pad_id)
+      attention_mask = masks.valid_from_ids(input_ids, cfg.pad_id)
     # Keys only (as in Hugging Face): padded queries compute values nobody reads, and a
     # fully padded row stays finite thanks to the finite mask value.
     mask = jnp.asarray(attention_mask).astype(bool)[:, None, None, :]
     if segment_ids is not None:
-      mask = attn.combine_masks(mask, attn.segment_mask(segment_ids))
+      mask = masks.combine_masks(mask, masks.segment_mask(segment_ids))
 
     embeddings = BertEmbeddings(cfg, name="embeddings")
     x = embeddings(input_ids, token_type_ids, positions, deterministic)

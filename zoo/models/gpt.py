@@ -27,6 +27,7 @@ from flax import linen as nn
 from zoo import registry
 from zoo import sharding as sh
 from zoo.layers import attention as attn
+from zoo.layers import masks
 from zoo.layers.blocks import Activation, BlockInputs, DecoderBlock, NormKind, make_norm
 from zoo.layers.dense import Einsum
 from zoo.layers.positional import (
@@ -193,11 +194,11 @@ class GPT(nn.Module):
 
     mask = None
     if not decode:  # when decoding, attention builds the causal mask over its cache
-      mask = attn.causal_mask(length)
+      mask = masks.causal_mask(length)
       if segment_ids is not None:
-        mask = attn.combine_masks(mask, attn.segment_mask(segment_ids))
+        mask = masks.combine_masks(mask, masks.segment_mask(segment_ids))
     if attention_mask is not None:
-      mask = attn.combine_masks(mask, attention_mask[:, None, None, :].astype(bool))
+      mask = masks.combine_masks(mask, attention_mask[:, None, None, :].astype(bool))
 
     wte = common.TokenEmbedding(
         cfg.vocab_size, cfg.d_model, cfg.init_std, cfg.dtype, cfg.param_dtype, name="wte"

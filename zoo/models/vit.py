@@ -206,6 +206,16 @@ class ViT(nn.Module):
     """
     cfg = self.config
     validate(cfg, dict(images=images))
+    x_BLD = self._embed(images, deterministic)
+    x_BLD = common.layer_stack(cfg, EncoderBlock, cfg.num_layers, "encoder")(
+        x_BLD, BlockInputs(), deterministic=deterministic
+    )
+    x_BLD = make_norm(cfg.block(), "encoder_norm")(x_BLD)  # float32
+    return self._head(x_BLD)
+
+  def _embed(self, images: Array, deterministic: bool) -> Array:
+    """``[B, H, W, C]`` images -> ``[B, L, D]`` tokens: patches (+ class token) + positions."""
+    cfg = self.config
     b, d, p = images.shape[0], cfg.d_model, cfg.patch_size
     grid_h, grid_w = images.shape[1] // p, images.shape[2] // p
 
@@ -245,13 +255,12 @@ class ViT(nn.Module):
           cfg.param_dtype,
       )
       x_BLD = x_BLD + self._resize_positions(table, grid_h, grid_w).astype(cfg.dtype)
-    x_BLD = nn.Dropout(cfg.dropout_rate)(x_BLD, deterministic=deterministic)
+    return nn.Dropout(cfg.dropout_rate)(x_BLD, deterministic=deterministic)
 
-    x_BLD = common.layer_stack(cfg, EncoderBlock, cfg.num_layers, "encoder")(
-        x_BLD, BlockInputs(), deterministic=deterministic
-    )
-    x_BLD = make_norm(cfg.block(), "encoder_norm")(x_BLD)  # float32
-
+  def _head(self, x_BLD: Array) -> Array:
+    """Encoder output ``[B, L, D]`` -> pooled, (pre-logits,) float32 logits ``[B, K]``."""
+    cfg = self.config
+    d = cfg.d_model
     if cfg.pool == "cls":
       x_BD = x_BLD[:, 0]
     else:
