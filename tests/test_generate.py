@@ -2,23 +2,21 @@
 HF parity."""
 
 import dataclasses
-import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from reference import randomize
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from flax import linen as nn  # noqa: E402
-
-import zoo  # noqa: E402
-from zoo import generate as zg  # noqa: E402
-from zoo import registry  # noqa: E402
-from zoo.generate import decoder, seq2seq  # noqa: E402
-from zoo.generate.sampling import next_token  # noqa: E402
-from zoo.models.gpt import GPT, GPTConfig  # noqa: E402
-from zoo.models.transformer import Transformer, TransformerConfig  # noqa: E402
+import zoo
+from zoo import generate as zg
+from zoo import registry
+from zoo.generate import decoder, seq2seq
+from zoo.generate.sampling import next_token
+from zoo.models.gpt import GPT, GPTConfig
+from zoo.models.transformer import Transformer, TransformerConfig
 
 # An untied output layer: random tied tiny models tend to repeat one token, this one branches.
 GPT_CFG = GPTConfig(
@@ -400,18 +398,6 @@ def _hf():
   return torch, transformers
 
 
-def _randomize(torch, model, seed, std):
-  """Random values for every float tensor (HF inits biases 0 and norms 1); norms stay near 1."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, t in model.state_dict().items():
-      if not t.is_floating_point() or "embed_positions" in name:
-        continue
-      noise = torch.randn(t.shape, generator=g) * std
-      t.copy_(1.0 + noise if "norm" in name.lower() and name.endswith("weight") else noise)
-  return model.eval()
-
-
 def test_gpt2_greedy_matches_hugging_face(tmp_path):
   torch, transformers = _hf()
   import zoo
@@ -420,7 +406,7 @@ def test_gpt2_greedy_matches_hugging_face(tmp_path):
       vocab_size=HF_V, n_positions=32, n_embd=16, n_layer=2, n_head=4, n_inner=32,
       bos_token_id=0, eos_token_id=0, tie_word_embeddings=False,
   )
-  hf = _randomize(torch, transformers.GPT2LMHeadModel(cfg), seed=0, std=0.3)
+  hf = randomize(transformers.GPT2LMHeadModel(cfg), seed=0, std=0.3)
   hf.save_pretrained(tmp_path)
   model, params = zoo.from_pretrained(tmp_path)
   n = 8
@@ -454,7 +440,7 @@ def test_marian_beam_search_matches_hugging_face(tmp_path):
       max_position_embeddings=32, pad_token_id=HF_PAD, decoder_start_token_id=HF_PAD,
       eos_token_id=eos, activation_function="swish", scale_embedding=True,
   )
-  hf = _randomize(torch, transformers.MarianMTModel(cfg), seed=5, std=0.3)
+  hf = randomize(transformers.MarianMTModel(cfg), seed=5, std=0.3)
   with torch.no_grad():
     hf.final_logits_bias[0, eos] += 2.0  # EOS likely enough that beams finish at many lengths
   hf.save_pretrained(tmp_path)
