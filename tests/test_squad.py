@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from zoo.generate import spans as span_lib
 from zoo.tasks import squad
 
 
@@ -146,7 +147,8 @@ def test_best_spans_equals_brute_force_when_every_token_is_a_candidate(seed):
   context, offsets = _windows(rng, rng.randint(10, 40), seq_len, rng.randint(1, 6), stride=4)
   starts = [rng.randn(seq_len).astype(np.float32) for _ in offsets]
   ends = [rng.randn(seq_len).astype(np.float32) for _ in offsets]
-  got = squad.best_spans(starts, ends, offsets, context, n_best=seq_len, max_answer_length=max_len)
+  got = span_lib.best_spans(
+      starts, ends, offsets, context, n_best=seq_len, max_answer_length=max_len)
   want = _brute_force(starts, ends, offsets, context, max_len)[:seq_len]
   assert len(offsets) >= 1 and got
   assert _as_tuples(got) == want
@@ -164,7 +166,8 @@ def test_best_spans_with_few_candidates_is_the_brute_force_best_among_them(seed)
     (set(np.argsort(-s)[:n_best].tolist()), set(np.argsort(-e)[:n_best].tolist()))
     for s, e in zip(starts, ends)
   ]
-  got = squad.best_spans(starts, ends, offsets, context, n_best=n_best, max_answer_length=max_len)
+  got = span_lib.best_spans(
+      starts, ends, offsets, context, n_best=n_best, max_answer_length=max_len)
   want = _brute_force(starts, ends, offsets, context, max_len, allowed)[:n_best]
   assert _as_tuples(got) == want
   full = _brute_force(starts, ends, offsets, context, max_len)
@@ -184,7 +187,7 @@ def test_spans_never_touch_the_question_or_special_tokens():
     e[outside] += 100.0
     starts.append(s)
     ends.append(e)
-  spans = squad.best_spans(starts, ends, offsets, context, n_best=seq_len, max_answer_length=30)
+  spans = span_lib.best_spans(starts, ends, offsets, context, n_best=seq_len, max_answer_length=30)
   token_starts = {int(a) for off in offsets for a in off[off[:, 0] >= 0, 0]}
   token_ends = {int(b) for off in offsets for b in off[off[:, 0] >= 0, 1]}
   assert spans
@@ -192,7 +195,7 @@ def test_spans_never_touch_the_question_or_special_tokens():
     assert sp.start_char in token_starts and sp.end_char in token_ends
     assert sp.score < 100.0  # no question logit in any score
   # With only the top 3 positions (all outside the context) there is no span at all.
-  assert squad.best_spans(starts, ends, offsets, context, n_best=3, max_answer_length=30) == []
+  assert span_lib.best_spans(starts, ends, offsets, context, n_best=3, max_answer_length=30) == []
 
 
 def test_max_answer_length_is_in_tokens_and_respected():
@@ -203,13 +206,13 @@ def test_max_answer_length_is_in_tokens_and_respected():
   start[4], end[11] = 5.0, 4.0  # w2 .. w9: 8 tokens
   start[6], end[8] = 2.0, 2.0  # w4 .. w6: 3 tokens
   kw = dict(n_best=20)
-  best = squad.best_spans([start], [end], [offsets], context, max_answer_length=8, **kw)[0]
+  best = span_lib.best_spans([start], [end], [offsets], context, max_answer_length=8, **kw)[0]
   assert (best.text, best.score) == ("w2 w3 w4 w5 w6 w7 w8 w9", 9.0)
-  spans = squad.best_spans([start], [end], [offsets], context, max_answer_length=7, **kw)
+  spans = span_lib.best_spans([start], [end], [offsets], context, max_answer_length=7, **kw)
   assert spans[0].text != "w2 w3 w4 w5 w6 w7 w8 w9"
   for sp in spans:
     assert len(sp.text.split()) <= 7
-  one = squad.best_spans([start], [end], [offsets], context, max_answer_length=1, **kw)
+  one = span_lib.best_spans([start], [end], [offsets], context, max_answer_length=1, **kw)
   assert all(len(sp.text.split()) == 1 for sp in one)
   assert (one[0].text, one[0].score) == ("w2", 5.0)  # w2: 5 + 0 beats w9: 0 + 4
 
@@ -237,7 +240,7 @@ def _hand_made():
 
 def test_predict_null_score_and_threshold_on_a_hand_made_example():
   examples, windows, start, end = _hand_made()
-  answers, diff = squad.predict(examples, windows, start, end)
+  answers, diff = span_lib.predict(examples, windows, start, end)
   assert answers == {"a": "fox", "b": "old cat"}  # SQuAD 1.1: always a span
   assert diff == pytest.approx({"a": -3.0, "b": 4.0})
   for threshold, want in [
@@ -246,13 +249,13 @@ def test_predict_null_score_and_threshold_on_a_hand_made_example():
     (-3.5, {"a": "", "b": ""}),
     (4.0, {"a": "fox", "b": "old cat"}),
   ]:
-    got, _ = squad.predict(examples, windows, start, end, null_threshold=threshold)
+    got, _ = span_lib.predict(examples, windows, start, end, null_threshold=threshold)
     assert got == want, threshold
 
 
 def test_predict_without_a_valid_span_answers_nothing():
   examples, windows, start, end = _hand_made()
-  answers, diff = squad.predict(examples, windows, start, end, n_best=1)  # only [CLS] / q
+  answers, diff = span_lib.predict(examples, windows, start, end, n_best=1)  # only [CLS] / q
   assert answers["b"] == "" and diff["b"] == math.inf
   assert answers["a"] == "fox"  # window 1's top start and end are both token 4
 
@@ -361,18 +364,18 @@ def test_best_threshold_is_the_best_of_all_thresholds(seed):
 def test_bad_options_and_shapes_say_what_to_fix():
   examples, windows, start, end = _hand_made()
   with pytest.raises(ValueError, match="n_best=0"):
-    squad.predict(examples, windows, start, end, n_best=0)
+    span_lib.predict(examples, windows, start, end, n_best=0)
   with pytest.raises(ValueError, match="max_answer_length=0"):
-    squad.predict(examples, windows, start, end, max_answer_length=0)
+    span_lib.predict(examples, windows, start, end, max_answer_length=0)
   with pytest.raises(ValueError, match="4 logit rows for 3 windows"):
-    squad.predict(examples, windows, np.zeros((4, 7)), np.zeros((4, 7)))
+    span_lib.predict(examples, windows, np.zeros((4, 7)), np.zeros((4, 7)))
   with pytest.raises(ValueError, match=r"start_logits \(3, 7\) and end_logits \(3, 6\)"):
-    squad.predict(examples, windows, start, end[:, :6])
+    span_lib.predict(examples, windows, start, end[:, :6])
   with pytest.raises(ValueError, match="Window 0: start logits"):
-    squad.best_spans(
+    span_lib.best_spans(
       [start[0, :6]], [end[0, :6]], [windows[0].offsets], "x", n_best=2, max_answer_length=3
     )
   with pytest.raises(ValueError, match="'c' has no window"):
-    squad.predict([*examples, Example("c", "")], windows, start, end)
+    span_lib.predict([*examples, Example("c", "")], windows, start, end)
   with pytest.raises(ValueError, match="no predicted answer .*'b'"):
     squad.scores(examples, {"a": "fox"})
