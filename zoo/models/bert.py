@@ -3,8 +3,8 @@
 What is different from the other families: word + segment (token type) + position
 embeddings summed and normalised, post-LN encoder blocks, a pooler (dense + tanh on the
 first token), and the heads of Devlin et al. 2019: pretraining (masked LM tied to the word
-embeddings, plus next-sentence prediction), masked LM only, sequence classification and
-token classification.
+embeddings, plus next-sentence prediction), masked LM only, sequence classification, token
+classification and extractive question answering (a start and an end logit per token).
 
 Shapes: B batch, L length, D width, V vocabulary, C classes (``num_labels``).
 
@@ -30,6 +30,7 @@ Parameter tree (names mirror Hugging Face ``BertForPreTraining`` where it costs 
   mlm/bias                                   [V]         cls.predictions.bias
   nsp/{kernel [D, 2], bias [2]}                          cls.seq_relationship
   classifier/{kernel [D, C], bias [C]}                   classifier
+  qa_outputs/{kernel [D, 2], bias [2]}                   qa_outputs (BertForQuestionAnswering)
 
 The MLM decoder has no kernel of its own: it is the word embedding table transposed
 (``cls.predictions.decoder.weight`` is tied to it in Hugging Face too). Dense kernels are
@@ -67,7 +68,8 @@ from zoo.models import common
 
 Array = jax.Array
 BertHead = Literal[
-    "none", "pretraining", "mlm", "sequence_classification", "token_classification"
+    "none", "pretraining", "mlm", "sequence_classification", "token_classification",
+    "question_answering",
 ]
 BertPosition = Literal["learned", "sinusoidal", "rope"]
 HEAD_KINDS = typing.get_args(BertHead)
@@ -93,7 +95,7 @@ class BertConfig:
   attention_dropout_rate: float = 0.1
   init_std: float = 0.02  # normal(init_std) for every kernel and embedding table
   head: BertHead = "none"  # "none" = encoder + pooler
-  num_labels: int = 2  # classes of the classification heads
+  num_labels: int = 2  # classes of the classification heads (2 for question answering)
   classifier_dropout: float | None = None  # None = dropout_rate
   pooler: bool = True  # dense + tanh on [CLS] -> "pooled"; False = HF add_pooling_layer=False
   position: BertPosition = "learned"
@@ -110,8 +112,7 @@ class BertConfig:
           f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
           "change one of them."
       )
-    if self.head not in HEAD_KINDS:
-      raise ValueError(f"head must be one of {HEAD_KINDS}; got {self.head!r}.")
+    self._check_head()
     if self.position not in POSITION_KINDS:
       raise ValueError(f"position must be one of {POSITION_KINDS}; got {self.position!r}.")
     if self.activation not in ACTIVATIONS:
@@ -126,9 +127,18 @@ class BertConfig:
     if not 0 <= self.pad_id < self.vocab_size:
       raise ValueError(f"pad_id={self.pad_id} is outside the vocabulary [0, {self.vocab_size}).")
     common.check_stack_options(self.scan_layers, self.remat_policy)
+    self.block()  # validates heads, activation, norm position
+
+  def _check_head(self):
+    if self.head not in HEAD_KINDS:
+      raise ValueError(f"head must be one of {HEAD_KINDS}; got {self.head!r}.")
     if not self.pooler and self.head in ("pretraining", "sequence_classification"):
       raise ValueError(f"head={self.head!r} reads the pooled [CLS] output; it needs pooler=True.")
-    self.block()  # validates heads, activation, norm position
+    if self.head == "question_answering" and self.num_labels != 2:
+      raise ValueError(
+          f"head='question_answering' has two outputs per token (span start and end); got "
+          f"num_labels={self.num_labels}. Leave num_labels at 2."
+      )
 
   def block(self):
     return common.block_config(self, use_rope=self.position == "rope")
@@ -294,7 +304,8 @@ class Bert(nn.Module):
       ``pooler=False``) in the compute dtype, plus by
       head (float32): ``"mlm_logits"`` ``[B, L, V]`` and ``"nsp_logits"`` ``[B, 2]``
       (pretraining), ``"mlm_logits"`` (mlm), ``"logits"`` ``[B, C]`` (sequence
-      classification) or ``[B, L, C]`` (token classification).
+      classification) or ``[B, L, C]`` (token classification), ``"start_logits"`` and
+      ``"end_logits"`` ``[B, L]`` (question answering; padded positions are not masked).
     """
     cfg = self.config
     validate(cfg, dict(
@@ -328,23 +339,40 @@ class Bert(nn.Module):
     if cfg.norm_position == "pre":
       x = make_norm(cfg.block(), "final_norm")(x).astype(cfg.dtype)
     out = {"last_hidden_state": x}
+    pooled = None
     if cfg.pooler:
       pooler = _dense(cfg, cfg.d_model, (sh.EMBED, sh.MLP), "pooler")
       pooled = jnp.tanh(pooler("BD,DF->BF", x[:, 0]))
       out["pooled"] = pooled
+    return {**out, **_head(cfg, x, pooled, embeddings, deterministic)}
 
-    if cfg.head in ("pretraining", "mlm"):
-      out["mlm_logits"] = MLMHead(cfg, name="mlm")(x, embeddings)
-    if cfg.head == "pretraining":
-      nsp = _dense(cfg, 2, (sh.EMBED, sh.CLASSES), "nsp")
-      out["nsp_logits"] = nsp("BD,DC->BC", pooled).astype(jnp.float32)
-    if cfg.head in ("sequence_classification", "token_classification"):
-      rate = cfg.dropout_rate if cfg.classifier_dropout is None else cfg.classifier_dropout
-      feats = pooled if cfg.head == "sequence_classification" else x
-      feats = nn.Dropout(rate)(feats, deterministic=deterministic)
-      classifier = _dense(cfg, cfg.num_labels, (sh.EMBED, sh.CLASSES), "classifier")
-      out["logits"] = classifier("...D,DC->...C", feats).astype(jnp.float32)
-    return out
+
+def _head(
+    cfg: BertConfig, x: Array, pooled: Array | None, embeddings: BertEmbeddings,
+    deterministic: bool,
+) -> dict[str, Array]:
+  """The float32 outputs of ``cfg.head`` from ``x`` ``[B, L, D]`` and ``pooled`` ``[B, D]``.
+
+  Called inside :class:`Bert`'s compact ``__call__``: the layers made here are its children.
+  """
+  out = {}
+  if cfg.head in ("pretraining", "mlm"):
+    out["mlm_logits"] = MLMHead(cfg, name="mlm")(x, embeddings)
+  if cfg.head == "pretraining":
+    nsp = _dense(cfg, 2, (sh.EMBED, sh.CLASSES), "nsp")
+    out["nsp_logits"] = nsp("BD,DC->BC", pooled).astype(jnp.float32)
+  if cfg.head in ("sequence_classification", "token_classification"):
+    rate = cfg.dropout_rate if cfg.classifier_dropout is None else cfg.classifier_dropout
+    feats = pooled if cfg.head == "sequence_classification" else x
+    feats = nn.Dropout(rate)(feats, deterministic=deterministic)
+    classifier = _dense(cfg, cfg.num_labels, (sh.EMBED, sh.CLASSES), "classifier")
+    out["logits"] = classifier("...D,DC->...C", feats).astype(jnp.float32)
+  if cfg.head == "question_answering":
+    # No dropout before the span head, as in Hugging Face's BertForQuestionAnswering.
+    qa = _dense(cfg, 2, (sh.EMBED, sh.CLASSES), "qa_outputs")
+    logits_BL2 = qa("BLD,DC->BLC", x).astype(jnp.float32)
+    out["start_logits"], out["end_logits"] = logits_BL2[..., 0], logits_BL2[..., 1]
+  return out
 
 
 def dummy_inputs(config: BertConfig, batch_size: int = 1, length: int = 1):
@@ -386,7 +414,7 @@ registry.register(registry.Family(
     model_cls=Bert,
     dummy_inputs=dummy_inputs,
     train_flops=train_flops,
-    tasks=("mlm_nsp", "classification", "tagging"),
+    tasks=("mlm_nsp", "classification", "tagging", "question_answering"),
     converters=("zoo.pretrained.bert",),
     validate=validate,
     text_encoder=registry.TextEncoder(

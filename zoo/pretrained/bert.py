@@ -1,5 +1,5 @@
 """Hugging Face BERT (``BertModel``, ``BertFor{PreTraining,MaskedLM,SequenceClassification,
-TokenClassification}``) <-> :class:`zoo.models.bert.Bert`.
+TokenClassification,QuestionAnswering}``) <-> :class:`zoo.models.bert.Bert`.
 
 =============================================  ==================================================
 Hugging Face (``bert.`` prefix in head models)  zoo
@@ -15,12 +15,14 @@ encoder.layer.i.attention.output.LayerNorm     encoder/layers_i/attn_norm
 encoder.layer.i.intermediate.dense [F, D]      encoder/layers_i/mlp/wi/kernel [D, F]
 encoder.layer.i.output.dense [D, F]            encoder/layers_i/mlp/wo/kernel [F, D]
 encoder.layer.i.output.LayerNorm               encoder/layers_i/mlp_norm
-pooler.dense                                   pooler (not in MaskedLM / TokenClassification)
+pooler.dense                                   pooler (not in MaskedLM / TokenClassification /
+                                               QuestionAnswering)
 cls.predictions.transform.dense                mlm/transform
 cls.predictions.transform.LayerNorm            mlm/norm
 cls.predictions.bias [V]                       mlm/bias (decoder.weight is tied: not stored)
 cls.seq_relationship [2, D]                    nsp [D, 2]
 classifier [C, D]                              classifier [D, C]
+qa_outputs [2, D]                              qa_outputs [D, 2] (start = [..., 0], end = 1)
 =============================================  ==================================================
 """
 
@@ -41,9 +43,11 @@ _HEADS = {
     "BertForMaskedLM": "mlm",
     "BertForSequenceClassification": "sequence_classification",
     "BertForTokenClassification": "token_classification",
+    "BertForQuestionAnswering": "question_answering",
 }
 _ARCH = {head: arch for arch, head in _HEADS.items()}
-_NO_POOLER = ("BertForMaskedLM", "BertForTokenClassification")  # add_pooling_layer=False
+# add_pooling_layer=False
+_NO_POOLER = ("BertForMaskedLM", "BertForTokenClassification", "BertForQuestionAnswering")
 _LAYER = km.LayerNames(
     attention="attention",
     qkv=("self.query", "self.key", "self.value"),
@@ -56,14 +60,21 @@ _LAYER = km.LayerNames(
 
 
 def implied_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-  """The pooler a requested head implies, as transformers builds that head's class.
+  """The pooler (and labels) a requested head implies, as transformers builds that head's class.
 
   A head that reads the pooled [CLS] vector brings the pooler (fresh if the checkpoint has
-  none); the MLM and token-classification classes have none (a checkpoint's is dropped).
+  none); the MLM, token-classification and question-answering classes have none (a
+  checkpoint's is dropped). Question answering has two outputs per token whatever the
+  checkpoint's ``num_labels`` (a 9-label classifier can be fine-tuned into a span head).
   """
-  if "head" not in overrides or "pooler" in overrides:
+  if "head" not in overrides:
     return {}
-  return {"pooler": overrides["head"] in ("pretraining", "sequence_classification", "none")}
+  out = {}
+  if "pooler" not in overrides:
+    out["pooler"] = overrides["head"] in ("pretraining", "sequence_classification", "none")
+  if overrides["head"] == "question_answering" and "num_labels" not in overrides:
+    out["num_labels"] = 2
+  return out
 
 
 def _num_labels(hf: dict[str, Any]) -> int:
@@ -154,7 +165,7 @@ def ignore(hf: dict[str, Any], arch: str) -> tuple[str, ...]:
   patterns = ["*position_ids", "cls.predictions.decoder.*"]
   if arch in _NO_POOLER:
     patterns.append("*pooler.dense.*")
-  if arch in ("BertModel", "BertForSequenceClassification", "BertForTokenClassification"):
+  if arch not in ("BertForPreTraining", "BertForMaskedLM"):
     patterns.append("cls.*")  # a pretraining checkpoint fine-tuned into a task model
   if arch == "BertForMaskedLM":
     patterns.append("cls.seq_relationship.*")
@@ -186,6 +197,8 @@ def entries(cfg, arch: str) -> list[km.Entry]:
     out += km.dense("cls.seq_relationship", "nsp")
   if cfg.head in ("sequence_classification", "token_classification"):
     out += km.dense("classifier", "classifier")
+  if cfg.head == "question_answering":
+    out += km.dense("qa_outputs", "qa_outputs")
   return out
 
 
@@ -207,6 +220,6 @@ CONVERTER = Converter(
     entries=entries,
     ignore=ignore,
     describe=describe,
-    head_params=("pooler", "mlm", "nsp", "classifier"),  # created fresh when missing
+    head_params=("pooler", "mlm", "nsp", "classifier", "qa_outputs"),  # fresh when missing
     implied_overrides=implied_overrides,
 )
