@@ -39,6 +39,7 @@ DATASETS: dict[str, dict[str, Any]] = {
     ),
     "imagenet2012": dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, variable_size=True),
     "wmt": dict(eval_split="validation"),  # every wmt*_translate/xx-yy pair
+    "squad": dict(text_keys=("question", "context")),  # squad/v1.1, squad/v2.0
 }
 # Builders defined in modules that `import tensorflow_datasets` only registers lazily.
 _LEGACY_PACKAGES = ("text", "translate", "image_classification", "image", "structured")
@@ -245,3 +246,28 @@ def image_records(cfg, split: str):
   _check_keys(cfg, info, ["image", "label"])
   names = tuple(info.features["label"].names)
   return LazySeq(len(src), lambda i: (lambda ex: (ex["image"], int(ex["label"])))(src[i])), names
+
+
+def squad_records(cfg, split: str):
+  """Extractive QA examples of ``squad/v1.1``, ``squad/v2.0`` or any dataset with SQuAD's
+  features (``id``, ``question``, ``context``, ``answers`` {``text``, ``answer_start``}).
+
+  Returns:
+    A random-access sequence of :class:`zoo.data.qa.QAExample`; SQuAD 2.0's unanswerable
+    questions (``is_impossible``, empty ``answers``) have ``answers == ()``.
+  """
+  from zoo.data.qa import QAExample  # noqa: PLC0415 - the QA module only for QA data
+
+  src, info = data_source(cfg, split)
+  _check_keys(cfg, info, ["id", "question", "context", "answers"])
+
+  def get(i):
+    ex = src[i]
+    texts, starts = ex["answers"]["text"], ex["answers"]["answer_start"]
+    n = min(len(texts), len(starts))  # equal in real data; mock data draws them independently
+    answers = () if bool(ex.get("is_impossible", False)) else tuple(
+        (_text(texts[k]), int(starts[k])) for k in range(n)
+    )
+    return QAExample(_text(ex["id"]), _text(ex["question"]), _text(ex["context"]), answers)
+
+  return LazySeq(len(src), get)

@@ -156,6 +156,56 @@ def _first_id(lookup, candidates: Sequence[str]) -> int | None:
   return None
 
 
+def encode_with_offsets(tok: Tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+  """Token ids of ``text`` (as ``tok.encode``) and each token's character span in ``text``.
+
+  Extractive QA maps a gold answer's characters to tokens, and a predicted token span back to
+  text, through these spans: ``text[start:end]`` is the text the token came from.
+
+  Args:
+    tok: a ``"byte"`` tokenizer (each byte gets the span of the character it belongs to, so
+      the 2-4 bytes of one multi-byte character share it) or a ``tokenizer.json`` /
+      ``vocab.txt`` / trained BPE tokenizer (the ``tokenizers`` library's ``Encoding.offsets``,
+      with surrounding whitespace trimmed: a byte-level BPE token " word" spans "word").
+    text: the text to encode.
+
+  Returns:
+    ``(ids, offsets)``: ``ids == tok.encode(text)`` and ``offsets[i] = (start, end)``
+    character indices into ``text``.
+
+  Raises:
+    ValueError: the tokenizer cannot say where its tokens come from (SentencePiece, or a
+      tokenizer this module does not know).
+  """
+  if isinstance(tok, ByteTokenizer):
+    ids, offsets = [], []
+    for i, ch in enumerate(text):
+      data = ch.encode("utf-8")
+      ids += [b + BYTE_OFFSET for b in data]
+      offsets += [(i, i + 1)] * len(data)
+    return ids, offsets
+  backend = getattr(getattr(tok, "_tok", None), "backend", None)
+  if isinstance(tok, HFTokenizer) and hasattr(backend, "encode"):
+    enc = backend.encode(text, add_special_tokens=False)
+    return list(enc.ids), [_trim_span(text, s, e) for s, e in enc.offsets]
+  kind = "SentencePiece" if isinstance(tok, SentencePieceTokenizer) else type(tok).__name__
+  raise ValueError(
+      f"tokenizer {getattr(tok, 'name', tok)!r} ({kind}) gives no character offsets, which "
+      "extractive question answering needs to map answers to tokens; use a tokenizer.json or "
+      "vocab.txt tokenizer (e.g. the pretrained checkpoint's folder), tokenizer='bpe' or "
+      "tokenizer='byte'."
+  )
+
+
+def _trim_span(text: str, start: int, end: int) -> tuple[int, int]:
+  """``(start, end)`` without the whitespace at either end (empty spans stay at ``start``)."""
+  while start < end and text[start].isspace():
+    start += 1
+  while end > start and text[end - 1].isspace():
+    end -= 1
+  return start, end
+
+
 # ----------------------------------------------------------------------------------------------
 # Loading from files.
 
