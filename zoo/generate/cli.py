@@ -8,6 +8,10 @@ Examples::
   python -m zoo.generate --checkpoint gpt2/ --prompt "Hello" --sample --top_p 0.9 --seed 1
   # translation: a Marian (Opus-MT) folder, or a workdir trained on the translation task
   python -m zoo.generate --checkpoint opus-mt-en-de/ --source "How are you?" --num_beams 4
+  # question answering: a BERT QA run (configs/bert_qa.py) or a *ForQuestionAnswering folder;
+  # prints the answer, then its start and end character offsets in the context
+  python -m zoo.generate --checkpoint runs/qa-minilm --question "What does dumps return?" \
+      --context "dumps(): Return the JSON string of obj. loads(): Parse a JSON document."
 
 ``--checkpoint`` is a train.py workdir (``checkpoints/<step>/``: the model is rebuilt from
 the fingerprint saved with the checkpoint, the tokenizer from the run config, read from
@@ -19,14 +23,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import runpy
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
+import numpy as np
+
 from zoo import registry
-from zoo.generate import decoder, seq2seq
+from zoo.generate import decoder, seq2seq, spans
 from zoo.pretrained.checkpoint_io import read_json_object
 
 
@@ -48,6 +56,7 @@ class Loaded:
   num_beams: int = 1
   length_penalty: float = 1.0
   stop_ids: tuple[int, ...] = ()  # every EOS id a GPT stops at (Llama 3 lists several)
+  data: Any = None  # a workdir's run config data section (window sizes of question answering)
 
   @property
   def stops(self):
@@ -110,7 +119,7 @@ def load_workdir(workdir: str, config=None, step: int | None = None) -> Loaded:
       model=model, params=params, tokenizer=tokenizer, where=workdir, specials_in_encode=False,
       bos_id=get("bos_id"), eos_id=get("eos_id"),
       pad_id=int(pad if pad is not None else getattr(model.config, "pad_id", 0)),
-      decoder_start_id=get("bos_id"),
+      decoder_start_id=get("bos_id"), data=None if config is None else config.data,
   )
 
 
@@ -301,6 +310,52 @@ def translate(
   return _decode(loaded, decoder.until_eos(out[0], loaded.eos_id))
 
 
+@functools.partial(jax.jit, static_argnames="model")
+def _apply_windows(model, params, input_ids, token_type_ids, attention_mask):
+  return model.apply({"params": params}, input_ids, token_type_ids=token_type_ids,
+                     attention_mask=attention_mask)
+
+
+def answer(
+    loaded: Loaded,
+    question: str,
+    context: str,
+    *,
+    seq_len: int = 384,
+    doc_stride: int = 128,
+    n_best: int = 20,
+    max_answer_length: int = 30,
+) -> spans.Span | None:
+  """The best answer span to ``question`` in ``context`` from a question-answering model.
+
+  The context is read in overlapping windows of ``seq_len`` tokens (``doc_stride`` shared),
+  as in training (``zoo.data.qa``); the span is decoded over all of them
+  (``zoo.generate.spans``). Returns None when no span fits (an empty context window).
+  """
+  from zoo.data import qa  # noqa: PLC0415 - only this command reads windows
+  from zoo.data import tokenizers as data_tokenizers  # noqa: PLC0415
+
+  tok = loaded.tokenizer
+  if not isinstance(tok, (data_tokenizers.HFTokenizer, data_tokenizers.ByteTokenizer)):
+    tok = data_tokenizers.tokenizer_from_file(loaded.where)  # the folder's, with offsets
+  example = qa.QAExample(id="cli", question=question, context=context)
+  windows, _ = qa.make_windows([example], tok, seq_len=seq_len, doc_stride=doc_stride)
+  stack = lambda name: np.stack([getattr(w, name) for w in windows])  # noqa: E731
+  out = _apply_windows(loaded.model, loaded.params, stack("input_ids"), stack("token_type_ids"),
+                       stack("attention_mask"))
+  if not isinstance(out, dict) or "start_logits" not in out:
+    raise ValueError(
+        f"{loaded.where} holds a model without a question-answering head (start and end "
+        "logits); load a *ForQuestionAnswering checkpoint or train one with "
+        "configs/bert_qa.py."
+    )
+  best = spans.best_spans(
+      list(np.asarray(out["start_logits"])), list(np.asarray(out["end_logits"])),
+      [w.offsets for w in windows], context, n_best=n_best, max_answer_length=max_answer_length,
+  )
+  return best[0] if best else None
+
+
 def _ids(text: str | None) -> list[int] | None:
   if text is None:
     return None
@@ -308,6 +363,22 @@ def _ids(text: str | None) -> list[int] | None:
     return [int(t) for t in text.replace(",", " ").split()]
   except ValueError as e:
     raise ValueError(f"token ids must be integers separated by commas; got {text!r}.") from e
+
+
+def _print_answer(loaded: Loaded, args) -> int:
+  """``--question``: the answer text, then its start and end character offsets in the context."""
+  if not args.context:
+    raise ValueError("--question needs --context: the text that holds the answer.")
+  data = loaded.data if loaded.data is not None else {}
+  pick = lambda given, key, default: given if given is not None else data.get(key, default)  # noqa: E731
+  span = answer(loaded, args.question, args.context,
+                seq_len=int(pick(args.seq_len, "seq_len", 384)),
+                doc_stride=int(pick(args.doc_stride, "doc_stride", 128)))
+  if span is None:
+    print("(no answer span)")
+  else:
+    print(f"{span.text}\t{span.start_char}\t{span.end_char}")
+  return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,6 +391,12 @@ def main(argv: list[str] | None = None) -> int:
   what.add_argument("--prompt_ids", help="GPT: token ids to continue (no tokenizer needed)")
   what.add_argument("--source", help="Transformer: text to translate")
   what.add_argument("--source_ids", help="Transformer: source token ids")
+  what.add_argument("--question", help="BERT question answering: a question about --context")
+  p.add_argument("--context", help="the text --question asks about (its answer is a span of it)")
+  p.add_argument("--seq_len", type=int,
+                 help="question answering: window length (default: the run's, else 384)")
+  p.add_argument("--doc_stride", type=int,
+                 help="question answering: tokens shared by windows (default: the run's, else 128)")
   p.add_argument("--max_new_tokens", type=int, default=64)
   p.add_argument("--sample", action="store_true", help="sample instead of greedy (GPT)")
   p.add_argument("--temperature", type=float, default=1.0)
@@ -336,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
   args = p.parse_args(argv)
   try:
     loaded = load(args.checkpoint, config=args.config, step=args.step)
+    if args.question is not None:
+      return _print_answer(loaded, args)
     if args.prompt is not None or args.prompt_ids is not None:
       printer = (lambda piece: print(piece, end="", flush=True)) if args.stream else None
       out = complete(

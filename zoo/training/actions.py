@@ -184,12 +184,14 @@ class Evaluate(Action):
     return super().should_run(step, end, stopping) or (step == end and not stopping)
 
   def __call__(self, run, step):
+    # The training data's facts, and the evaluation split's own (a QA split's windows).
+    info = {**run.info, **getattr(self.dataset, "info", {})}
     self.result = evaluate(
         run.prog.eval, run.state, self.dataset, run.mesh, rows=self.rows,
-        num_batches=self.num_batches, task=run.task, info=run.info,
+        num_batches=self.num_batches, task=run.task, info=info,
     )
     self.result.update(run.task.decode_metrics(
-        run.prog.model, trainable_lib.merge_adapters(run.state.params), self.dataset, run.info,
+        run.prog.model, trainable_lib.merge_adapters(run.state.params), self.dataset, info,
         run.config.eval,
     ))
     self.writer.write(step, "eval", self.result)
