@@ -37,5 +37,8 @@ def get_config(arg=None):
     c.eval.update(every=0, num_batches=4)
   elif arg.startswith("minilm"):
     minilm_recipe(c, scratch=arg == "minilm-scratch")
-    c.data.update(seq_len=128, doc_stride=32)  # contexts of a few docstrings: 1-3 windows
+    c.data.update(seq_len=128, doc_stride=32)  # contexts of a few docstrings: 1-4 windows
+    # Spans are learned more slowly than classes: 500 steps (200 end at EM 39 / F1 56).
+    c.train.update(num_steps=500, log_every=50, checkpoint_every=250)
+    c.eval.update(every=250)
   return c
