@@ -198,7 +198,7 @@ def check_fields(config: Any) -> None:
   hints = typing.get_type_hints(type(config))
   for field in dataclasses.fields(config):
     name, value = field.name, getattr(config, field.name)
-    allowed = _union(hints[name])
+    allowed = union_args(hints[name])
     kinds = [a for a in allowed if a is not type(None)]
     where = f"{type(config).__name__}.{name}={value!r}"
     if value is None:
@@ -231,7 +231,8 @@ def _check_value(where: str, name: str, value: Any, kind: Any) -> None:
       raise ValueError(f"{where} must be > 0.")
 
 
-def _union(hint: Any) -> tuple:
+def union_args(hint: Any) -> tuple:
+  """The members of ``A | B`` / ``Optional[A]`` (``(hint,)`` for any other annotation)."""
   if typing.get_origin(hint) in (typing.Union, types.UnionType):
     return typing.get_args(hint)
   return (hint,)

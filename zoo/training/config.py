@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import types
 import typing
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +23,7 @@ from ml_collections import config_dict
 import zoo
 from zoo import registry
 from zoo import sharding as sh
+from zoo.models.common import union_args
 from zoo.presets import PRESETS
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def _preset_values(preset: str) -> dict[str, Any]:
 
 def _flag_type(hint: Any) -> type:
   """The command-line type of a field annotated ``hint``: ``int | None`` -> int, Literal -> str."""
-  args = [a for a in _union_args(hint) if a is not type(None)]
+  args = [a for a in union_args(hint) if a is not type(None)]
   if len(args) == 1:
     (arg,) = args
     if typing.get_origin(arg) is typing.Literal:
@@ -205,12 +205,6 @@ def _flag_type(hint: Any) -> type:
     if isinstance(arg, type):
       return arg
   return object
-
-
-def _union_args(hint: Any) -> tuple:
-  if typing.get_origin(hint) in (typing.Union, types.UnionType):
-    return typing.get_args(hint)
-  return (hint,)
 
 
 def model_fields(preset: str) -> ml_collections.ConfigDict:
