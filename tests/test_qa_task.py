@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 import zoo
@@ -145,3 +146,32 @@ def test_a_model_without_a_span_head_is_refused_by_the_answer_command(tmp_path):
                       specials_in_encode=True)
   with pytest.raises(ValueError, match="without a question-answering head"):
     cli.answer(loaded, "What?", "Some context here.")
+
+
+def test_host_metrics_score_whole_examples_and_find_the_no_answer_threshold():
+  """Evaluation scores the examples whose every window was seen; with a null threshold (SQuAD
+  2.0) an example whose [CLS] score beats its best span answers nothing, and the best
+  threshold is reported."""
+  from types import SimpleNamespace  # noqa: PLC0415
+
+  task = registry.task("question_answering")
+  examples = [
+      qa.QAExample("a", "Which?", "alpha beta", (("beta", 6),)),
+      qa.QAExample("b", "Which?", "gamma", ()),  # unanswerable
+      qa.QAExample("c", "Which?", "delta", (("delta", 0),)),  # its window is never evaluated
+  ]
+  none = (-1, -1)
+  windows = [
+      SimpleNamespace(example=0, offsets=np.array([none, (0, 5), (6, 10), none])),
+      SimpleNamespace(example=1, offsets=np.array([none, (0, 5), none, none])),
+      SimpleNamespace(example=2, offsets=np.array([none, (0, 5), none, none])),
+  ]
+  start = np.array([[0.0, 1.0, 5.0, 0.0], [6.0, 1.0, 0.0, 0.0]], np.float32)
+  end = np.array([[0.0, 1.0, 5.0, 0.0], [6.0, 1.0, 0.0, 0.0]], np.float32)
+  collected = {"start_logits": start, "end_logits": end, "window_id": np.array([0, 1])}
+  info = {"qa_windows": windows, "qa_examples": examples, "n_best": 5, "max_answer_length": 3}
+  out = task.host_metrics(collected, {}, {**info, "null_threshold": 0.0})
+  assert (out["total"], out["exact_match"], out["f1"]) == (2.0, 100.0, 100.0)
+  assert out["no_ans_total"] == 1.0 and "best_f1_thresh" in out
+  always = task.host_metrics(collected, {}, {**info, "null_threshold": None})
+  assert always["exact_match"] == 50.0 and "best_f1" not in always  # "gamma" for b: wrong
