@@ -151,7 +151,7 @@ def test_both_readers_are_the_one_reader_and_leave_the_workdir_as_it_was(lora_ru
   ckpt = workdir.read(root)
   assert ckpt.step == 5 and ckpt.config == model.config and ckpt.where == f"{root} (step 5)"
   assert not any(k[-1].startswith("lora_") for k in traverse_util.flatten_dict(ckpt.params))
-  _tree_equal(ckpt.params, merged)  # the same fold as the training package's own
+  _tree_equal(ckpt.params, merged)  # read back from Orbax: the merged tree
 
   loaded = cli.load(str(root), step=3)
   assert loaded.model == model
