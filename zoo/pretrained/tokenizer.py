@@ -1,11 +1,13 @@
 """The tokenizer that ships next to a checkpoint, without transformers.
 
 ``load_tokenizer(folder)`` looks, in order, for Marian's ``source.spm`` + ``target.spm`` +
-``vocab.json``, ``tokenizer.json`` (any fast tokenizer), BERT's ``vocab.txt`` and GPT-2's
-``vocab.json`` + ``merges.txt`` (a folder with none is an error, unless ``required=False``),
-and wraps what it finds in one small interface:
+``vocab.json``, ``tokenizer.json`` (any fast tokenizer), T5's ``spiece.model``, BERT's
+``vocab.txt`` and GPT-2's ``vocab.json`` + ``merges.txt`` (a folder with none is an error,
+unless ``required=False``), and wraps what it finds in one small interface:
 ``encode(text) -> list[int]``, ``decode(ids) -> str`` and ``__call__(texts)`` -> padded
 numpy batches (``input_ids``, ``attention_mask``, ``token_type_ids``) that zoo models take.
+T5's sentinels ``<extra_id_N>`` are ``Tokenizer.sentinel_ids[N]`` (empty for tokenizers
+without them).
 
 :func:`read_tokenizer_json` and :func:`read_vocab_txt` read one file of either kind; the data
 pipelines (:func:`zoo.data.tokenizers.load_tokenizer`) read those files through them too.
@@ -14,7 +16,8 @@ pipelines (:func:`zoo.data.tokenizers.load_tokenizer`) read those files through 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,11 +39,16 @@ class Tokenizer:
     pad_id: id used to pad batches (0 when the vocabulary names no pad token).
     vocab_size: size of the id space.
     kind: which files it was built from (``"tokenizer.json"``, ``"marian"``, ...).
+    sentinel_ids: ``sentinel_ids[N]`` is the id of T5's ``<extra_id_N>``; empty without them.
   """
 
-  def __init__(self, backend, *, kind: str, pad_id: int, vocab_size: int, marian=None):
+  def __init__(
+      self, backend, *, kind: str, pad_id: int, vocab_size: int, spm=None,
+      sentinel_ids: Sequence[int] = (),
+  ):
     self.backend, self.kind, self.pad_id, self.vocab_size = backend, kind, pad_id, vocab_size
-    self._marian = marian
+    self.sentinel_ids = tuple(int(i) for i in sentinel_ids)
+    self._spm = spm  # a SentencePiece reader that encodes and decodes itself (Marian, T5)
 
   def encode(
       self, text: str, *, add_special_tokens: bool = True, target: bool = False
@@ -49,24 +57,24 @@ class Tokenizer:
 
     ``target=True`` encodes with a Marian model's target-language SentencePiece model.
     """
-    if self._marian is not None:
-      return self._marian.encode(text, add_special_tokens, target)
+    if self._spm is not None:
+      return self._spm.encode(text, add_special_tokens, target)
     return list(self.backend.encode(text, add_special_tokens=add_special_tokens).ids)
 
   def _encode_with_types(self, text: str, pair: str | None) -> tuple[list[int], list[int]]:
-    if self._marian is not None:
-      if pair is not None:
+    if self._spm is not None:
+      if pair is not None and not isinstance(self._spm, _T5Spm):
         raise ValueError("a Marian tokenizer encodes single sentences; got text pairs.")
-      ids = self.encode(text)
-      return ids, [0] * len(ids)
+      ids = self.encode(text) + (self.encode(pair) if pair is not None else [])
+      return ids, [0] * len(ids)  # T5 pairs: "A </s> B </s>", one segment type
     enc = self.backend.encode(text, pair)
     return list(enc.ids), list(enc.type_ids)
 
   def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
     """Text of ``ids`` (special tokens dropped by default)."""
     ids = [int(i) for i in ids]
-    if self._marian is not None:
-      return self._marian.decode(ids, skip_special_tokens)
+    if self._spm is not None:
+      return self._spm.decode(ids, skip_special_tokens)
     return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
   def __call__(
@@ -143,12 +151,62 @@ class _Marian:
     return self.target.decode_pieces(pieces)
 
 
+class _T5Spm:
+  """T5 / mT5's ``spiece.model``: the SentencePiece ids, ``</s>`` appended, and ``extra_ids``
+  sentinels after the pieces, ``<extra_id_0>`` last (``transformers.T5Tokenizer``'s layout).
+
+  Special tokens in the text (``<extra_id_3>``, ``</s>``, ``<pad>``, ``<unk>``) are their ids;
+  the text between them is encoded piece by piece, as transformers' added tokens split it.
+  """
+
+  def __init__(self, path: str, config: dict[str, Any]):
+    import sentencepiece as spm
+
+    self.sp = spm.SentencePieceProcessor(model_file=path)
+    size, extra = self.sp.get_piece_size(), int(config.get("extra_ids", 100))
+    own = lambda piece: (i if (i := self.sp.piece_to_id(piece)) != self.sp.unk_id() else None)  # noqa: E731
+    self.sentinels = (
+        tuple(size + extra - 1 - n for n in range(extra)) if extra else _sentinels(own)
+    )
+    self.vocab_size = size + extra
+    names = {"pad": "<pad>", "eos": "</s>", "unk": "<unk>"}
+    ids = {k: self.sp.piece_to_id(_token(config.get(f"{k}_token")) or v) for k, v in names.items()}
+    self.pad, self.eos, self.unk = ids["pad"], ids["eos"], ids["unk"]
+    self.special = {
+        **{self.sp.id_to_piece(i): i for i in ids.values()},
+        **{f"<extra_id_{n}>": i for n, i in enumerate(self.sentinels)},
+    }
+    self.names = {i: p for p, i in self.special.items()}
+    self.split = re.compile(
+        "(" + "|".join(map(re.escape, sorted(self.special, key=len, reverse=True))) + ")"
+    )
+
+  def encode(self, text: str, add_special_tokens: bool, target: bool = False) -> list[int]:
+    ids: list[int] = []
+    for part in self.split.split(text):
+      if part in self.special:
+        ids.append(self.special[part])
+      elif part:
+        ids += self.sp.encode(part)
+    return ids + [self.eos] if add_special_tokens else ids
+
+  def decode(self, ids: list[int], skip_special_tokens: bool) -> str:
+    pieces = [
+        self.names[i] if i in self.names else self.sp.id_to_piece(i)
+        for i in ids if not (skip_special_tokens and i in self.names)
+    ]
+    text = "".join(pieces).replace("\u2581", " ")
+    # The word-start mark of the first piece is no space (transformers' Metaspace decoder).
+    return text[1:] if pieces and pieces[0].startswith("\u2581") else text
+
+
 # The files of each tokenizer kind, in the order load_tokenizer looks for them.
 _MARIAN = ("source.spm", "target.spm", "vocab.json")
 _FAST = ("tokenizer.json",)
+_T5 = ("spiece.model",)
 _WORDPIECE = ("vocab.txt",)
 _BPE = ("vocab.json", "merges.txt")
-LOOKED_FOR = (_MARIAN, _FAST, _WORDPIECE, _BPE)
+LOOKED_FOR = (_MARIAN, _FAST, _T5, _WORDPIECE, _BPE)
 
 
 def load_tokenizer(path: str | os.PathLike, *, required: bool = True) -> Tokenizer | None:
@@ -176,10 +234,14 @@ def load_tokenizer(path: str | os.PathLike, *, required: bool = True) -> Tokeniz
   if has(*_MARIAN):
     marian = _Marian(folder, config)
     return Tokenizer(
-        None, kind="marian", pad_id=marian.pad, vocab_size=len(marian.vocab), marian=marian
+        None, kind="marian", pad_id=marian.pad, vocab_size=len(marian.vocab), spm=marian
     )
   if has(*_FAST):
     return read_tokenizer_json(os.path.join(folder, "tokenizer.json"), config)
+  if has(*_T5):
+    t5 = _T5Spm(os.path.join(folder, _T5[0]), config)
+    return Tokenizer(None, kind="spiece.model", pad_id=t5.pad, vocab_size=t5.vocab_size, spm=t5,
+                     sentinel_ids=t5.sentinels)
   if has(*_WORDPIECE):
     return read_vocab_txt(os.path.join(folder, "vocab.txt"), config)
   if has(*_BPE):
@@ -252,4 +314,18 @@ def _wrap(backend, kind: str, pad: str | None) -> Tokenizer:
       kind=kind,
       pad_id=0 if pad_id is None else pad_id,
       vocab_size=backend.get_vocab_size(),
+      sentinel_ids=_sentinels(backend.token_to_id),
   )
+
+
+def _sentinels(lookup: Callable[[str], int | None]) -> tuple[int, ...]:
+  """The ids of ``<extra_id_0>``, ``<extra_id_1>``, ... until one is missing."""
+  out: list[int] = []
+  while (i := lookup(f"<extra_id_{len(out)}>")) is not None:
+    out.append(int(i))
+  return tuple(out)
+
+
+def sentinel_ids(tok: Tokenizer) -> tuple[int, ...]:
+  """``sentinel_ids(tok)[N]`` is the id of T5's ``<extra_id_N>`` (empty without sentinels)."""
+  return tok.sentinel_ids
