@@ -48,6 +48,7 @@ def make_tokenizer(data_cfg):
         vocab_size=cfg.vocab_size,
         cache_dir=cfg.tokenizer_dir,
         cache_key=key,
+        extra_specials=task.special_tokens(cfg),
     )
   return tokenizer_from_file(kind)
 

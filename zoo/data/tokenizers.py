@@ -74,6 +74,30 @@ def normal_ids(tok: Tokenizer) -> np.ndarray:
   return np.flatnonzero(keep).astype(np.int32)
 
 
+def sentinel_ids(tok: Tokenizer) -> tuple[int, ...]:
+  """The ids of ``<extra_id_0>``, ``<extra_id_1>``, ... (T5's sentinels), in that order.
+
+  A tokenizer's own ``sentinel_ids`` attribute (a T5 tokenizer's) is used when it has one;
+  else the strings are looked up in the vocabulary until one is missing. Empty when there are
+  none (the byte tokenizer, vocabularies trained without them).
+  """
+  for obj in (tok, getattr(tok, "_tok", None)):  # HFTokenizer wraps a pretrained tokenizer
+    own = getattr(obj, "sentinel_ids", None)
+    if own is not None:
+      return tuple(int(i) for i in own)
+  if isinstance(tok, HFTokenizer):
+    lookup = tok._tok.backend.token_to_id
+  elif isinstance(tok, SentencePieceTokenizer):
+    sp = tok._sp
+    lookup = lambda piece: (i if (i := sp.piece_to_id(piece)) != sp.unk_id() else None)
+  else:
+    return ()
+  out: list[int] = []
+  while (i := lookup(f"<extra_id_{len(out)}>")) is not None:
+    out.append(int(i))
+  return tuple(out)
+
+
 class ByteTokenizer:
   """UTF-8 bytes shifted by 8 special ids (see the module docstring for the layout)."""
 
@@ -277,6 +301,7 @@ def train_tokenizer(
     vocab_size: int,
     cache_dir: str | os.PathLike | None = None,
     cache_key: str = "",
+    extra_specials: Sequence[str] = (),
 ) -> Tokenizer:
   """Trains (or loads from ``cache_dir``) a small ``"bpe"`` or ``"sentencepiece"`` vocabulary.
 
@@ -287,9 +312,13 @@ def train_tokenizer(
     cache_dir: where trained files are kept (default ``$ZOO_CACHE`` or ``~/.cache/zoo``,
       subfolder ``tokenizers``); delete a file there to retrain.
     cache_key: identifies the corpus (dataset, split, languages...) in the file name.
+    extra_specials: more special tokens, in order after the usual ones (span corruption's
+      ``<extra_id_N>`` sentinels): BPE special tokens, SentencePiece user-defined symbols.
+      Part of the cache key when given.
 
   Returns:
-    The tokenizer, ids 0 [PAD], 1 [BOS], 2 [EOS], 3 [UNK] (BPE also 4 [CLS], 5 [SEP], 6 [MASK]).
+    The tokenizer, ids 0 [PAD], 1 [BOS], 2 [EOS], 3 [UNK] (BPE also 4 [CLS], 5 [SEP], 6 [MASK]),
+    then ``extra_specials``.
   """
   if kind not in TRAINABLE:
     raise ValueError(f"can only train {TRAINABLE} vocabularies; got {kind!r}.")
@@ -299,21 +328,24 @@ def train_tokenizer(
     )
   root = pathlib.Path(cache_dir or os.environ.get("ZOO_CACHE", "~/.cache/zoo")).expanduser()
   root = root / "tokenizers" if cache_dir is None else root
-  digest = hashlib.sha1(f"{kind}|{vocab_size}|{cache_key}".encode()).hexdigest()[:12]
+  extras = tuple(extra_specials)
+  key = f"{kind}|{vocab_size}|{cache_key}" + (f"|{extras}" if extras else "")
+  digest = hashlib.sha1(key.encode()).hexdigest()[:12]
   path = root / f"{kind}-{vocab_size}-{digest}{'.json' if kind == 'bpe' else '.model'}"
   if not path.is_file():
     texts = [t for t in texts if t.strip()]
     if not texts:
       raise ValueError(f"cannot train a {kind} vocabulary on an empty corpus ({cache_key}).")
     root.mkdir(parents=True, exist_ok=True)
-    data = _train_bpe(texts, vocab_size) if kind == "bpe" else _train_spm(texts, vocab_size)
+    train = _train_bpe if kind == "bpe" else _train_spm
+    data = train(texts, vocab_size, extras)
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, path)  # atomic: concurrent processes never read half a file
   return tokenizer_from_file(path)
 
 
-def _train_bpe(texts: list[str], vocab_size: int) -> bytes:
+def _train_bpe(texts: list[str], vocab_size: int, extras: tuple[str, ...]) -> bytes:
   from tokenizers import Tokenizer as _HF
   from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -322,7 +354,7 @@ def _train_bpe(texts: list[str], vocab_size: int) -> bytes:
   tok.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(
       vocab_size=vocab_size,
-      special_tokens=list(TRAINED_SPECIALS),
+      special_tokens=[*TRAINED_SPECIALS, *extras],
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte: nothing is ever [UNK]
       show_progress=False,
   )
@@ -330,7 +362,7 @@ def _train_bpe(texts: list[str], vocab_size: int) -> bytes:
   return tok.to_str().encode()
 
 
-def _train_spm(texts: list[str], vocab_size: int) -> bytes:
+def _train_spm(texts: list[str], vocab_size: int, extras: tuple[str, ...]) -> bytes:
   import sentencepiece as spm
 
   model = io.BytesIO()
@@ -343,6 +375,7 @@ def _train_spm(texts: list[str], vocab_size: int) -> bytes:
       bos_id=1,
       eos_id=2,
       unk_id=3,
+      **({"user_defined_symbols": list(extras)} if extras else {}),
       character_coverage=1.0,
       hard_vocab_limit=False,  # a small corpus may not support vocab_size pieces
       minloglevel=2,

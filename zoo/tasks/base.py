@@ -5,7 +5,8 @@ with ``registry.register_task(TheTask)``. The record owns everything that differ
 objectives, in the order data flows:
 
 * data: ``data_defaults`` (its keys of ``zoo.data.default_config``), ``check_data``, ``records``
-  (offline and TFDS), ``texts`` (for training a tokenizer), ``dataset`` (the batch builder);
+  (offline and TFDS), ``texts``, ``tokenizer_key`` and ``special_tokens`` (for training a
+  tokenizer), ``dataset`` (the batch builder);
 * model: ``model_overrides`` (vocabulary, labels, head implied by the data), ``inputs``;
 * loss: ``loss_weights``, ``stats`` (``name -> (sum, count)``), ``units`` (throughput);
 * evaluation: ``predictions`` and ``host_metrics`` (macro-F1, span F1, bits per byte), and the
@@ -78,6 +79,11 @@ class Task:
 
   def tokenizer_key(self, cfg) -> tuple:
     """Data keys besides the corpus that change a trained vocabulary (its cache key)."""
+    return ()
+
+  def special_tokens(self, cfg) -> tuple[str, ...]:
+    """Extra special tokens a trained vocabulary needs for this task (span corruption's
+    sentinels), added after the usual ones; part of its cache key."""
     return ()
 
   def dataset(self, records, tok, *, cfg, info: dict, meta: dict, train: bool, common: dict):
