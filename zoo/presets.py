@@ -49,6 +49,20 @@ def _transformer(d_model: int, num_heads: int, mlp_dim: int, dropout: float) -> 
   )
 
 
+def _t5(
+    d_model: int, num_layers: int, num_heads: int, mlp_dim: int, *, v1_1: bool,
+    vocab: int = 32128,
+) -> tuple[str, dict]:
+  # Raffel et al. 2020 and the released config.json files: d_kv 64, 32 buckets up to 128.
+  # 1.0: ReLU MLP, output tied to the shared table (scaled by d_model**-0.5). v1.1 (Flan, mT5):
+  # gated-GELU MLP, untied lm_head, no output scaling.
+  layout = dict(activation="gelu_tanh", gated_mlp=True, tie_word_embeddings=False) if v1_1 else {}
+  return "t5", dict(
+      vocab_size=vocab, d_model=d_model, num_heads=num_heads, head_dim=64, mlp_dim=mlp_dim,
+      num_encoder_layers=num_layers, num_decoder_layers=num_layers, **layout,
+  )
+
+
 def _bert(d_model: int, num_layers: int, num_heads: int) -> tuple[str, dict]:
   # Devlin et al. 2019: 30522 WordPiece vocabulary, 512 positions, 2 segment types.
   return "bert", dict(
@@ -94,6 +108,13 @@ PRESETS: dict[str, tuple[str, dict]] = {
                            tie_embeddings=True, qkv_bias=True),
     # Zhang et al. 2024 (TinyLlama): the Llama 2 layout at 22 layers, 4 KV heads.
     "tinyllama-1.1b": _llama(32000, 2048, 22, 32, 4, 5632, 2048, norm_eps=1e-5),
+    "t5-small": _t5(512, 6, 8, 2048, v1_1=False),
+    "t5-base": _t5(768, 12, 12, 3072, v1_1=False),
+    "t5-large": _t5(1024, 24, 16, 4096, v1_1=False),
+    "t5-v1_1-small": _t5(512, 8, 6, 1024, v1_1=True),
+    "t5-v1_1-base": _t5(768, 12, 12, 2048, v1_1=True),
+    "flan-t5-base": _t5(768, 12, 12, 2048, v1_1=True),  # Chung et al. 2022: v1.1 weights, tuned
+    "mt5-small": _t5(512, 8, 6, 1024, v1_1=True, vocab=250112),  # Xue et al. 2021
     "bert-base": _bert(768, 12, 12),
     "bert-large": _bert(1024, 24, 16),
     "vit-b16": _vit(16, 768, 12, 12, 3072),
@@ -126,6 +147,15 @@ PUBLISHED_PARAMS: dict[str, float] = {
     "mistral-7b": 7.24e9,
     "qwen2.5-0.5b": 494e6,
     "tinyllama-1.1b": 1.10e9,
+    # The released T5 checkpoints (transformers' T5ForConditionalGeneration, lm_head counted
+    # when untied). The papers round them: 60M, 220M, 770M for t5-small/base/large.
+    "t5-small": 60_506_624,
+    "t5-base": 222_903_552,
+    "t5-large": 737_668_096,
+    "t5-v1_1-small": 76_961_152,
+    "t5-v1_1-base": 247_577_856,
+    "flan-t5-base": 247_577_856,
+    "mt5-small": 300_176_768,
     # Devlin et al. 2019.
     "bert-base": 110e6,
     "bert-large": 340e6,

@@ -303,6 +303,7 @@ class MultiHeadAttention(nn.Module):
   param_dtype: Any = jnp.float32
   kernel_init: Any = nn.initializers.lecun_normal()
   out_kernel_init: Any = None  # None = kernel_init (GPT-2 scales residual projections)
+  query_kernel_init: Any = None  # None = kernel_init (T5 folds 1/sqrt(H) into the query)
   scale: float | None = None  # logits scale; None = 1/sqrt(head_dim) (T5: 1.0)
 
   @nn.compact
@@ -385,16 +386,19 @@ class MultiHeadAttention(nn.Module):
   def _project_qkv(self, inputs_q: Array, kv_in: Array, num_kv: int):
     """``[B, T, D]``, ``[B, S, Dkv]`` -> query ``[B, T, N, H]``, key and value ``[B, S, K, H]``."""
     qkv_bias = self.use_bias if self.qkv_bias is None else self.qkv_bias
-    proj = lambda x, heads, heads_axis, name: Einsum(  # noqa: E731
+    proj = lambda x, heads, heads_axis, name, init=self.kernel_init: Einsum(  # noqa: E731
         (x.shape[-1], heads, self.head_dim),
         (sh.EMBED, heads_axis, sh.HEAD_DIM),
         use_bias=qkv_bias,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
-        kernel_init=self.kernel_init,
+        kernel_init=init,
         name=name,
     )
-    query = proj(inputs_q, self.num_heads, sh.HEADS, "query")("BLD,DNH->BLNH", inputs_q)
+    query_init = self.query_kernel_init or self.kernel_init
+    query = proj(inputs_q, self.num_heads, sh.HEADS, "query", query_init)(
+        "BLD,DNH->BLNH", inputs_q
+    )
     key = proj(kv_in, num_kv, sh.KV_HEADS, "key")("BLD,DNH->BLNH", kv_in)
     value = proj(kv_in, num_kv, sh.KV_HEADS, "value")("BLD,DNH->BLNH", kv_in)
     return query, key, value

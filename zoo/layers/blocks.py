@@ -72,6 +72,7 @@ class BlockConfig:
   attention_scale: float | None = None  # attention logits scale; None = 1/sqrt(head_dim) (T5: 1)
   init_std: float | None = 0.02  # normal(init_std) kernels; None = Xavier-uniform (2017 paper)
   residual_init_scale: float = 1.0  # multiplies init_std of projections into the residual
+  query_init_scale: float = 1.0  # multiplies init_std of the query kernel (T5: head_dim**-0.5)
   dtype: Any = jnp.float32  # compute dtype
   param_dtype: Any = jnp.float32  # storage dtype
 
@@ -194,6 +195,9 @@ def _attention(config: BlockConfig, name: str, use_rope: bool) -> MultiHeadAtten
       param_dtype=config.param_dtype,
       kernel_init=config.kernel_init(),
       out_kernel_init=config.kernel_init(config.residual_init_scale),
+      query_kernel_init=(
+          None if config.query_init_scale == 1.0 else config.kernel_init(config.query_init_scale)
+      ),
       name=name,
   )
 
