@@ -435,7 +435,7 @@ registry.register(registry.Family(
     dummy_inputs=dummy_inputs,
     train_flops=train_flops,
     tasks=("translation",),
-    converters=(),
+    converters=("zoo.pretrained.t5",),
     validate=validate,
     inputs="source_target",
     seq2seq=registry.Seq2Seq(
