@@ -306,16 +306,17 @@ def test_task_is_registered_and_the_transformer_serves_it():
 # Training through the one loop.
 
 
-def families():
-  out = [pytest.param("transformer-base", dict(num_encoder_layers=2, num_decoder_layers=2,
-                                               num_heads=4), id="transformer")]
-  return out
+TINY = dict(d_model=32, num_heads=4, mlp_dim=64, num_encoder_layers=2, num_decoder_layers=2,
+            dropout_rate=0.0)
 
 
-@pytest.mark.parametrize("preset, model", families())
+@pytest.mark.parametrize("preset, model", [
+    ("transformer-base", dict(max_len=SRC_LEN)),
+    ("t5-small", dict(head_dim=8)),
+], ids=["transformer", "t5"])
 def test_an_encoder_decoder_trains_on_span_corruption(corpus, tokdir, tmp_path, preset, model):
   c = config_lib.base_config("span_corruption", preset)
-  c.model.update(d_model=32, mlp_dim=64, max_len=SRC_LEN, dropout_rate=0.0, **model)
+  c.model.update(**TINY, **model)
   c.data.update(path=str(corpus), src_len=SRC_LEN, vocab_size=300, num_sentinels=SENTINELS,
                 tokenizer_dir=tokdir)
   c.train.update(batch_size=8, num_steps=12, log_every=1, checkpoint_every=12,
@@ -328,3 +329,16 @@ def test_an_encoder_decoder_trains_on_span_corruption(corpus, tokdir, tmp_path, 
   assert np.isfinite(losses).all() and losses[-3:].mean() < losses[:3].mean() - 0.5
   assert {"loss", "nll", "accuracy", "perplexity"} <= set(result.eval)
   assert np.isfinite(result.eval["loss"]) and 0 <= result.eval["accuracy"] <= 1
+
+
+def test_model_config_takes_vocabulary_and_t5_ids_from_the_data(corpus, tokdir):
+  info = zd.build_dataset(data_cfg(corpus, tokdir), split="train", global_batch_size=2,
+                          seed=0).info
+  t5 = config_lib.base_config("span_corruption", "t5-small")
+  t5.model.update(**TINY, head_dim=8)
+  cfg = config_lib.model_config(t5, info)
+  assert (cfg.vocab_size, cfg.pad_id, cfg.eos_id, cfg.decoder_start_id) == (
+      info["vocab_size"], 0, info["eos_id"], info["decoder_start_id"]) == (300, 0, 2, 1)
+  tr = config_lib.base_config("span_corruption", "transformer-base")
+  tr.model.update(**TINY, max_len=SRC_LEN)
+  assert config_lib.model_config(tr, info).vocab_size == 300  # no T5 fields: the rest skipped

@@ -35,7 +35,7 @@ class SpanCorruption(base.Task):
     }
 
   def check_data(self, cfg):
-    from zoo.data import span_corruption as data  # noqa: PLC0415 - Grain only once data is built
+    from zoo.data import span_corruption as data  # noqa: PLC0415 - Grain only when data is used
 
     if cfg.targets_length is not None and not isinstance(cfg.targets_length, int):
       raise ValueError(
@@ -74,7 +74,11 @@ class SpanCorruption(base.Task):
     return data.build(records, tok, cfg=cfg, **common)
 
   def model_overrides(self, info):
-    return base.vocab_overrides(info)
+    out = base.vocab_overrides(info)
+    for key in ("eos_id", "decoder_start_id"):  # fields of the families that name them (T5)
+      if info.get(key) is not None:
+        out[key] = int(info[key])
+    return out
 
   def inputs(self, batch):
     return (batch["src_ids"], batch["tgt_in_ids"]), {}
