@@ -293,6 +293,19 @@ def test_sentinel_ids_prefers_the_tokenizer_attribute():
   assert sentinel_ids(ByteTokenizer()) == ()
 
 
+def test_sentinel_ids_are_in_name_order_not_id_order(tmp_path):
+  from tokenizers import Tokenizer, models, pre_tokenizers
+
+  words = ["<pad>", "</s>", "<unk>", "the", "cat"]
+  hf = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+  hf.pre_tokenizer = pre_tokenizers.Whitespace()
+  hf.add_special_tokens([f"<extra_id_{n}>" for n in reversed(range(4))])  # T5: id_0 is last
+  hf.save(str(tmp_path / "tokenizer.json"))
+  path = str(tmp_path / "tokenizer.json")
+  tok = zd.make_tokenizer({"task": "span_corruption", "tokenizer": path})
+  assert sentinel_ids(tok) == (8, 7, 6, 5)
+
+
 def test_task_is_registered_and_the_transformer_serves_it():
   assert "span_corruption" in registry.task_names()
   assert "span_corruption" in registry.get("transformer").tasks

@@ -77,13 +77,13 @@ def normal_ids(tok: Tokenizer) -> np.ndarray:
 def sentinel_ids(tok: Tokenizer) -> tuple[int, ...]:
   """The ids of ``<extra_id_0>``, ``<extra_id_1>``, ... (T5's sentinels), in that order.
 
-  A tokenizer's own ``sentinel_ids`` attribute (a T5 tokenizer's) is used when it has one;
-  else the strings are looked up in the vocabulary until one is missing. Empty when there are
-  none (the byte tokenizer, vocabularies trained without them).
+  A tokenizer's own non-empty ``sentinel_ids`` attribute (a T5 tokenizer's) is used when it
+  has one; else the strings are looked up in the vocabulary until one is missing. Empty when
+  there are none (the byte tokenizer, vocabularies trained without them).
   """
   for obj in (tok, getattr(tok, "_tok", None)):  # HFTokenizer wraps a pretrained tokenizer
     own = getattr(obj, "sentinel_ids", None)
-    if own is not None:
+    if own:
       return tuple(int(i) for i in own)
   if isinstance(tok, HFTokenizer):
     lookup = tok._tok.backend.token_to_id
