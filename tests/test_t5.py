@@ -370,9 +370,12 @@ def test_per_layer_tables_equal_to_the_shared_one_give_the_shared_output():
   assert _max_diff(_forward(per_cfg, _per_layer(params, per_cfg, 0.5), SRC, TGT), shared) > 1e-3
 
 
-def test_scan_layers_equals_loop():
-  cfg = _config("v1.1")
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_scan_layers_equals_loop(per_layer):
+  cfg = _config("v1.1", relative_bias_per_layer=per_layer)
   looped = _params("v1.1")
+  if per_layer:
+    looped = _per_layer(looped, cfg, spread=0.5)
   scanned = scan_params(looped)
   scan_cfg = dataclasses.replace(cfg, scan_layers=True)
   assert jax.tree.map(jnp.shape, _shapes(scan_cfg)) == jax.tree.map(jnp.shape, scanned)
@@ -510,3 +513,26 @@ def test_train_flops_and_dropout_trace():
       lambda p: T5(cfg).apply({"params": p}, SRC, TGT, deterministic=False,
                               rngs={"dropout": jax.random.PRNGKey(0)}), _shapes(cfg))
   assert logits.shape == (2, 9, 96) and logits.dtype == jnp.float32
+  bf16 = dataclasses.replace(cfg, dtype=jnp.bfloat16, scan_layers=True, remat_policy="dots")
+  logits = jax.eval_shape(lambda p: T5(bf16).apply({"params": p}, SRC, TGT), _shapes(bf16))
+  assert logits.dtype == jnp.float32  # logits stay float32 in a bfloat16 model
+
+
+def test_a_fresh_model_overfits_one_batch():
+  cfg = _config("v1.1")
+  args = zoo.registry.get("t5").dummy_inputs(cfg)[0]
+  params = nn.unbox(T5(cfg).init(jax.random.PRNGKey(1), *args)["params"])
+  opt = optax.adam(1e-2)
+
+  @jax.jit
+  def step(params, opt_state):
+    loss, grads = jax.value_and_grad(functools.partial(_loss, cfg))(params)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  opt_state, losses = opt.init(params), []
+  for _ in range(60):
+    params, opt_state, loss = step(params, opt_state)
+    losses.append(float(loss))
+  assert 3.0 < losses[0] < 6.0  # about ln(96) = 4.6 from T5's init
+  assert losses[-1] < 0.05 * losses[0], losses[::10]
