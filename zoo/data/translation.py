@@ -1,6 +1,9 @@
 """Translation batches: ``src_ids`` = source + [EOS]; ``tgt_in_ids`` = [BOS] + target;
 ``tgt_out_ids`` = target + [EOS]; ``weights`` 1 on real target positions.
 
+``build(..., start_id=)`` replaces BOS as the decoder start (T5's vocabularies have no BOS: its
+decoder starts from pad); the summarization task builds its batches here too.
+
 Sources longer than ``src_len`` and targets longer than ``tgt_len`` are truncated (EOS is kept).
 Rows are padded to ``[B, src_len]`` / ``[B, tgt_len]``. With ``bucket_window = W > 0`` the
 examples of each window of ``W`` global batches are sorted by length and cut into ``W`` global
@@ -27,24 +30,25 @@ def _encode(pair, tok, src_len: int, tgt_len: int) -> tuple[list[int], list[int]
   return s, t
 
 
-def _row(s: list[int], t: list[int], tok, src_len: int, tgt_len: int) -> dict[str, np.ndarray]:
+def _row(s: list[int], t: list[int], tok, src_len: int, tgt_len: int,
+         start: int) -> dict[str, np.ndarray]:
   return {
       "src_ids": pad_to(s, src_len, tok.pad_id),
-      "tgt_in_ids": pad_to([tok.bos_id] + t, tgt_len, tok.pad_id),
+      "tgt_in_ids": pad_to([start] + t, tgt_len, tok.pad_id),
       "tgt_out_ids": pad_to(t + [tok.eos_id], tgt_len, tok.pad_id),
       "weights": (np.arange(tgt_len) < len(t) + 1).astype(np.float32),
   }
 
 
-def _check(tok) -> None:
-  if tok.bos_id is None or tok.eos_id is None:
+def _check(tok, start: int | None) -> None:
+  if start is None or tok.eos_id is None:
     raise ValueError(
         f"translation needs BOS and EOS tokens; tokenizer {getattr(tok, 'name', tok)!r} lacks "
         "one (use tokenizer='byte', 'bpe' or 'sentencepiece')."
     )
 
 
-def bucketed(pairs, tok, *, src_len, tgt_len, window, multiple, layout: Layout,
+def bucketed(pairs, tok, *, src_len, tgt_len, window, multiple, layout: Layout, start: int,
              **kwargs) -> Dataset:
   """Length-bucketed global batches: each window of ``window`` global batches is sorted by
   length and cut into batches (in a seeded random order on the train split), each padded to
@@ -70,7 +74,7 @@ def bucketed(pairs, tok, *, src_len, tgt_len, window, multiple, layout: Layout,
     group = groups(w)[k]
     s_len = rounded(max(len(s) for s, _ in group), src_len)
     t_len = rounded(max(len(t) + 1 for _, t in group), tgt_len)
-    return [_row(s, t, tok, s_len, t_len) for s, t in group]
+    return [_row(s, t, tok, s_len, t_len, start) for s, t in group]
 
   if layout.repeat:
     total = len(windows) * window
@@ -80,26 +84,30 @@ def bucketed(pairs, tok, *, src_len, tgt_len, window, multiple, layout: Layout,
 
   def empty(like):
     s_len, t_len = len(like["src_ids"]), len(like["tgt_in_ids"])
-    return _row([], [], tok, s_len, t_len) | {"weights": np.zeros(t_len, np.float32)}
+    return _row([], [], tok, s_len, t_len, start) | {"weights": np.zeros(t_len, np.float32)}
 
   return batch_dataset(
       grain.MapDataset.range(total).map(global_batch), empty_row=empty, layout=layout, **kwargs
   )
 
 
-def build(pairs: Sequence[tuple[str, str]], tok, *, cfg, **kwargs) -> Dataset:
-  _check(tok)
+def build(pairs: Sequence[tuple[str, str]], tok, *, cfg, start_id: int | None = None,
+          **kwargs) -> Dataset:
+  """The batches of ``(source, target)`` text pairs; ``start_id`` (None = BOS) begins every
+  ``tgt_in_ids`` row."""
+  start = tok.bos_id if start_id is None else start_id
+  _check(tok, start)
   src_len, tgt_len = cfg.src_len, cfg.tgt_len
   if cfg.bucket_window:
     return bucketed(
         pairs, tok, src_len=src_len, tgt_len=tgt_len, window=cfg.bucket_window,
-        multiple=cfg.pad_to_multiple, **kwargs,
+        multiple=cfg.pad_to_multiple, start=start, **kwargs,
     )
 
   def make(record, rng):
-    return _row(*_encode(pairs[record], tok, src_len, tgt_len), tok, src_len, tgt_len)
+    return _row(*_encode(pairs[record], tok, src_len, tgt_len), tok, src_len, tgt_len, start)
 
   def empty():
-    return _row([], [], tok, src_len, tgt_len) | {"weights": np.zeros(tgt_len, np.float32)}
+    return _row([], [], tok, src_len, tgt_len, start) | {"weights": np.zeros(tgt_len, np.float32)}
 
   return example_dataset(make_example=make, empty_example=empty, **kwargs)

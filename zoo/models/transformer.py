@@ -345,7 +345,7 @@ registry.register(registry.Family(
     model_cls=Transformer,
     dummy_inputs=dummy_inputs,
     train_flops=train_flops,
-    tasks=("translation", "span_corruption"),
+    tasks=("translation", "span_corruption", "summarization"),
     converters=("zoo.pretrained.marian",),
     validate=validate,
     inputs="source_target",

@@ -6,6 +6,8 @@
   the IOBES scheme (M = I, every word one span of type ``W``); ``B-PER`` style tags as IOB2;
 * translation: corpus BLEU of detokenised greedy or beam-search output (sacrebleu, default
   13a tokenisation, the figure papers report);
+* summarization: ROUGE-1/2/L (Google's ``rouge-score``, Porter stemming), F-measure averaged
+  over examples, x 100, as summarization papers report it;
 * language modelling: bits per byte, the tokenizer-independent form of the loss.
 
 The device side of evaluation (a task's ``predictions``) only produces arrays: predicted ids
@@ -80,6 +82,31 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
   if len(hypotheses) != len(references):
     raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references.")
   return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+def rouge(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+  """``{"rouge1", "rouge2", "rougeL", "rougeLsum"}``: mean F-measure over the pairs, 0..100.
+
+  ``rouge_score.rouge_scorer.RougeScorer(..., use_stemmer=True)``. ROUGE-Lsum is the
+  summary-level LCS over sentences separated by newlines (write one sentence per line); the
+  other three ignore newlines.
+  """
+  from rouge_score import rouge_scorer
+
+  if len(hypotheses) != len(references):
+    raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references.")
+  if not references:
+    raise ValueError("ROUGE of no examples: give at least one hypothesis and reference.")
+  scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+  totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+  for hyp, ref in zip(hypotheses, references, strict=True):
+    scores = scorer.score(ref, hyp)  # (target, prediction)
+    for name in ROUGE_TYPES:
+      totals[name] += scores[name].fmeasure
+  return {name: 100.0 * total / len(references) for name, total in totals.items()}
 
 
 def text_bytes(tokenizer, targets: np.ndarray, weights: np.ndarray) -> int:
