@@ -52,7 +52,6 @@ The config and the argument checks (:class:`T5Config`, :func:`validate`) are in
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,7 +67,7 @@ from zoo.layers import masks
 from zoo.layers.blocks import BlockInputs, DecoderBlock, EncoderBlock, make_norm
 from zoo.layers.dense import Einsum
 from zoo.models import common
-from zoo.models.t5_config import T5Config, validate
+from zoo.models.t5_config import T5Config, relative_position_bucket, validate
 
 __all__ = ["T5", "T5Config", "validate", "relative_position_bucket", "position_buckets"]
 
@@ -77,45 +76,6 @@ Array = jax.Array
 
 # ----------------------------------------------------------------------------------------------
 # Relative positions.
-
-
-def relative_position_bucket(
-    relative_position: np.ndarray, *, bidirectional: bool, num_buckets: int, max_distance: int
-) -> np.ndarray:
-  """T5's bucket of each relative position ``key - query`` (Mesh TensorFlow's, as Hugging Face).
-
-  Half of a direction's buckets hold one distance each; the others are log-spaced up to
-  ``max_distance``, beyond which distances share the last bucket. Bidirectional buckets give
-  half of ``num_buckets`` to keys after the query; causal ones clip keys after the query to 0.
-  Computed in numpy float32 on the host, as transformers does in torch: the log's rounding
-  decides buckets at the boundaries, and XLA's ``log`` differs from it there by an ulp.
-
-  Args:
-    relative_position: integer array of ``key_position - query_position``.
-    bidirectional: encoder (True) or causal decoder (False) buckets.
-    num_buckets: buckets of the table (both directions together when bidirectional).
-    max_distance: the distance from which all share the last bucket.
-
-  Returns:
-    int32 array of the same shape, values in ``[0, num_buckets)``.
-  """
-  rel = np.asarray(relative_position, np.int64)
-  n, out = num_buckets, np.zeros(rel.shape, np.int64)
-  if bidirectional:
-    n //= 2
-    out += (rel > 0) * n
-    rel = np.abs(rel)
-  else:
-    rel = -np.minimum(rel, 0)
-  max_exact = n // 2
-  with np.errstate(divide="ignore"):  # log(0) at distance 0, which is an exact bucket
-    scaled = (
-        np.log(rel.astype(np.float32) / np.float32(max_exact))
-        / np.float32(math.log(max_distance / max_exact))
-        * np.float32(n - max_exact)
-    )
-  large = np.minimum(max_exact + np.where(rel < max_exact, 0, scaled).astype(np.int64), n - 1)
-  return (out + np.where(rel < max_exact, rel, large)).astype(np.int32)
 
 
 def position_buckets(
@@ -163,6 +123,14 @@ class T5BlockInputs(BlockInputs):
   buckets: Array | None = None
 
 
+def _own_bias(layer, inputs: T5BlockInputs) -> T5BlockInputs:
+  """``inputs`` with the bias of ``layer``'s own table ``relpos`` (called in its compact call)."""
+  cfg = layer.config
+  table = RelativePositionBias(layer.num_buckets, cfg.num_heads, layer.bias_init_std,
+                               cfg.param_dtype, name="relpos")
+  return inputs.replace(bias=table(inputs.buckets))
+
+
 class T5EncoderLayer(EncoderBlock):
   """An encoder block owning its bias table ``relpos/embedding`` (umT5's per-layer bias)."""
 
@@ -171,10 +139,7 @@ class T5EncoderLayer(EncoderBlock):
 
   @nn.compact
   def __call__(self, x, inputs, deterministic=True, decode=False):
-    table = RelativePositionBias(self.num_buckets, self.config.num_heads, self.bias_init_std,
-                                 self.config.param_dtype, name="relpos")
-    inputs = inputs.replace(bias=table(inputs.buckets))
-    return super().__call__(x, inputs, deterministic, decode)
+    return super().__call__(x, _own_bias(self, inputs), deterministic, decode)
 
 
 class T5DecoderLayer(DecoderBlock):
@@ -185,10 +150,7 @@ class T5DecoderLayer(DecoderBlock):
 
   @nn.compact
   def __call__(self, x, inputs, deterministic=True, decode=False):
-    table = RelativePositionBias(self.num_buckets, self.config.num_heads, self.bias_init_std,
-                                 self.config.param_dtype, name="relpos")
-    inputs = inputs.replace(bias=table(inputs.buckets))
-    return super().__call__(x, inputs, deterministic, decode)
+    return super().__call__(x, _own_bias(self, inputs), deterministic, decode)
 
 
 # ----------------------------------------------------------------------------------------------

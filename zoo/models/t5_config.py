@@ -1,9 +1,12 @@
-"""T5's config, its feed-forward names and the checks of a call's arguments.
+"""T5's config, its feed-forward names, its relative-position buckets and the checks of a call's
+arguments.
 
 :class:`T5Config` (validated when built), :data:`FEED_FORWARD` (Hugging Face's
-``feed_forward_proj`` strings <-> zoo's ``activation`` + ``gated_mlp``) and :func:`validate`
-(the arguments of ``T5.__call__``, ``encode`` and ``decode``, checked before anything is traced)
-live here so that :mod:`zoo.models.t5` holds the model itself; all are importable from there.
+``feed_forward_proj`` strings <-> zoo's ``activation`` + ``gated_mlp``),
+:func:`relative_position_bucket` (the bucket arithmetic whose limits the config checks) and
+:func:`validate` (the arguments of ``T5.__call__``, ``encode`` and ``decode``, checked before
+anything is traced) live here so that :mod:`zoo.models.t5` holds the model itself; all are
+importable from there.
 
 Shapes: B batch, S source length, T target length, D model width, V vocabulary.
 """
@@ -11,12 +14,14 @@ Shapes: B batch, S source length, T target length, D model width, V vocabulary.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from zoo.layers import attention as attn
 from zoo.layers.blocks import Activation, BlockConfig
@@ -61,6 +66,45 @@ def feed_forward_proj(config: T5Config) -> str:
       f"activation={config.activation!r} with gated_mlp={config.gated_mlp} has no Hugging Face "
       f"feed_forward_proj name; those are {tuple(FEED_FORWARD)}."
   )
+
+
+def relative_position_bucket(
+    relative_position: np.ndarray, *, bidirectional: bool, num_buckets: int, max_distance: int
+) -> np.ndarray:
+  """T5's bucket of each relative position ``key - query`` (Mesh TensorFlow's, as Hugging Face).
+
+  Half of a direction's buckets hold one distance each; the others are log-spaced up to
+  ``max_distance``, beyond which distances share the last bucket. Bidirectional buckets give
+  half of ``num_buckets`` to keys after the query; causal ones clip keys after the query to 0.
+  Computed in numpy float32 on the host, as transformers does in torch: the log's rounding
+  decides buckets at the boundaries, and XLA's ``log`` rounds differently at some of them.
+
+  Args:
+    relative_position: integer array of ``key_position - query_position``.
+    bidirectional: encoder (True) or causal decoder (False) buckets.
+    num_buckets: buckets of the table (both directions together when bidirectional).
+    max_distance: the distance from which all share the last bucket.
+
+  Returns:
+    int32 array of the same shape, values in ``[0, num_buckets)``.
+  """
+  rel = np.asarray(relative_position, np.int64)
+  n, out = num_buckets, np.zeros(rel.shape, np.int64)
+  if bidirectional:
+    n //= 2
+    out += (rel > 0) * n
+    rel = np.abs(rel)
+  else:
+    rel = -np.minimum(rel, 0)
+  max_exact = n // 2
+  with np.errstate(divide="ignore"):  # log(0) at distance 0, which is an exact bucket
+    scaled = (
+        np.log(rel.astype(np.float32) / np.float32(max_exact))
+        / np.float32(math.log(max_distance / max_exact))
+        * np.float32(n - max_exact)
+    )
+  large = np.minimum(max_exact + np.where(rel < max_exact, 0, scaled).astype(np.int64), n - 1)
+  return (out + np.where(rel < max_exact, rel, large)).astype(np.int32)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
