@@ -54,6 +54,12 @@ def _max_diff(a, b):
   return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
+def zoo_params(model, seed):
+  """Freshly initialised host params of a zoo T5 (nested dict of numpy arrays)."""
+  boxed = model.init(jax.random.PRNGKey(seed), SRC, TGT)
+  return traverse_util.unflatten_dict(zoo.pretrained.assemble.host_flat(boxed), sep="/")
+
+
 def _hf_logits(m):
   with torch.no_grad():
     return m(input_ids=torch.tensor(SRC), attention_mask=torch.tensor(SRC != 0),
@@ -149,9 +155,7 @@ def test_every_tie_and_scale_exports_to_the_same_logits(tmp_path, tied, scaled):
   cfg = T5Config(**ZOO_SIZES, activation="gelu_tanh", gated_mlp=True, tie_word_embeddings=tied,
                  scale_decoder_outputs=scaled)
   model = T5(cfg)
-  params = jax.device_get(model.init(jax.random.PRNGKey(3), SRC, TGT)["params"])
-  params = jax.tree.map(np.asarray, zoo.pretrained.assemble.host_flat(params))
-  params = traverse_util.unflatten_dict(params, sep="/")
+  params = zoo_params(model, 3)
   want = _zoo_logits(model, params)
   zoo.save_pretrained(model, params, tmp_path)
   hf = json.loads((tmp_path / "config.json").read_text())
@@ -243,7 +247,7 @@ def test_ambiguous_layouts_are_refused_with_the_fix(folders, tmp_path):
     zoo.from_pretrained(_edit(folders["1.0"], tmp_path / "mish", feed_forward_proj="gated-mish"))
   umt5 = T5Config(**ZOO_SIZES, relative_bias_per_layer=True)
   model = T5(umt5)
-  params = jax.device_get(model.init(jax.random.PRNGKey(0), SRC, TGT)["params"])
+  params = zoo_params(model, 0)
   with pytest.raises(ValueError, match="relative_bias_per_layer=True"):
     zoo.save_pretrained(model, params, tmp_path / "umt5")
 
