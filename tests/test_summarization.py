@@ -17,6 +17,7 @@ from zoo import registry
 from zoo.data import offline
 from zoo.data import summarization as sdata
 from zoo.data.tokenizers import ByteTokenizer
+from zoo.generate import translate_ids
 from zoo.generate.decoder import until_eos
 from zoo.tasks import metrics
 from zoo.tasks import summarization as stask
@@ -151,6 +152,12 @@ def test_lead_takes_the_first_sentences():
   assert sdata.lead(text, 2) == "The first sentence ends here.\nThe second one?"
   assert sdata.lead(text, 3).split("\n")[-1] == "Yes!"
   assert sdata.lead("No full stop at all", 3) == "No full stop at all"
+
+
+def test_sentence_lines_keep_lines_and_split_sentences():
+  assert stask.sentence_lines("Man held .\nPolice say so. More  here") == (
+      "Man held .\nPolice say so.\nMore here")
+  assert stask.sentence_lines("") == ""
 
 
 def test_lead_rouge_on_the_offline_validation_set(splits):
@@ -368,3 +375,11 @@ def test_tiny_model_trains_and_eval_reports_its_rouge_beside_the_lead(
   got, got_refs, got_docs = stask.decode_summaries(model, noisy, data, data.info, num_batches=1)
   assert got == greedy(noisy) and len(set(got)) > 1
   assert (got_refs, got_docs) == (refs, docs)
+  if family == "transformer":  # beam search and its length penalty reach translate_ids
+    eval_cfg = {"decode_batches": 1, "num_beams": 2, "length_penalty": 0.6}
+    scores = registry.task("summarization").decode_metrics(model, noisy, data, data.info, eval_cfg)
+    ids = translate_ids(model, noisy, src, max_new_tokens=TGT_LEN, decoder_start_id=start,
+                        eos_id=tok.eos_id, num_beams=2, length_penalty=0.6)
+    beams = [stask.sentence_lines(tok.decode(until_eos(row, tok.eos_id))) for row in ids]
+    want = metrics.rouge(beams, [stask.sentence_lines(r) for r in refs]) | lead
+    assert scores == pytest.approx(want, abs=1e-9)

@@ -15,10 +15,10 @@
   modules never trained on: 1,033 train / 224 validation pairs (293 modules) on CPython 3.11.
   ``path``: a file (or folder) of ``document<TAB>summary`` lines instead, split by document.
 * TFDS by name: ``cnn_dailymail`` (``article`` -> ``highlights``), ``xsum`` (``document`` ->
-  ``summary``) and the others of :data:`TFDS_DATASETS`; any dataset with two text features
-  through the ``source_key`` / ``target_key`` data keys.
-* Lead-n: the first ``n`` sentences of the document as its summary (Lead-3 on CNN/DailyMail,
-  Lead-1 elsewhere: ``lead_sentences`` None picks the dataset's usual count).
+  ``summary``), ``gigaword`` and ``multi_news`` (:data:`TFDS_DATASETS`); any dataset with two
+  text features through the ``source_key`` / ``target_key`` data keys.
+* Lead-n: the first ``n`` sentences of the document as its summary (``lead_sentences``; None
+  = the dataset's usual count: Lead-3 on CNN/DailyMail and Multi-News, else Lead-1).
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ TFDS_DATASETS = {
     "xsum": Known("document", "summary", 1),
     "gigaword": Known("document", "summary", 1),
     "multi_news": Known("document", "summary", 3),
-    "billsum": Known("text", "summary", 3),
 }
 
 

@@ -102,8 +102,9 @@ def decoder_start_id(tok) -> int:
 
 
 def sentence_lines(text: str) -> str:
-  """``text`` one sentence per line, the form ROUGE-Lsum reads (other ROUGEs ignore lines)."""
-  return "\n".join(offline.sentences(text)) or text
+  """``text`` one sentence per line (its own lines split further into sentences), the form
+  ROUGE-Lsum reads; the other ROUGEs ignore lines."""
+  return "\n".join(s for line in text.splitlines() for s in offline.sentences(line)) or text
 
 
 def lead_scores(sources: Sequence[str], references: Sequence[str], n: int = 1) -> dict[str, float]:
