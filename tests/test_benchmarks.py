@@ -27,6 +27,7 @@ from benchmarks import (
   gpt,
   report,
   runner,
+  t5,
   timing,
   torch_side,
   transformer,
@@ -40,6 +41,7 @@ FAMILIES = {
     "bert": (bert, ["--lengths", "16"]),
     "vit": (vit, ["--schedule", "sequential"]),  # the GPU default; the others interleave
     "transformer": (transformer, []),
+    "t5": (t5, []),
 }
 
 

@@ -396,7 +396,7 @@ registry.register(registry.Family(
     model_cls=T5,
     dummy_inputs=dummy_inputs,
     train_flops=train_flops,
-    tasks=("translation",),
+    tasks=("translation", "span_corruption", "summarization"),
     converters=("zoo.pretrained.t5",),
     validate=validate,
     inputs="source_target",
