@@ -20,7 +20,7 @@ from reference import randomize
 
 import zoo
 from zoo.models.t5 import T5, T5Config
-from zoo.pretrained import checkpoint_io
+from zoo.pretrained import api, checkpoint_io, t5
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -199,24 +199,65 @@ def test_sharded_safetensors_load_the_same_params(folders, tmp_path):
   _assert_same_params(params, want)
 
 
-def test_transformers_quirks_copies_and_unused_tensors(folders, tmp_path):
-  # t5-small's files: an lm_head.weight equal to shared.weight, the embed_tokens copies, and
-  # the decoder's unused cross-attention bias table. transformers ties the equal head.
+@pytest.fixture
+def prepared(monkeypatch):
+  """``zoo.from_pretrained`` reading T5 files through ``t5.prepare`` (value checks of the
+  copies), which ``api.read_hf`` does not apply by itself yet."""
+  monkeypatch.setattr(api, "TensorStore", lambda path: t5.prepare(checkpoint_io.TensorStore(path)))
+
+
+def _v10_with(folders, tmp_path, changes):
+  """The 1.0 file with tensors set (arrays) or removed (None), and transformers' load of it."""
   tensors = _read(folders["1.0"])
-  shared = tensors["shared.weight"]
-  tensors.update({
+  tensors.update(changes)
+  tensors = {k: v for k, v in tensors.items() if v is not None}
+  config = json.loads(pathlib.Path(folders["1.0"], "config.json").read_text())
+  path = _write(tmp_path, tensors, config)
+  return path, transformers.AutoModelForSeq2SeqLM.from_pretrained(path).eval()
+
+
+def test_transformers_copies_and_unused_tensors(folders, tmp_path, prepared):
+  shared = _read(folders["1.0"])["shared.weight"]
+  # t5-small's files: an lm_head.weight equal to shared.weight (tied: transformers ties it),
+  # the embed_tokens copies, and the decoder's unused cross-attention bias table.
+  path, ref = _v10_with(folders, tmp_path / "copies", {
       "lm_head.weight": shared.copy(),
       "encoder.embed_tokens.weight": shared.copy(),
       "decoder.embed_tokens.weight": shared.copy(),
       "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight":
           RNG.randn(8, 4).astype(np.float32),
   })
-  config = json.loads(pathlib.Path(folders["1.0"], "config.json").read_text())
-  path = _write(tmp_path, tensors, config)
-  ref = transformers.AutoModelForSeq2SeqLM.from_pretrained(path).eval()
   model, params = zoo.from_pretrained(path)  # strict: every other tensor is used
-  assert model.config.scales_outputs
+  assert model.config.tie_word_embeddings and model.config.scales_outputs
+  assert "lm_head" not in params
   assert _max_diff(_zoo_logits(model, params), _hf_logits(ref)) <= ATOL
+
+  # No shared.weight: the table is encoder.embed_tokens', not the (distinct) lm_head's.
+  head = RNG.randn(*shared.shape).astype(np.float32)
+  path, ref = _v10_with(folders, tmp_path / "no_shared", {
+      "shared.weight": None,
+      "lm_head.weight": head,
+      "encoder.embed_tokens.weight": shared.copy(),
+      "decoder.embed_tokens.weight": shared.copy(),
+  })
+  model, params = zoo.from_pretrained(path)
+  np.testing.assert_array_equal(params["shared"]["embedding"], shared)
+  np.testing.assert_array_equal(params["lm_head"]["kernel"], head.T)
+  assert _max_diff(_zoo_logits(model, params), _hf_logits(ref)) <= ATOL
+
+  path, _ = _v10_with(folders, tmp_path / "own_table", {"encoder.embed_tokens.weight": head})
+  with pytest.raises(ValueError, match="encoder.embed_tokens.weight differs from shared.weight"):
+    zoo.from_pretrained(path)
+
+
+def test_copies_are_compared_block_by_block(folders):
+  store = checkpoint_io.TensorStore(folders["v1.1"])
+  for rows in (16, 4096):  # blocks of rows, and whole tensors
+    assert t5._equal(store, "encoder.embed_tokens.weight", "shared.weight", rows=rows)
+    assert not t5._equal(store, "lm_head.weight", "shared.weight", rows=rows)
+  view = t5.prepare(store)
+  assert sorted(set(store.keys()) - set(view.keys())) == [
+      "decoder.embed_tokens.weight", "encoder.embed_tokens.weight"]
 
 
 def _edit(src, tmp_path, tensors=None, **config):

@@ -33,21 +33,26 @@ transformers' own T5 quirks, handled here:
   before the head; a ``scale_decoder_outputs`` key, which transformers 5 writes, wins) and
   forces ``tie_word_embeddings=True``; the head is then untied at load exactly when the file
   holds an ``lm_head.weight`` that differs from ``shared.weight`` (with a warning). 4.x tied
-  and scaled together. zoo reads: tied iff the file has no ``lm_head.weight`` (a copy equal
-  to ``shared.weight`` loads as an untied head holding the same values: same logits),
-  ``scale_decoder_outputs`` from the config flag. transformers 5's ``MT5*`` classes never
-  scale, whatever the flag (4.x scaled tied mT5 models; released mT5 files say false). Export
-  writes ``tie_word_embeddings`` = ``scale_decoder_outputs`` = zoo's scaling and
-  ``lm_head.weight`` when untied, so transformers 5 reloads the same logits (4.x too, except
-  for the pairs it cannot express: tied unscaled, untied scaled).
+  and scaled together. zoo: tied iff the file has no distinct ``lm_head.weight``, scaled as
+  the config flag says. transformers 5's ``MT5*`` classes never scale, whatever the flag (4.x
+  scaled tied mT5 models; released mT5 files say false). Export writes
+  ``tie_word_embeddings`` = ``scale_decoder_outputs`` = zoo's scaling and ``lm_head.weight``
+  when untied, so transformers 5 reloads the same logits (4.x too, except for the two pairs
+  it cannot express: tied unscaled, untied scaled).
 * ``encoder.embed_tokens.weight`` / ``decoder.embed_tokens.weight`` are copies of
-  ``shared.weight`` and are skipped; the encoder table is never taken from ``lm_head.weight``
-  (transformers issue #48154).
+  ``shared.weight``: skipped when equal, refused when not; a file without ``shared.weight``
+  reads the table from them, never from ``lm_head.weight`` (transformers issue #48154).
 * ``decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight``, an unused tensor
   of some files, is skipped.
 * A file mixing the 1.0 and v1.1 feed-forward tensors, gated tensors under a non-gated
   ``feed_forward_proj`` (or the reverse), and an unknown ``feed_forward_proj`` are ValueErrors
   saying what to fix.
+
+The value comparisons are :func:`prepare`, a view of the checkpoint's tensors with the copies
+resolved. ``api.read_hf`` does not call it yet (``config_from_hf`` sees tensor names only);
+until it does, the head is tied iff the file has no ``lm_head.weight`` (an equal copy loads as
+an untied head with the same values and logits), ``shared.weight`` must be in the file and
+``embed_tokens`` copies are skipped unread.
 
 mT5 exports as ``T5ForConditionalGeneration`` / ``T5EncoderModel`` (the same computation when
 unscaled); ``T5EncoderModel`` <-> ``encoder_only=True``. umT5's per-layer bias tables
@@ -59,6 +64,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from zoo.models.t5_config import FEED_FORWARD, T5Config, feed_forward_proj, from_feed_forward_proj
 from zoo.pretrained import keymap as km
@@ -74,6 +81,78 @@ MODEL_TYPES = {
 ENCODER_ONLY = ("T5EncoderModel", "MT5EncoderModel")
 PREFIX = ""  # T5 classes save every tensor under its own name, without a base-model prefix
 _FF = re.compile(r"^(encoder|decoder)\.block\.(\d+)\.layer\.\d+\.DenseReluDense\.(wi|wi_0|wi_1)\.")
+
+
+class _View:
+  """A tensor store seen through a name map ``{visible name: stored name}``."""
+
+  def __init__(self, store, names: dict[str, str]):
+    self.store, self.names = store, names
+
+  def keys(self) -> list[str]:
+    return list(self.names)
+
+  def __contains__(self, key: str) -> bool:
+    return key in self.names
+
+  def shape(self, key: str):
+    return self.store.shape(self.names[key])
+
+  def get(self, key: str) -> np.ndarray:
+    return self.store.get(self.names[key])
+
+  def dtype(self, key: str):
+    return self.store.dtype(self.names[key])
+
+  def can_slice(self, key: str) -> bool:
+    return self.store.can_slice(self.names[key])
+
+  def read_slice(self, key: str, index):
+    return self.store.read_slice(self.names[key], index)
+
+
+def _equal(store, a: str, b: str, rows: int = 4096) -> bool:
+  """Tensors ``a`` and ``b`` hold the same values (read ``rows`` rows at a time when possible)."""
+  if tuple(store.shape(a)) != tuple(store.shape(b)):
+    return False
+  n = store.shape(a)[0] if store.shape(a) else 0
+  if n <= rows or not (store.can_slice(a) and store.can_slice(b)):
+    return bool(np.array_equal(store.get(a), store.get(b)))
+  return all(
+      np.array_equal(store.read_slice(a, (slice(i, i + rows),)),
+                     store.read_slice(b, (slice(i, i + rows),)))
+      for i in range(0, n, rows)
+  )
+
+
+def prepare(store):
+  """The checkpoint's tensors with transformers' T5 copies resolved (see the module docstring).
+
+  ``shared.weight`` is read from ``encoder.embed_tokens.weight`` (else the decoder's) when the
+  file lacks it, never from ``lm_head.weight``; embedding copies and an ``lm_head.weight``
+  equal to it are dropped (the head is then tied).
+
+  Raises:
+    ValueError: an ``embed_tokens`` table differs from ``shared.weight`` (transformers 5 would
+      give that stack its own table; zoo's T5 has one).
+  """
+  names = {k: k for k in store.keys()}
+  copies = [k for k in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight") if k in names]
+  if "shared.weight" not in names and copies:
+    names["shared.weight"] = names.pop(copies.pop(0))
+  view = _View(store, names)
+  for copy in copies:
+    if not _equal(view, copy, "shared.weight"):
+      raise ValueError(
+          f"{copy} differs from shared.weight: transformers 5 would give that stack its own "
+          "token table, and zoo's T5 has one table for encoder, decoder and head. Save the "
+          "checkpoint with tied embeddings (one table), or drop the copy if shared.weight is "
+          "the table meant."
+      )
+    del names[copy]
+  if "lm_head.weight" in names and _equal(view, "lm_head.weight", "shared.weight"):
+    del names["lm_head.weight"]  # an equal head is the tied one (transformers 5 ties it too)
+  return view
 
 
 def _ff_blocks(keys: Sequence[str]) -> tuple[list[str], list[str]]:
