@@ -7,10 +7,15 @@ its start, B from its end, so the text around the A|B boundary survives).
 
 MLM (Devlin et al. 2019): ``mask_rate`` (15%) of the non-special tokens are selected; of those
 80% become [MASK], 10% a random ordinary token, 10% stay; ``mlm_targets`` holds the original
-id there and ``IGNORE_INDEX`` elsewhere. NSP: with probability ``nsp_random_rate`` (50%) B is
-taken from another random document (``nsp_labels`` 1, "not next"), else it is the text that
-follows A (label 0, "is next": the rest of the document after a random sentence boundary, or
-the next record for one-sentence documents).
+id there and ``IGNORE_INDEX`` elsewhere. The same selection, gathered: ``masked_positions``
+``[P]`` (ascending, then 0), ``masked_labels`` ``[P]`` (the original ids, then ``IGNORE_INDEX``)
+and ``masked_weights`` ``[P]`` (1.0, then 0.0), with a static ``P`` (:func:`max_predictions`),
+so the MLM head scores ``P`` positions instead of ``seq_len``.
+
+NSP: with probability ``nsp_random_rate`` (50%) B is taken from another random document
+(``nsp_labels`` 1, "not next"), else it is the text that follows A (label 0, "is next": the
+rest of the document after a random sentence boundary, or the next record for one-sentence
+documents).
 """
 
 from __future__ import annotations
@@ -83,6 +88,53 @@ def mask_tokens(ids: np.ndarray, candidates: np.ndarray, tok, rng, *, mask_rate:
   return ids, targets
 
 
+def most_selected(seq_len: int, mask_rate: float) -> int:
+  """The most tokens :func:`mask_tokens` selects in a ``seq_len`` row of :func:`build_mlm_nsp`.
+
+  A row has at most ``seq_len - 3`` candidates ([CLS] A [SEP] B [SEP]), and the count
+  ``max(1, round(mask_rate * n))`` never decreases with ``n``.
+  """
+  n = max(seq_len - 3, 0)
+  if n == 0 or mask_rate <= 0:
+    return 0
+  return max(1, int(round(mask_rate * n)))
+
+
+def max_predictions(cfg) -> int:
+  """``P``, the static number of masked-LM slots per row: the data key ``max_predictions``, or
+  by default :func:`most_selected` rounded up to a multiple of 8 (24 at ``seq_len`` 128, 80 at
+  512: BERT's ``max_predictions_per_seq`` is 20 and 80), so no selected token is ever dropped.
+
+  Raises:
+    ValueError: ``max_predictions`` is set below what the selection can produce.
+  """
+  need = most_selected(cfg.seq_len, cfg.mask_rate)
+  p = cfg.get("max_predictions")
+  if p is None:
+    return max(8, -(-need // 8) * 8)
+  if p < need:
+    raise ValueError(
+        f"max_predictions={p} is too small: with seq_len={cfg.seq_len} and mask_rate="
+        f"{cfg.mask_rate} up to {need} tokens of a row are selected, and none may be dropped. "
+        f"Set max_predictions >= {need}, or leave it None for the default."
+    )
+  return int(p)
+
+
+def gather_targets(targets: np.ndarray, slots: int) -> dict[str, np.ndarray]:
+  """``mlm_targets`` ``[L]`` -> ``masked_positions``, ``masked_labels``, ``masked_weights``
+  ``[slots]``: the selected positions in ascending order, their ids, 1.0; then padding."""
+  where = np.flatnonzero(targets != IGNORE_INDEX)
+  if len(where) > slots:
+    raise ValueError(f"{len(where)} tokens selected for {slots} max_predictions slots.")
+  n = len(where)
+  positions = np.zeros(slots, np.int32)
+  labels = np.full(slots, IGNORE_INDEX, np.int32)
+  weights = np.zeros(slots, np.float32)
+  positions[:n], labels[:n], weights[:n] = where, targets[where], 1.0
+  return {"masked_positions": positions, "masked_labels": labels, "masked_weights": weights}
+
+
 def build_mlm_nsp(docs: Sequence[str], tok, *, cfg, **kwargs) -> Dataset:
   """MLM + NSP examples; record ``i`` supplies segment A (see the module docstring)."""
   if tok.mask_id is None:
@@ -96,6 +148,7 @@ def build_mlm_nsp(docs: Sequence[str], tok, *, cfg, **kwargs) -> Dataset:
     raise ValueError("NSP needs at least two documents to draw random partners from.")
   rates = dict(mask_rate=cfg.mask_rate, mask_token_rate=cfg.mask_token_rate,
                random_token_rate=cfg.random_token_rate)
+  slots = max_predictions(cfg)
 
   def make(record, rng):
     sents = sentences(docs[record]) or [docs[record]]
@@ -118,6 +171,7 @@ def build_mlm_nsp(docs: Sequence[str], tok, *, cfg, **kwargs) -> Dataset:
         "token_type_ids": types,
         "attention_mask": attn,
         "mlm_targets": targets.astype(np.int32),
+        **gather_targets(targets, slots),
         "nsp_labels": np.int32(is_random),
     }
 
@@ -127,6 +181,7 @@ def build_mlm_nsp(docs: Sequence[str], tok, *, cfg, **kwargs) -> Dataset:
         "token_type_ids": np.zeros(seq_len, np.int32),
         "attention_mask": np.zeros(seq_len, np.int32),
         "mlm_targets": np.full(seq_len, IGNORE_INDEX, np.int32),
+        **gather_targets(np.full(seq_len, IGNORE_INDEX, np.int32), slots),
         "nsp_labels": np.int32(IGNORE_INDEX),
     }
 

@@ -6,7 +6,12 @@ first token), and the heads of Devlin et al. 2019: pretraining (masked LM tied t
 embeddings, plus next-sentence prediction), masked LM only, sequence classification, token
 classification and extractive question answering (a start and an end logit per token).
 
-Shapes: B batch, L length, D width, V vocabulary, C classes (``num_labels``).
+Given ``masked_positions`` ``[B, P]`` the masked-LM head scores only those positions (the
+original BERT's ``max_predictions_per_seq``): ``mlm_logits`` is ``[B, P, V]``, not
+``[B, L, V]``. The config and the input checks live in :mod:`zoo.models.bert_config`.
+
+Shapes: B batch, L length, P masked-LM predictions, D width, V vocabulary, C classes
+(``num_labels``).
 
 Parameter tree (names mirror Hugging Face ``BertForPreTraining`` where it costs nothing;
 ``[..]`` are shapes, looped layers shown, ``scan_layers=True`` stacks them under
@@ -39,109 +44,32 @@ PyTorch ``Linear.weight`` transposed.
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from zoo import registry
 from zoo import sharding as sh
-from zoo.layers import attention as attn
 from zoo.layers import masks
-from zoo.layers.blocks import (
-    ACTIVATIONS,
-    Activation,
-    BlockInputs,
-    EncoderBlock,
-    NormPosition,
-    make_norm,
-)
+from zoo.layers.blocks import ACTIVATIONS, BlockInputs, EncoderBlock, make_norm
 from zoo.layers.dense import Einsum
 from zoo.layers.positional import LearnedPositionEmbedding, sinusoid_at
-from zoo.layers.stack import RematPolicy
 from zoo.models import common
+from zoo.models.bert_config import (  # noqa: F401 - importable from here
+    HEAD_KINDS,
+    MLM_HEADS,
+    POSITION_KINDS,
+    BertConfig,
+    BertHead,
+    BertPosition,
+    check_masked_positions,
+    validate,
+)
 
 Array = jax.Array
-BertHead = Literal[
-    "none", "pretraining", "mlm", "sequence_classification", "token_classification",
-    "question_answering",
-]
-BertPosition = Literal["learned", "sinusoidal", "rope"]
-HEAD_KINDS = typing.get_args(BertHead)
-POSITION_KINDS = typing.get_args(BertPosition)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class BertConfig:
-  """A BERT encoder and one of its task heads."""
-
-  vocab_size: int = 30522  # WordPiece vocabulary of the released checkpoints
-  max_len: int = 512  # size of the learned position table
-  type_vocab_size: int = 2  # segment (sentence A / B) types
-  d_model: int = 768
-  num_heads: int = 12
-  num_layers: int = 12
-  mlp_dim: int = 3072
-  pad_id: int = 0  # the default attention mask is input_ids != pad_id
-  activation: Activation = "gelu"  # exact (erf) GELU, as in the original BERT
-  norm_eps: float = 1e-12
-  norm_position: NormPosition = "post"  # BERT is post-LN; "pre" adds a final norm
-  dropout_rate: float = 0.1  # embedding, residual and (by default) classifier dropout
-  attention_dropout_rate: float = 0.1
-  init_std: float = 0.02  # normal(init_std) for every kernel and embedding table
-  head: BertHead = "none"  # "none" = encoder + pooler
-  num_labels: int = 2  # classes of the classification heads (2 for question answering)
-  classifier_dropout: float | None = None  # None = dropout_rate
-  pooler: bool = True  # dense + tanh on [CLS] -> "pooled"; False = HF add_pooling_layer=False
-  position: BertPosition = "learned"
-  scan_layers: bool = False  # nn.scan over layers (fast compile for deep models)
-  remat_policy: RematPolicy = "none"
-  attention_impl: attn.Implementation | None = None
-  dtype: Any = jnp.float32  # compute dtype
-  param_dtype: Any = jnp.float32  # storage dtype
-
-  def __post_init__(self):
-    common.check_fields(self)  # types and ranges of every field, from the annotations
-    if self.d_model % self.num_heads:
-      raise ValueError(
-          f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
-          "change one of them."
-      )
-    self._check_head()
-    if self.position not in POSITION_KINDS:
-      raise ValueError(f"position must be one of {POSITION_KINDS}; got {self.position!r}.")
-    if self.activation not in ACTIVATIONS:
-      raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}; got {self.activation!r}.")
-    for name in ("vocab_size", "max_len", "type_vocab_size", "num_layers", "num_labels"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}.")
-    for name in ("dropout_rate", "attention_dropout_rate", "classifier_dropout"):
-      rate = getattr(self, name)
-      if rate is not None and not 0.0 <= rate < 1.0:
-        raise ValueError(f"{name} must be in [0, 1); got {rate}.")
-    if not 0 <= self.pad_id < self.vocab_size:
-      raise ValueError(f"pad_id={self.pad_id} is outside the vocabulary [0, {self.vocab_size}).")
-    common.check_stack_options(self.scan_layers, self.remat_policy)
-    self.block()  # validates heads, activation, norm position
-
-  def _check_head(self):
-    if self.head not in HEAD_KINDS:
-      raise ValueError(f"head must be one of {HEAD_KINDS}; got {self.head!r}.")
-    if not self.pooler and self.head in ("pretraining", "sequence_classification"):
-      raise ValueError(f"head={self.head!r} reads the pooled [CLS] output; it needs pooler=True.")
-    if self.head == "question_answering" and self.num_labels != 2:
-      raise ValueError(
-          f"head='question_answering' has two outputs per token (span start and end); got "
-          f"num_labels={self.num_labels}. Leave num_labels at 2."
-      )
-
-  def block(self):
-    return common.block_config(self, use_rope=self.position == "rope")
 
 
 def _dense(cfg: BertConfig, features: int, axes: tuple[str, str], name: str) -> Einsum:
@@ -215,9 +143,17 @@ class MLMHead(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x: Array, embeddings: BertEmbeddings) -> Array:
-    """``[B, L, D]`` -> ``[B, L, V]`` float32 logits."""
+  def __call__(
+      self, x: Array, embeddings: BertEmbeddings, masked_positions: Array | None = None
+  ) -> Array:
+    """``[B, L, D]`` -> ``[B, L, V]`` float32 logits, or ``[B, P, V]`` at ``masked_positions``.
+
+    The gather comes first, so the transform, norm and the ``[D, V]`` decoder only see the
+    ``P`` positions that carry a label (the original BERT's ``gather_indexes``).
+    """
     cfg = self.config
+    if masked_positions is not None:
+      x = jnp.take_along_axis(x, masked_positions.astype(jnp.int32)[..., None], axis=1)  # BPD
     h = _dense(cfg, cfg.d_model, (sh.EMBED, sh.MLP), "transform")("BLD,DF->BLF", x)
     h = ACTIVATIONS[cfg.activation](h)
     h = make_norm(cfg.block(), "norm")(h).astype(cfg.dtype)
@@ -229,44 +165,6 @@ class MLMHead(nn.Module):
     )
     logits_BLV = embeddings.attend(h)
     return logits_BLV + bias.astype(jnp.float32)
-
-
-def validate(config: BertConfig, inputs: Mapping[str, Any]) -> None:
-  """Check the arguments of a :class:`Bert` call before any computation.
-
-  Ids and positions are range-checked where their values are concrete; under ``jit`` only
-  shapes are.
-
-  Args:
-    config: the model's config.
-    inputs: the call's arguments by name: ``input_ids`` and, optionally, ``token_type_ids``,
-      ``attention_mask``, ``positions`` and ``segment_ids``; other keys are ignored.
-
-  Raises:
-    ValueError: naming the argument and the numbers that disagree.
-  """
-  input_ids = inputs["input_ids"]
-  common.check_token_ids("input_ids", input_ids, config.vocab_size)
-  shape = tuple(input_ids.shape)
-  for name in ("token_type_ids", "attention_mask", "positions", "segment_ids"):
-    x = inputs.get(name)
-    if x is not None and tuple(jnp.shape(x)) != shape:
-      raise ValueError(
-          f"{name} must have the shape of input_ids [batch, length] = {shape}; got "
-          f"{tuple(jnp.shape(x))}."
-      )
-  if inputs.get("token_type_ids") is not None:
-    common.check_token_ids("token_type_ids", inputs["token_type_ids"], config.type_vocab_size)
-  if config.position == "learned":
-    common.check_length("input_ids", shape[1], config.max_len)
-    positions = inputs.get("positions")
-    if positions is not None and common.is_concrete(positions) and np.size(positions):
-      lo, hi = int(np.min(positions)), int(np.max(positions))
-      if lo < 0 or hi >= config.max_len:
-        raise ValueError(
-            f"positions hold values in [{lo}, {hi}] but the learned position table has "
-            f"max_len={config.max_len} rows (valid 0..{config.max_len - 1})."
-        )
 
 
 class Bert(nn.Module):
@@ -283,6 +181,7 @@ class Bert(nn.Module):
       attention_mask: Array | None = None,
       positions: Array | None = None,
       segment_ids: Array | None = None,
+      masked_positions: Array | None = None,
       deterministic: bool = True,
   ) -> dict[str, Array]:
     """Encoder outputs and head logits.
@@ -297,12 +196,15 @@ class Bert(nn.Module):
       segment_ids: ``[B, L]`` ids of sequences packed into one row; tokens attend only
         within their own segment. ``pooled`` (and the NSP / sequence heads) read the row's
         first token, i.e. the first segment's [CLS].
+      masked_positions: ``[B, P]`` int positions the MLM head scores (the tokens selected for
+        masking, unused slots any valid position); None scores every position.
       deterministic: disables dropout (pass a ``"dropout"`` rng when False).
 
     Returns:
       ``{"last_hidden_state": [B, L, D], "pooled": [B, D]}`` (no "pooled" when
       ``pooler=False``) in the compute dtype, plus by
-      head (float32): ``"mlm_logits"`` ``[B, L, V]`` and ``"nsp_logits"`` ``[B, 2]``
+      head (float32): ``"mlm_logits"`` ``[B, L, V]`` (``[B, P, V]`` with
+      ``masked_positions``) and ``"nsp_logits"`` ``[B, 2]``
       (pretraining), ``"mlm_logits"`` (mlm), ``"logits"`` ``[B, C]`` (sequence
       classification) or ``[B, L, C]`` (token classification), ``"start_logits"`` and
       ``"end_logits"`` ``[B, L]`` (question answering; padded positions are not masked).
@@ -314,8 +216,11 @@ class Bert(nn.Module):
         attention_mask=attention_mask,
         positions=positions,
         segment_ids=segment_ids,
+        masked_positions=masked_positions,
     ))
     b, length = input_ids.shape
+    if masked_positions is not None:
+      masked_positions = jnp.asarray(masked_positions)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     if positions is None:
@@ -344,20 +249,21 @@ class Bert(nn.Module):
       pooler = _dense(cfg, cfg.d_model, (sh.EMBED, sh.MLP), "pooler")
       pooled = jnp.tanh(pooler("BD,DF->BF", x[:, 0]))
       out["pooled"] = pooled
-    return {**out, **_head(cfg, x, pooled, embeddings, deterministic)}
+    return {**out, **_head(cfg, x, pooled, embeddings, deterministic, masked_positions)}
 
 
 def _head(
     cfg: BertConfig, x: Array, pooled: Array | None, embeddings: BertEmbeddings,
-    deterministic: bool,
+    deterministic: bool, masked_positions: Array | None = None,
 ) -> dict[str, Array]:
-  """The float32 outputs of ``cfg.head`` from ``x`` ``[B, L, D]`` and ``pooled`` ``[B, D]``.
+  """The float32 outputs of ``cfg.head`` from ``x`` ``[B, L, D]`` and ``pooled`` ``[B, D]``
+  (the MLM head only at ``masked_positions`` ``[B, P]`` when given).
 
   Called inside :class:`Bert`'s compact ``__call__``: the layers made here are its children.
   """
   out = {}
-  if cfg.head in ("pretraining", "mlm"):
-    out["mlm_logits"] = MLMHead(cfg, name="mlm")(x, embeddings)
+  if cfg.head in MLM_HEADS:
+    out["mlm_logits"] = MLMHead(cfg, name="mlm")(x, embeddings, masked_positions)
   if cfg.head == "pretraining":
     nsp = _dense(cfg, 2, (sh.EMBED, sh.CLASSES), "nsp")
     out["nsp_logits"] = nsp("BD,DC->BC", pooled).astype(jnp.float32)
@@ -381,7 +287,11 @@ def dummy_inputs(config: BertConfig, batch_size: int = 1, length: int = 1):
 
 
 def train_flops(config: BertConfig, params, shapes) -> dict[str, float]:
-  """Training FLOPs of a step on ``input_ids`` of ``shapes["input_ids"] = (B, L)``."""
+  """Training FLOPs of a step on ``input_ids`` of ``shapes["input_ids"] = (B, L)``.
+
+  With ``shapes["masked_positions"] = (B, P)`` the MLM transform and the tied ``[D, V]``
+  decoder see ``B * P`` tokens instead of ``B * L``.
+  """
   b, length = shapes["input_ids"]
   emb = params["embeddings"]
   lookups = sum(
@@ -392,9 +302,14 @@ def train_flops(config: BertConfig, params, shapes) -> dict[str, float]:
   if config.head == "sequence_classification":
     per_row += common.count(params.get("classifier", {}))
   n = common.count(params) - per_row - lookups
+  matmuls = [(per_row, b)]
+  if "masked_positions" in shapes and "mlm" in params:
+    mlm = common.count(params["mlm"]) + common.count(emb["word_embeddings"])
+    n -= mlm
+    matmuls.append((mlm, b * shapes["masked_positions"][1]))
   heads_width = config.num_heads * (config.d_model // config.num_heads)
   return common.train_flops(
-      [(n, b * length), (per_row, b)],
+      [(n, b * length), *matmuls],
       [(config.num_layers, heads_width, b * length, length, False)],
   )
 
