@@ -20,7 +20,7 @@ from reference import randomize
 
 import zoo
 from zoo.models.t5 import T5, T5Config
-from zoo.pretrained import api, checkpoint_io, t5
+from zoo.pretrained import checkpoint_io, t5
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -199,13 +199,6 @@ def test_sharded_safetensors_load_the_same_params(folders, tmp_path):
   _assert_same_params(params, want)
 
 
-@pytest.fixture
-def prepared(monkeypatch):
-  """``zoo.from_pretrained`` reading T5 files through ``t5.prepare`` (value checks of the
-  copies), which ``api.read_hf`` does not apply by itself yet."""
-  monkeypatch.setattr(api, "TensorStore", lambda path: t5.prepare(checkpoint_io.TensorStore(path)))
-
-
 def _v10_with(folders, tmp_path, changes):
   """The 1.0 file with tensors set (arrays) or removed (None), and transformers' load of it."""
   tensors = _read(folders["1.0"])
@@ -216,7 +209,7 @@ def _v10_with(folders, tmp_path, changes):
   return path, transformers.AutoModelForSeq2SeqLM.from_pretrained(path).eval()
 
 
-def test_transformers_copies_and_unused_tensors(folders, tmp_path, prepared):
+def test_transformers_copies_and_unused_tensors(folders, tmp_path):
   shared = _read(folders["1.0"])["shared.weight"]
   # t5-small's files: an lm_head.weight equal to shared.weight (tied: transformers ties it),
   # the embed_tokens copies, and the decoder's unused cross-attention bias table.

@@ -90,6 +90,8 @@ def read_hf(path: str, *, strict: bool = True, names=(), lazy: bool = False) -> 
   hf = read_json_object(config_path)
   arch, conv = _pick_converter(hf, config_path)
   store = TensorStore(path)
+  if conv.prepare is not None:
+    store = conv.prepare(store)
   family = registry.family_of(conv.config_cls)
   assemble.check_names(family, names)
   try:

@@ -60,6 +60,9 @@ class Converter:
       differ from the checkpoint's (a ViT's ``image_size``); None resizes nothing.
     implied_overrides: ``overrides -> extra overrides`` they imply (a BERT head implies the
       pooler); None implies nothing.
+    prepare: ``store -> store``: a view of the checkpoint's tensors, read before the config
+      and the key map see their names, that resolves copies by value (T5's embedding copies
+      and an ``lm_head.weight`` equal to ``shared.weight``); None reads the file as it is.
   """
 
   module: str
@@ -77,6 +80,7 @@ class Converter:
   matches: Callable[[Any], bool] | None = None
   resize: Callable[[dict, Any, Any], dict] | None = None
   implied_overrides: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+  prepare: Callable[[Any], Any] | None = None
 
   def __post_init__(self):
     fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -95,7 +99,7 @@ class Converter:
     for name in ("config_from_hf", "config_to_hf", "entries", "ignore", "describe"):
       if not callable(fields[name]):
         problems.append(f"{name}={fields[name]!r} is not callable")
-    for name in ("matches", "resize", "implied_overrides"):
+    for name in ("matches", "resize", "implied_overrides", "prepare"):
       if fields[name] is not None and not callable(fields[name]):
         problems.append(f"{name}={fields[name]!r} is neither callable nor None")
     if problems:

@@ -362,4 +362,5 @@ CONVERTER = Converter(
     ignore=ignore,
     describe=describe,
     model_types=MODEL_TYPES,
+    prepare=prepare,
 )
