@@ -20,6 +20,7 @@ from flax import linen as nn
 
 from zoo import sharding as sh
 from zoo.layers.blocks import BlockConfig
+from zoo.layers.fused_cross_entropy import Projection
 from zoo.layers.stack import REMAT_POLICIES, Stack
 
 Array = jax.Array
@@ -143,6 +144,54 @@ class TokenEmbedding(nn.Module):
         x.astype(self.dtype),
         self.embedding.astype(self.dtype),
         preferred_element_type=jnp.float32,
+    )
+
+  def projection(
+      self, x: Array, *, bias: Array | None = None, scale: float | None = None
+  ) -> Projection:
+    """What :meth:`attend` (times ``scale``, plus ``bias``) would project, as a record for
+    :func:`zoo.layers.fused_cross_entropy.fused_cross_entropy` (the logits are never made)."""
+    x = nn.with_logical_constraint(x, (sh.ACT_BATCH, sh.ACT_LENGTH, sh.ACT_EMBED))
+    return Projection(
+        hidden=x, weight=self.embedding, bias=bias, transposed=True, scale=scale, dtype=self.dtype
+    )
+
+
+class LMHead(nn.Module):
+  """An untied output projection: a ``[D, V]`` ``kernel`` without bias.
+
+  ``__call__`` gives the float32 logits, :meth:`projection` the record a fused loss takes.
+  """
+
+  vocab_size: int
+  features: int
+  kernel_init: Any = nn.initializers.normal(stddev=0.02)
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    self.kernel = self.param(
+        "kernel",
+        nn.with_logical_partitioning(self.kernel_init, (sh.EMBED, sh.VOCAB)),
+        (self.features, self.vocab_size),
+        self.param_dtype,
+    )
+
+  def __call__(self, x: Array) -> Array:
+    """``[B, L, D]`` -> ``[B, L, V]`` float32 logits (float32 accumulation, as :meth:`attend`)."""
+    return jnp.einsum(
+        "BLD,DV->BLV",
+        x.astype(self.dtype),
+        self.kernel.astype(self.dtype),
+        preferred_element_type=jnp.float32,
+    )
+
+  def projection(
+      self, x: Array, *, bias: Array | None = None, scale: float | None = None
+  ) -> Projection:
+    """What ``__call__`` (on ``x * scale``, plus ``bias``) would project, as a record."""
+    return Projection(
+        hidden=x, weight=self.kernel, bias=bias, scale=scale, dtype=self.dtype
     )
 
 

@@ -25,11 +25,10 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo import registry
-from zoo import sharding as sh
 from zoo.layers import attention as attn
 from zoo.layers import masks
 from zoo.layers.blocks import Activation, BlockInputs, DecoderBlock, NormKind, make_norm
-from zoo.layers.dense import Einsum
+from zoo.layers.fused_cross_entropy import Projection
 from zoo.layers.positional import (
     LearnedPositionEmbedding,
     RopeScaling,
@@ -167,7 +166,8 @@ class GPT(nn.Module):
       attention_mask: Array | None = None,
       deterministic: bool = True,
       decode: bool = False,
-  ) -> Array:
+      return_projection: bool = False,
+  ) -> Array | Projection:
     """Next-token logits.
 
     Args:
@@ -179,9 +179,11 @@ class GPT(nn.Module):
         decoding): keys at False positions are never attended to (left-padded prompts).
       deterministic: disables dropout.
       decode: autoregressive decoding with the KV cache (``mutable=["cache"]``).
+      return_projection: return the output head's :class:`Projection` (final hidden states
+        and the head's weight) instead of the logits, for a fused loss.
 
     Returns:
-      ``[B, L, V]`` float32 logits.
+      ``[B, L, V]`` float32 logits, or the head's :class:`Projection`.
     """
     cfg = self.config
     validate(cfg, dict(
@@ -217,17 +219,12 @@ class GPT(nn.Module):
     )
     x = make_norm(cfg.block(), "ln_f")(x)
     if cfg.tie_embeddings:
-      return wte.attend(x)
-    lm_head = Einsum(
-        (cfg.d_model, cfg.vocab_size),
-        (sh.EMBED, sh.VOCAB),
-        use_bias=False,
-        dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype,
-        kernel_init=nn.initializers.normal(stddev=cfg.init_std),
-        name="lm_head",
+      return wte.projection(x) if return_projection else wte.attend(x)
+    lm_head = common.LMHead(
+        cfg.vocab_size, cfg.d_model, nn.initializers.normal(stddev=cfg.init_std), cfg.dtype,
+        cfg.param_dtype, name="lm_head",
     )
-    return lm_head("BLD,DV->BLV", x).astype(jnp.float32)
+    return lm_head.projection(x) if return_projection else lm_head(x)
 
 
 def dummy_inputs(config: GPTConfig, batch_size: int = 1, length: int = 1):

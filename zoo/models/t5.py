@@ -65,7 +65,7 @@ from zoo import registry
 from zoo import sharding as sh
 from zoo.layers import masks
 from zoo.layers.blocks import BlockInputs, DecoderBlock, EncoderBlock, make_norm
-from zoo.layers.dense import Einsum
+from zoo.layers.fused_cross_entropy import Projection
 from zoo.models import common
 from zoo.models.t5_config import T5Config, relative_position_bucket, validate
 
@@ -178,10 +178,9 @@ class T5(nn.Module):
     )
     self.decoder_norm = make_norm(cfg.block(), "decoder_norm")
     if not cfg.tie_word_embeddings:
-      self.lm_head = Einsum(
-          (cfg.d_model, cfg.vocab_size), (sh.EMBED, sh.VOCAB), use_bias=False, dtype=cfg.dtype,
-          param_dtype=cfg.param_dtype,
-          kernel_init=nn.initializers.normal(factor * cfg.d_model**-0.5), name="lm_head",
+      self.lm_head = common.LMHead(
+          cfg.vocab_size, cfg.d_model, nn.initializers.normal(factor * cfg.d_model**-0.5),
+          cfg.dtype, cfg.param_dtype, name="lm_head",
       )
 
   def _stack(self, side: str, block_cls, own_table_cls, **block_kwargs):
@@ -258,7 +257,8 @@ class T5(nn.Module):
       tgt_embeds: Array | None = None,
       deterministic: bool = True,
       decode: bool = False,
-  ) -> Array:
+      return_projection: bool = False,
+  ) -> Array | Projection:
     """Next-token logits of the decoder over an encoded source.
 
     Args:
@@ -270,9 +270,11 @@ class T5(nn.Module):
       deterministic: disables dropout.
       decode: autoregressive decoding with the self-attention KV cache
         (``mutable=["cache"]``).
+      return_projection: return the output head's :class:`Projection` (decoder output, head
+        weight, the ``d_model**-0.5`` scale when ``scales_outputs``) instead of the logits.
 
     Returns:
-      ``[B, T, V]`` float32 logits.
+      ``[B, T, V]`` float32 logits, or the head's :class:`Projection`.
     """
     cfg = self.config
     validate(cfg, dict(tgt_ids=tgt_ids, tgt_embeds=tgt_embeds, encoded=encoded, src_ids=src_ids))
@@ -291,11 +293,13 @@ class T5(nn.Module):
     x = self._embed(tgt_ids, tgt_embeds, deterministic)
     x = self.decoder(x, inputs, deterministic=deterministic, decode=decode)
     x = self.dropout(self.decoder_norm(x).astype(cfg.dtype), deterministic=deterministic)
-    if cfg.scales_outputs:
-      x = x * jnp.asarray(cfg.d_model**-0.5, cfg.dtype)
-    if cfg.tie_word_embeddings:
-      return self.shared.attend(x)
-    return self.lm_head("BTD,DV->BTV", x).astype(jnp.float32)
+    scale = cfg.d_model**-0.5 if cfg.scales_outputs else None
+    head = self.shared if cfg.tie_word_embeddings else self.lm_head
+    if return_projection:
+      return head.projection(x, scale=scale)
+    if scale is not None:
+      x = x * jnp.asarray(scale, cfg.dtype)
+    return head.attend(x) if cfg.tie_word_embeddings else head(x)
 
   def __call__(
       self,
@@ -304,14 +308,22 @@ class T5(nn.Module):
       *,
       deterministic: bool = True,
       decode: bool = False,
-  ) -> Array:
+      return_projection: bool = False,
+  ) -> Array | Projection:
     """Teacher-forced logits ``[B, T, V]`` (float32) of ``tgt_in_ids`` given ``src_ids``.
 
     Encoder-only models take ``src_ids`` alone and return the encoder output ``[B, S, D]``.
     ``decode=True`` with a ``[B, max_decode_len]`` target in ``init`` allocates the cache.
+    ``return_projection=True`` returns the head's :class:`Projection` instead (see
+    :meth:`decode`).
     """
     cfg = self.config
     validate(cfg, dict(src_ids=src_ids, tgt_in_ids=tgt_in_ids))
+    if cfg.encoder_only and return_projection:
+      raise ValueError(
+          "return_projection=True asks for the output head, but this T5 is encoder_only=True "
+          "(no decoder or head); call it without return_projection."
+      )
     if cfg.encoder_only:
       return self.encode(src_ids, deterministic=deterministic)
     if tgt_in_ids is None:
@@ -320,7 +332,10 @@ class T5(nn.Module):
           f"{cfg.decoder_start_id}); only an encoder_only=True model takes src_ids alone."
       )
     encoded = self.encode(src_ids, deterministic=deterministic)
-    return self.decode(tgt_in_ids, encoded, src_ids, deterministic=deterministic, decode=decode)
+    return self.decode(
+        tgt_in_ids, encoded, src_ids, deterministic=deterministic, decode=decode,
+        return_projection=return_projection,
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ from zoo import registry
 from zoo import sharding as sh
 from zoo.layers import masks
 from zoo.layers.blocks import BlockInputs, DecoderBlock, EncoderBlock, make_norm
-from zoo.layers.dense import Einsum
+from zoo.layers.fused_cross_entropy import Projection
 from zoo.layers.positional import LearnedPositionEmbedding, sinusoid_at
 from zoo.models import common
 from zoo.models.transformer_config import TransformerConfig, validate
@@ -105,9 +105,8 @@ class Transformer(nn.Module):
     if not cfg.tie_output:
       init = nn.initializers.xavier_uniform() if cfg.init_std is None else (
           nn.initializers.normal(stddev=cfg.init_std))
-      self.lm_head = Einsum(
-          (cfg.d_model, cfg.tgt_vocab), (sh.EMBED, sh.VOCAB), use_bias=False, dtype=cfg.dtype,
-          param_dtype=cfg.param_dtype, kernel_init=init, name="lm_head",
+      self.lm_head = common.LMHead(
+          cfg.tgt_vocab, cfg.d_model, init, cfg.dtype, cfg.param_dtype, name="lm_head"
       )
     if cfg.final_logits_bias:
       self.logits_bias = self.param(
@@ -194,7 +193,8 @@ class Transformer(nn.Module):
       tgt_embeds: Array | None = None,
       deterministic: bool = True,
       decode: bool = False,
-  ) -> Array:
+      return_projection: bool = False,
+  ) -> Array | Projection:
     """Next-token logits of the decoder over an encoded source.
 
     Args:
@@ -211,9 +211,11 @@ class Transformer(nn.Module):
       deterministic: disables dropout.
       decode: autoregressive decoding with the self-attention KV cache
         (``mutable=["cache"]``).
+      return_projection: return the output head's :class:`Projection` (decoder output, head
+        weight, final-logits bias) instead of the logits, for a fused loss.
 
     Returns:
-      ``[B, T, V]`` float32 logits.
+      ``[B, T, V]`` float32 logits, or the head's :class:`Projection`.
     """
     cfg = self.config
     validate(cfg, dict(
@@ -248,10 +250,10 @@ class Transformer(nn.Module):
     x = self.decoder(x, inputs, deterministic=deterministic, decode=decode)
     if cfg.norm_position == "pre":
       x = self.decoder_norm(x)
-    if cfg.tie_output:
-      logits_BTV = self._token_table("tgt").attend(x)
-    else:
-      logits_BTV = self.lm_head("BTD,DV->BTV", x).astype(jnp.float32)
+    head = self._token_table("tgt") if cfg.tie_output else self.lm_head
+    if return_projection:
+      return head.projection(x, bias=self.logits_bias if cfg.final_logits_bias else None)
+    logits_BTV = head.attend(x) if cfg.tie_output else head(x)
     if cfg.final_logits_bias:
       logits_BTV = logits_BTV + self.logits_bias.astype(jnp.float32)
     return logits_BTV
@@ -263,14 +265,20 @@ class Transformer(nn.Module):
       *,
       deterministic: bool = True,
       decode: bool = False,
-  ) -> Array:
+      return_projection: bool = False,
+  ) -> Array | Projection:
     """Teacher-forced logits ``[B, T, V]`` (float32) of ``tgt_in_ids`` given ``src_ids``.
 
     ``decode=True`` with a ``[B, max_decode_len]`` target in ``init`` allocates the cache.
+    ``return_projection=True`` returns the head's :class:`Projection` instead (see
+    :meth:`decode`).
     """
     validate(self.config, dict(src_ids=src_ids, tgt_in_ids=tgt_in_ids))
     encoded = self.encode(src_ids, deterministic=deterministic)
-    return self.decode(tgt_in_ids, encoded, src_ids, deterministic=deterministic, decode=decode)
+    return self.decode(
+        tgt_in_ids, encoded, src_ids, deterministic=deterministic, decode=decode,
+        return_projection=return_projection,
+    )
 
 
 def dummy_inputs(config: TransformerConfig, batch_size: int = 1, length: int = 1):

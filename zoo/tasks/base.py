@@ -50,14 +50,21 @@ class Task:
 
   Attributes:
     label_smoothing: epsilon for the token / class cross entropies.
+    fused_loss: a task whose loss sits on the model's vocabulary projection
+      (``projection_loss``) asks the model for it (``return_projection=True``) and computes
+      the cross entropy blockwise, never the ``[..., V]`` logits; False = full logits (A/B).
   """
 
   label_smoothing: float = 0.0
+  fused_loss: bool = True
 
   name: ClassVar[str] = ""
   # Stats whose means add up to the training loss, and the throughput unit.
   loss_terms: ClassVar[tuple[str, ...]] = ("loss",)
   unit: ClassVar[str] = "tokens"
+  # The token loss reads the model's output projection; the families serving the task take
+  # ``return_projection=True`` and return a ``zoo.layers.fused_cross_entropy.Projection``.
+  projection_loss: ClassVar[bool] = False
 
   # -- data --------------------------------------------------------------------------------
 
@@ -118,8 +125,11 @@ class Task:
     return b * length
 
   def apply(self, apply_fn, params, batch: Batch, *, rng: Array | None, train: bool) -> Any:
-    """Run the model on a batch (dropout on when ``train``)."""
+    """Run the model on a batch (dropout on when ``train``); with :attr:`fused_loss` and
+    ``projection_loss`` it returns the head's projection record instead of logits."""
     args, kwargs = self.inputs(batch)
+    if self.projection_loss and self.fused_loss:
+      kwargs = {**kwargs, "return_projection": True}
     rngs = {"dropout": rng} if train and rng is not None else None
     return apply_fn({"params": params}, *args, deterministic=not train, rngs=rngs, **kwargs)
 
@@ -146,9 +156,13 @@ class Task:
 
   # -- shared helpers ----------------------------------------------------------------------
 
-  def token_stats(self, logits: Array, targets: Array, weights: Array, prefix: str = "") -> Stats:
-    """Loss, nll and accuracy sums of a cross entropy, named with ``prefix``."""
-    loss, nll, correct = losses.cross_entropy(logits, targets, self.label_smoothing)
+  def token_stats(self, logits: Any, targets: Array, weights: Array, prefix: str = "") -> Stats:
+    """Loss, nll and accuracy sums of a cross entropy, named with ``prefix``.
+
+    ``logits``: ``[..., V]`` logits, or a head's ``Projection`` (the fused loss,
+    :func:`zoo.tasks.losses.head_cross_entropy`).
+    """
+    loss, nll, correct = losses.head_cross_entropy(logits, targets, self.label_smoothing)
     out = {f"{prefix}loss": losses.weighted(loss, weights)}
     out[f"{prefix}nll"] = losses.weighted(nll, weights)
     out[f"{prefix}accuracy"] = losses.weighted(correct, weights)

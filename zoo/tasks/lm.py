@@ -21,6 +21,7 @@ class LanguageModeling(base.Task):
   """Causal LM: predict ``targets`` (the next token) at every weighted position."""
 
   name = "lm"
+  projection_loss = True
 
   def data_defaults(self):
     return {**base.TEXT_DATA, "tfds_name": "tiny_shakespeare", "packing": True}

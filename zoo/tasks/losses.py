@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from zoo.data.batch import IGNORE_INDEX
+from zoo.layers.fused_cross_entropy import Projection, fused_cross_entropy
 
 Array = jax.Array
 
@@ -41,6 +42,17 @@ def cross_entropy(
   loss, nll = _smoothed_nll(logits, safe, float(label_smoothing))
   correct = (jnp.argmax(logits, axis=-1) == safe).astype(jnp.float32)
   return loss, nll, correct
+
+
+def head_cross_entropy(
+    outputs: Array | Projection, labels: Array, label_smoothing: float = 0.0
+) -> tuple[Array, Array, Array]:
+  """:func:`cross_entropy` of logits, or of an output head's :class:`Projection` computed
+  blockwise (:func:`zoo.layers.fused_cross_entropy.fused_cross_entropy`: the same values, and
+  the ``[..., V]`` logits never exist; rows labelled :data:`IGNORE_INDEX` give 0)."""
+  if isinstance(outputs, Projection):
+    return fused_cross_entropy(outputs, labels, label_smoothing=label_smoothing)
+  return cross_entropy(outputs, labels, label_smoothing)
 
 
 # The gradient written out, ``softmax - target``, is one element-wise pass over the [..., V]

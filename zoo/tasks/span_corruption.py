@@ -25,6 +25,7 @@ class SpanCorruption(base.Task):
   """Seq2seq denoising: sentinel-marked inputs in, the dropped spans predicted."""
 
   name = "span_corruption"
+  projection_loss = True
 
   def data_defaults(self):
     return {

@@ -25,6 +25,7 @@ class Translation(base.Task):
   """Seq2seq with teacher forcing: ``tgt_in_ids`` in, ``tgt_out_ids`` predicted."""
 
   name = "translation"
+  projection_loss = True
 
   def data_defaults(self):
     return {

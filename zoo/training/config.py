@@ -68,6 +68,7 @@ def base_config(task: str, model: str) -> ml_collections.ConfigDict:
       batch_size=0,  # 0 = train.batch_size
       decode_batches=2,  # eval batches a decoding metric (translation: BLEU) decodes; 0 = none
       num_beams=1,  # decoding metrics: 1 = greedy, else beam search
+      length_penalty=1.0,  # beam search: finished beams score sum log p / length**penalty
   ))
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw", lr=3e-4, schedule="cosine", warmup_steps=100, end_lr_ratio=0.1, b1=0.9,
@@ -122,6 +123,9 @@ def _train_section() -> ml_collections.ConfigDict:
   # fresh task head on a pretrained backbone is added to it automatically).
   c.freeze = ""
   c.always_train = ""
+  # Token losses on a vocabulary projection (lm, seq2seq, MLM) computed blockwise, without the
+  # [B, L, V] logits (zoo.layers.fused_cross_entropy); False = full logits, for A/B.
+  c.fused_loss = True
   return c
 
 
