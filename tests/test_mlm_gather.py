@@ -329,10 +329,9 @@ def test_smoke_config_trains_on_gathered_logits(tmp_path):
   assert len(losses) == 3 and np.isfinite(losses).all()
   data = zd.build_dataset(c.data, split="train", global_batch_size=8, seed=0)
   b = next(iter(data))
-  task = registry.task("mlm_nsp")
+  args, kwargs = registry.task("mlm_nsp").inputs(b)  # what the step gives the model
   out = jax.eval_shape(
-      lambda p: task.apply(result.state.apply_fn, p, b, rng=None, train=False),
-      result.state.params)
+      lambda p: result.state.apply_fn({"params": p}, *args, **kwargs), result.state.params)
   assert out["mlm_logits"].shape == (8, data.info["max_predictions"], data.info["vocab_size"])
   assert data.info["max_predictions"] == 8 < c.data.seq_len
 
