@@ -289,6 +289,8 @@ def translate(
         f"translation model ({', '.join(registry.capable('seq2seq'))}). For a decoder-only "
         "language model use --prompt."
     )
+  if isinstance(source, str) and loaded.data is not None:
+    source = loaded.data.get("source_prefix", "") + source  # what the run's sources began with
   ids = _encode(loaded, source, "source")
   if isinstance(source, str) and not loaded.specials_in_encode and loaded.eos_id is not None:
     ids = ids + [loaded.eos_id]  # zoo translation sources end with EOS
@@ -389,8 +391,9 @@ def main(argv: list[str] | None = None) -> int:
   what = p.add_mutually_exclusive_group(required=True)
   what.add_argument("--prompt", help="GPT: text to continue")
   what.add_argument("--prompt_ids", help="GPT: token ids to continue (no tokenizer needed)")
-  what.add_argument("--source", help="Transformer: text to translate")
-  what.add_argument("--source_ids", help="Transformer: source token ids")
+  what.add_argument("--source", help="encoder-decoder (Transformer, T5): text to translate "
+                    "or summarise")
+  what.add_argument("--source_ids", help="encoder-decoder: source token ids")
   what.add_argument("--question", help="BERT question answering: a question about --context")
   p.add_argument("--context", help="the text --question asks about (its answer is a span of it)")
   p.add_argument("--seq_len", type=int,
@@ -408,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                  help="GPT: stop at this string (repeatable); the output is cut before it")
   p.add_argument("--stream", action="store_true", help="GPT: print tokens as they come")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--num_beams", type=int, help="Transformer (default: the checkpoint's or 1)")
+  p.add_argument("--num_beams", type=int, help="encoder-decoder (default: the checkpoint's or 1)")
   p.add_argument("--length_penalty", type=float)
   args = p.parse_args(argv)
   try:
