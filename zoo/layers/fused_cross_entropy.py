@@ -70,6 +70,11 @@ class Projection:
   def vocab_size(self) -> int:
     return self.weight.shape[0 if self.transposed else 1]
 
+  @property
+  def shape(self) -> tuple[int, ...]:
+    """The shape of the logits it stands for, ``[..., V]``."""
+    return (*self.hidden.shape[:-1], self.vocab_size)
+
   def logits(self) -> Array:
     """The full ``[..., V]`` float32 logits (what the head returns by default)."""
     return _logits(self.hidden, self.weight, self.bias, self._static())

@@ -56,6 +56,7 @@ from zoo import sharding as sh
 from zoo.layers import masks
 from zoo.layers.blocks import ACTIVATIONS, BlockInputs, EncoderBlock, make_norm
 from zoo.layers.dense import Einsum
+from zoo.layers.fused_cross_entropy import Projection
 from zoo.layers.positional import LearnedPositionEmbedding, sinusoid_at
 from zoo.models import common
 from zoo.models.bert_config import (  # noqa: F401 - importable from here
@@ -136,6 +137,10 @@ class BertEmbeddings(nn.Module):
     """``[B, L, D]`` -> ``[B, L, V]`` float32 logits against the word embedding table."""
     return self.word_embeddings.attend(x)
 
+  def projection(self, x: Array, bias: Array) -> Projection:
+    """What ``attend(x) + bias`` would project, as a record for a fused loss."""
+    return self.word_embeddings.projection(x, bias=bias)
+
 
 class MLMHead(nn.Module):
   """``transform`` dense + activation + LayerNorm, tied decoder, output bias ``[V]``."""
@@ -144,9 +149,11 @@ class MLMHead(nn.Module):
 
   @nn.compact
   def __call__(
-      self, x: Array, embeddings: BertEmbeddings, masked_positions: Array | None = None
-  ) -> Array:
-    """``[B, L, D]`` -> ``[B, L, V]`` float32 logits, or ``[B, P, V]`` at ``masked_positions``.
+      self, x: Array, embeddings: BertEmbeddings, masked_positions: Array | None = None,
+      return_projection: bool = False,
+  ) -> Array | Projection:
+    """``[B, L, D]`` -> ``[B, L, V]`` float32 logits, or ``[B, P, V]`` at ``masked_positions``
+    (their :class:`Projection` with ``return_projection``).
 
     The gather comes first, so the transform, norm and the ``[D, V]`` decoder only see the
     ``P`` positions that carry a label (the original BERT's ``gather_indexes``).
@@ -163,6 +170,8 @@ class MLMHead(nn.Module):
         (cfg.vocab_size,),
         cfg.param_dtype,
     )
+    if return_projection:
+      return embeddings.projection(h, bias)
     logits_BLV = embeddings.attend(h)
     return logits_BLV + bias.astype(jnp.float32)
 
@@ -183,6 +192,7 @@ class Bert(nn.Module):
       segment_ids: Array | None = None,
       masked_positions: Array | None = None,
       deterministic: bool = True,
+      return_projection: bool = False,
   ) -> dict[str, Array]:
     """Encoder outputs and head logits.
 
@@ -199,6 +209,8 @@ class Bert(nn.Module):
       masked_positions: ``[B, P]`` int positions the MLM head scores (the tokens selected for
         masking, unused slots any valid position); None scores every position.
       deterministic: disables dropout (pass a ``"dropout"`` rng when False).
+      return_projection: ``"mlm_logits"`` is the MLM head's :class:`Projection` (hidden
+        states, tied table, bias; the logits are not computed), for a fused loss.
 
     Returns:
       ``{"last_hidden_state": [B, L, D], "pooled": [B, D]}`` (no "pooled" when
@@ -249,12 +261,14 @@ class Bert(nn.Module):
       pooler = _dense(cfg, cfg.d_model, (sh.EMBED, sh.MLP), "pooler")
       pooled = jnp.tanh(pooler("BD,DF->BF", x[:, 0]))
       out["pooled"] = pooled
-    return {**out, **_head(cfg, x, pooled, embeddings, deterministic, masked_positions)}
+    return {**out, **_head(
+        cfg, x, pooled, embeddings, deterministic, masked_positions, return_projection
+    )}
 
 
 def _head(
     cfg: BertConfig, x: Array, pooled: Array | None, embeddings: BertEmbeddings,
-    deterministic: bool, masked_positions: Array | None = None,
+    deterministic: bool, masked_positions: Array | None = None, return_projection: bool = False,
 ) -> dict[str, Array]:
   """The float32 outputs of ``cfg.head`` from ``x`` ``[B, L, D]`` and ``pooled`` ``[B, D]``
   (the MLM head only at ``masked_positions`` ``[B, P]`` when given).
@@ -263,7 +277,9 @@ def _head(
   """
   out = {}
   if cfg.head in MLM_HEADS:
-    out["mlm_logits"] = MLMHead(cfg, name="mlm")(x, embeddings, masked_positions)
+    out["mlm_logits"] = MLMHead(cfg, name="mlm")(
+        x, embeddings, masked_positions, return_projection
+    )
   if cfg.head == "pretraining":
     nsp = _dense(cfg, 2, (sh.EMBED, sh.CLASSES), "nsp")
     out["nsp_logits"] = nsp("BD,DC->BC", pooled).astype(jnp.float32)

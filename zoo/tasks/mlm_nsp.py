@@ -28,6 +28,7 @@ class MaskedLMAndNSP(base.Task):
 
   name = "mlm_nsp"
   loss_terms = ("mlm_loss", "nsp_loss")
+  projection_loss = True
 
   def data_defaults(self):
     return {
