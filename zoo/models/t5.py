@@ -320,10 +320,8 @@ class T5(nn.Module):
     cfg = self.config
     validate(cfg, dict(src_ids=src_ids, tgt_in_ids=tgt_in_ids))
     if cfg.encoder_only and return_projection:
-      raise ValueError(
-          "return_projection=True asks for the output head, but this T5 is encoder_only=True "
-          "(no decoder or head); call it without return_projection."
-      )
+      raise ValueError("return_projection=True: an encoder_only=True T5 has no output head; "
+                       "call it without return_projection.")
     if cfg.encoder_only:
       return self.encode(src_ids, deterministic=deterministic)
     if tgt_in_ids is None:
