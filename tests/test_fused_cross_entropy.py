@@ -342,6 +342,31 @@ def test_run_config_switch_defaults_on():
   assert not registry.task("classification").projection_loss
 
 
+def test_run_config_switch_reaches_the_loop(tmp_path):
+  """``config.train.fused_loss`` picks the loss of ``train.py`` runs; both train alike."""
+  import importlib.util  # noqa: PLC0415
+  import pathlib  # noqa: PLC0415
+
+  from zoo.training import loop  # noqa: PLC0415
+
+  path = pathlib.Path(__file__).parents[1] / "configs" / "gpt.py"
+  spec = importlib.util.spec_from_file_location("zoo_gpt_config_fused", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  losses_by = {}
+  for fused in (True, False):
+    config = module.get_config("smoke")
+    config.train.update(num_steps=3, log_every=1, checkpoint_every=100, plot=False,
+                        progress_bar=False, fused_loss=fused)
+    config.eval.every = -1
+    run = loop.build_run(config, str(tmp_path / f"run-{fused}"), devices=jax.devices()[:1])
+    assert run.task.fused_loss is fused
+    losses_by[fused] = run.run().losses
+  assert losses_by[True].keys() == losses_by[False].keys() == {1, 2, 3}
+  for step in (1, 2, 3):
+    np.testing.assert_allclose(losses_by[True][step], losses_by[False][step], rtol=1e-4)
+
+
 # ----------------------------------------------------------------------------------------------
 # Sharded over 8 simulated CPU devices (tests/conftest.py sets XLA_FLAGS before jax loads).
 

@@ -290,7 +290,10 @@ def build_run(
     model_cfg = fitted.model.config
   if fitted is not None and not config.init.get("weights", True):
     fitted = None  # the checkpoint's architecture and tokenizer, trained from scratch
-  task = registry.task(config.task, config.label_smoothing)
+  task = dataclasses.replace(  # the fused loss off (config.train.fused_loss=False) for A/B
+      registry.task(config.task, config.label_smoothing),
+      fused_loss=bool(tc.get("fused_loss", True)),
+  )
   trainable = finetune.trainable_spec(config, fitted)
   prog = program_for(
       model_cfg, task, config.optim, num_steps=int(tc.num_steps), mesh=mesh, rules=rules,
