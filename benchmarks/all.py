@@ -21,7 +21,7 @@ from typing import Any
 
 from benchmarks import report
 
-SCRIPTS = ("gpt", "bert", "vit", "transformer", "t5", "attention")
+SCRIPTS = ("gpt", "llama", "bert", "vit", "transformer", "t5", "attention")
 
 
 def run_script(name: str, extra: list[str], in_process: bool, workdir: str) -> dict[str, Any]:

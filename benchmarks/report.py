@@ -17,10 +17,27 @@ def fmt_num(x: float | None, digits: int = 3) -> str:
   return f"{x:.{digits}g}"
 
 
-def fmt_bytes(mem: dict[str, Any] | None) -> str:
-  if not mem or mem.get("bytes") is None:
+def fmt_bytes(mem: dict[str, Any] | None, key: str = "bytes") -> str:
+  """``mem[key]`` in GiB (``"n/a"`` when absent)."""
+  if not mem or mem.get(key) is None:
     return "n/a"
-  return f"{mem['bytes'] / 2**30:.2f} GiB"
+  return f"{mem[key] / 2**30:.2f} GiB"
+
+
+def xla_memory_line(case: dict[str, Any]) -> str | None:
+  """The zoo train step's ``memory_analysis()`` as one line under a case table."""
+  zoo = next((r for r in case["results"] if r["framework"] == "zoo"), None)
+  xla = (zoo or {}).get("train", {}).get("xla_memory")
+  if not xla:
+    return None
+  parts = ", ".join(
+      f"{name} {fmt_bytes(xla, key)}" for name, key in (
+          ("arguments", "argument_bytes"), ("outputs", "output_bytes"),
+          ("aliased (donated)", "alias_bytes"), ("temp", "temp_bytes"),
+          ("generated code", "generated_code_bytes"), ("total", "total_bytes"),
+      )
+  )
+  return f"zoo train step, XLA `memory_analysis()`: {parts}."
 
 
 def fmt_ratio(ratio: dict[str, float | None], part: str) -> str:
@@ -52,6 +69,13 @@ def environment_markdown(env: dict[str, Any]) -> str:
       "- versions: " + ", ".join(f"{k} {v[k]}" for k in v),
       f"- peak for MFU: {env['peak_source']}",
   ]
+  if env.get("backend") == "cpu":
+    lines.append(
+        "- peak memory: host RSS above each framework's RSS before its build (after gc + "
+        "malloc_trim), the same for every framework: *build + compile* = the peak up to the end "
+        "of the first train step (zoo: init, lower + compile, first step; PyTorch: first step, "
+        "AdamW state, torch.compile's compile); *steps* = the peak of one later step"
+    )
   if "load_average" in env:
     after = env.get("load_average_after")
     lines.append(
@@ -80,6 +104,7 @@ def _case_row(r: dict[str, Any], ratio: dict[str, float | None], width: int) -> 
       f"{fmt_num(t['step_s'])} ({fmt_num(t['min_s'])})",
       fwd_rate,
       comp,
+      fmt_bytes(t.get("memory"), "compile_peak_bytes"),
       fmt_bytes(t.get("memory")),
       fmt_num(t["tflops_per_s"]["full"]),
       fmt_pct(t["mfu"]["full"]),
@@ -100,14 +125,15 @@ def case_markdown(case: dict[str, Any]) -> str:
   )
   cols = [
       "framework", f"train {unit}/s", "train step s (min)", f"fwd {unit}/s",
-      "compile (s) train / fwd",
-      "peak mem (train)", "train TFLOP/s", f"MFU {cases.CONVENTIONS['full']}",
+      "compile (s) train / fwd", "peak mem build + compile", "peak mem steps",
+      "train TFLOP/s", f"MFU {cases.CONVENTIONS['full']}",
       f"MFU {cases.CONVENTIONS['causal_half']}", "zoo ÷ this train (best)", "zoo ÷ this fwd (best)",
   ]
   rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   for r in case["results"]:
     rows.append(_case_row(r, case["ratios"].get(r["framework"], {}), len(cols)))
-  return head + "\n\n" + "\n".join(rows)
+  line = xla_memory_line(case)
+  return head + "\n\n" + "\n".join(rows) + (f"\n\n{line}" if line else "")
 
 
 def markdown(report: dict[str, Any], with_environment: bool = True) -> str:

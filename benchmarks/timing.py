@@ -8,6 +8,7 @@ fastest one beside it.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import gc
 import resource
@@ -111,25 +112,65 @@ def _reset_host_peak() -> bool:
     return False
 
 
-class HostMemory:
-  """Peak host RSS of a phase, above the RSS its start (CPU runs).
+def trim_host_heap() -> None:
+  """Collect garbage and hand the C heap's free pages back to the OS (glibc ``malloc_trim``;
+  elsewhere only the collection), so that an RSS reading counts live memory, not memory an
+  earlier phase or case freed and the allocator kept."""
+  gc.collect()
+  try:
+    ctypes.CDLL(None).malloc_trim(0)
+  except (OSError, AttributeError):  # not glibc
+    pass
 
-  ``start()`` before the model is built, ``arm()`` once compilation is over (so compiler
-  memory is not counted), ``peak()`` after the timed steps. Without ``/proc`` (not Linux) the
-  process-wide ``ru_maxrss`` is reported and says so.
+
+# What each figure of a CPU ``memory`` entry is (``HostMemory.peak``), for the JSON.
+HOST_MEMORY_HOW = {
+    "bytes": "peak host RSS during one steady-state train step",
+    "build_bytes": "host RSS once the parameters (zoo: and the optimizer state) exist",
+    "compile_peak_bytes": "peak host RSS from the build through the first train step (zoo: "
+                          "init, lower + compile, first step; PyTorch: first step, where AdamW "
+                          "creates its state and torch.compile compiles)",
+    "base": "each minus the host RSS before the model was built, after gc + malloc_trim; "
+            "malloc_trim again before the steady-state step, the same for every framework",
+}
+
+
+class HostMemory:
+  """Host RSS of one framework's phases above the RSS before its model was built (CPU runs).
+
+  ``start()`` before the model is built, ``built()`` once its parameters exist, ``arm()`` after
+  the first (compiling) train step, ``peak()`` after one more step. Three figures with the same
+  definition for zoo and every peer (:data:`HOST_MEMORY_HOW`): RSS after the build, peak up to
+  the end of the first step (compile), peak during the later step (steps). The heap is trimmed
+  at ``start()`` (an earlier case's freed memory would otherwise be reused unseen and shrink
+  this one's figures) and at ``arm()``. Without ``/proc`` (not Linux) the process-wide
+  ``ru_maxrss`` is reported and says so.
   """
 
+  base_kb: int | None = None
+  build_kb: int | None = None
+  compile_hwm_kb: int | None = None
+  resettable: bool = False
+
   def start(self):
-    gc.collect()
+    trim_host_heap()
     self.base_kb = _status_kb("VmRSS")
+    self.resettable = self.base_kb is not None and _reset_host_peak()
+
+  def built(self):
+    self.build_kb = _status_kb("VmRSS")
 
   def arm(self):
-    self.resettable = self.base_kb is not None and _reset_host_peak()
+    if self.resettable:
+      self.compile_hwm_kb = _status_kb("VmHWM")
+      trim_host_heap()
+      self.resettable = _reset_host_peak()
 
   def peak(self) -> dict[str, Any]:
     if self.resettable:
       hwm = _status_kb("VmHWM")
-      return {"bytes": (hwm - self.base_kb) * 1024,
-              "how": "host RSS peak during the steps, minus RSS before the model was built"}
+      above = lambda kb: None if kb is None else (kb - self.base_kb) * 1024  # noqa: E731
+      return {"bytes": above(hwm), "build_bytes": above(self.build_kb),
+              "compile_peak_bytes": above(self.compile_hwm_kb), "how": dict(HOST_MEMORY_HOW)}
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"bytes": kb * 1024, "how": "host ru_maxrss of the whole process"}

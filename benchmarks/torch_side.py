@@ -97,6 +97,7 @@ def prepare(case: cases.Case, library: str, mode: str, args) -> timing.Prepared:
   try:
     torch.manual_seed(0)
     peer = _Peer(case.peers[library](), device, mode, args)
+    host.built()
     first = timing.first_call(peer.train_step)  # torch.compile compiles here
     host.arm()
     peer.train_step()  # the step whose peak memory is reported

@@ -59,13 +59,22 @@ def _cost_flops(compiled) -> float | None:
     return None
 
 
-def _xla_memory(compiled) -> int | None:
+# ``CompiledMemoryStats`` fields reported, as ``<name>_bytes``.
+XLA_MEMORY_FIELDS = ("argument", "output", "alias", "temp", "generated_code")
+
+
+def xla_memory(compiled) -> dict[str, int] | None:
+  """``compiled.memory_analysis()`` as bytes: arguments, outputs, aliased (donated: counted in
+  both), temporaries, generated code, and ``total_bytes`` = arguments + outputs + temp - alias,
+  the buffers XLA allocates while the step runs. None where the backend has no analysis."""
   try:
     m = compiled.memory_analysis()
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-               - m.alias_size_in_bytes)
+    out = {f"{k}_bytes": int(getattr(m, f"{k}_size_in_bytes")) for k in XLA_MEMORY_FIELDS}
   except Exception:  # noqa: BLE001 - optional, as above
     return None
+  out["total_bytes"] = (out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
+                        - out["alias_bytes"])
+  return out
 
 
 def _device_peak_bytes() -> int | None:
@@ -95,7 +104,8 @@ def prepare(case: cases.Case, args) -> timing.Prepared:
   )
   rng = jax.random.PRNGKey(0)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    holder = {"state": steps.init_state(prog, mesh, rules, rng)}
+    holder = {"state": jax.block_until_ready(steps.init_state(prog, mesh, rules, rng))}
+    host.built()
     batch = mesh_lib.place_batch(work.batch, mesh)
     t0 = time.perf_counter()
     lowered = prog.step.lower(holder["state"], batch, rng)
@@ -114,7 +124,7 @@ def prepare(case: cases.Case, args) -> timing.Prepared:
   train_step()  # the step whose peak memory is reported
   train["loss_first"] = float(losses[0])
   train["xla_flops"] = _cost_flops(compiled)
-  train["xla_memory_bytes"] = _xla_memory(compiled)
+  train["xla_memory"] = xla_memory(compiled)
   if env.on_gpu():
     train["memory"] = {
         "bytes": _device_peak_bytes(), "how": "device peak_bytes_in_use (process-wide)"

@@ -25,6 +25,7 @@ from benchmarks import (
   cases,
   cli,
   gpt,
+  llama,
   report,
   runner,
   t5,
@@ -38,6 +39,7 @@ from benchmarks import (
 SMOKE = ["--smoke", "--peers", "eager"]
 FAMILIES = {
     "gpt": (gpt, []),
+    "llama": (llama, []),
     "bert": (bert, ["--lengths", "16"]),
     "vit": (vit, ["--schedule", "sequential"]),  # the GPU default; the others interleave
     "transformer": (transformer, []),
@@ -76,7 +78,7 @@ def test_family_report_structure(name):
     assert len(train["times_s"]) == 2 and train["step_s"] > 0
     np.testing.assert_allclose(train["units_per_s"], case["units_per_step"] / train["step_s"])
     assert set(train["mfu"]) == set(cases.CONVENTIONS) and train["mfu"]["full"] is None
-    assert train["memory"]["bytes"] is not None
+    _check_host_memory(train["memory"])
     assert np.isfinite(train["loss_first"])
     assert fwd["units_per_s"] > 0
   zoo = case["results"][0]
@@ -92,8 +94,24 @@ def test_family_report_structure(name):
   # Same architecture, same random-label task: both start near log(V) (or log(classes)).
   z, h = zoo["train"]["loss_first"], case["results"][1]["train"]["loss_first"]
   assert abs(z - h) < 0.1 * max(z, h), (z, h)
-  for header in ("| framework |", "| zoo |", "| hf eager |", "MFU 6N+12·L·d·T", "causal ½"):
+  for header in ("| framework |", "| zoo |", "| hf eager |", "MFU 6N+12·L·d·T", "causal ½",
+                 "| peak mem build + compile | peak mem steps |", "memory_analysis()"):
     assert header in md, header
+  xla = zoo["train"]["xla_memory"]
+  assert xla["alias_bytes"] > 0 and xla["temp_bytes"] > 0  # the donated state, the step's own
+  assert xla["total_bytes"] == (
+      xla["argument_bytes"] + xla["output_bytes"] + xla["temp_bytes"] - xla["alias_bytes"]
+  )
+  assert "xla_memory" not in peer["train"]
+
+
+def _check_host_memory(mem):
+  """The three CPU figures of one framework: all present, and the windows nest."""
+  for key in ("bytes", "build_bytes", "compile_peak_bytes"):
+    assert isinstance(mem[key], int) and mem[key] > 0, (key, mem)
+  # The first window's peak covers the build (the peak is at least any RSS it saw).
+  assert mem["compile_peak_bytes"] >= mem["build_bytes"], mem
+  assert set(mem["how"]) == set(timing.HOST_MEMORY_HOW)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -156,7 +174,69 @@ def test_zoo_step_is_the_training_loops(monkeypatch):
   assert prepared.step_fn is prog.step and prepared.step_fn.__wrapped__.func is spy
   assert prog.abstract.step.sharding.mesh.size == 1
   assert "input_output_alias" in prepared.compiled.as_text()  # the state is donated
+  # ... all of it: every byte of params and optimizer state is an aliased argument.
+  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(prog.abstract))
+  assert prepared.result["train"]["xla_memory"]["alias_bytes"] == state_bytes
   assert np.isfinite(prepared.result["train"]["loss_first"])
+
+
+def test_host_memory_keeps_compile_out_of_the_steps_figure():
+  """A phase that allocates and frees 256 MiB before ``arm()`` (what compiling does) shows in
+  the build + compile peak and not in the steps peak; what stays allocated shows in both."""
+  mib = 2**20
+  host = timing.HostMemory()
+  host.start()
+  if not host.resettable:
+    pytest.skip("needs Linux /proc/self/clear_refs")
+  kept = np.ones(32 * mib // 8)  # "parameters": touched, kept
+  host.built()
+  transient = np.ones(256 * mib // 8)  # "compiler": touched, freed before the steps
+  del transient
+  host.arm()
+  step = np.ones(64 * mib // 8)  # "one step's temporaries"
+  del step
+  mem = host.peak()
+  assert 30 * mib < mem["build_bytes"] < 90 * mib, mem
+  assert mem["compile_peak_bytes"] > (32 + 250) * mib, mem
+  assert (32 + 60) * mib < mem["bytes"] < (32 + 64 + 120) * mib, mem  # no 256 MiB in it
+  del kept
+
+
+def test_program_holds_no_init_executable(monkeypatch):
+  """``init_state`` jits the initialiser for that call only: once the state exists nothing
+  keeps the jitted init (and with it its compiled executable) alive through training."""
+  import gc
+  import weakref
+
+  from zoo.training import mesh as mesh_lib
+  from zoo.training import state as state_lib
+  from zoo.training import steps
+
+  made = []
+  real = state_lib.make_init
+
+  def recording(*args, **kwargs):
+    fn = real(*args, **kwargs)
+    made.append(weakref.ref(fn))
+    return fn
+
+  monkeypatch.setattr(state_lib, "make_init", recording)
+  args = cli.parse(cli.parser("t"), [*SMOKE, "--no-forward"])
+  work = gpt.case(args).zoo()
+  mesh = mesh_lib.make_mesh(zoo_side.ONE_DEVICE_MESH, jax.devices()[:1])
+  rules = mesh_lib.rules_from_config(None)
+  steps.program.cache_clear()
+  try:
+    prog = steps.program_for(work.config, zoo_side.get_task(work.task), zoo_side.optim_config(),
+                             num_steps=10, mesh=mesh, rules=rules)
+    state = steps.init_state(prog, mesh, rules, jax.random.PRNGKey(0))
+    gc.collect()
+    assert len(made) == 1 and made[0]() is None  # made for the call, released after it
+    again = steps.init_state(prog, mesh, rules, jax.random.PRNGKey(0))
+    same = jax.tree.map(lambda a, b: bool((a == b).all()), state.params, again.params)
+    assert all(jax.tree.leaves(same))  # the same key, the same state
+  finally:
+    steps.program.cache_clear()
 
 
 def test_mfu_uses_the_given_peak():
