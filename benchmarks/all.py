@@ -68,6 +68,31 @@ def summary(reports: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def memory_summary(reports: list[dict[str, Any]]) -> str:
+  """One row per case: every framework's peak memory, *build + compile* / *steps* (the two
+  windows of ``timing.HostMemory`` on CPU), and zoo's XLA temp of the train step."""
+  names: list[str] = []
+  for rep in reports:
+    for case in rep.get("cases", []):
+      for r in case["results"]:
+        if r["framework"] not in names:
+          names.append(r["framework"])
+  cols = ["model", "shape"] + [f"{n}: build + compile / steps" for n in names] + ["zoo XLA temp"]
+  lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  for rep in reports:
+    for case in rep.get("cases", []):
+      by_name = {r["framework"]: r.get("train", {}).get("memory") for r in case["results"]}
+      row = [case["model"], case["shape"]]
+      for n in names:
+        mem = by_name.get(n)
+        row.append(f"{report.fmt_bytes(mem, 'compile_peak_bytes')} / {report.fmt_bytes(mem)}"
+                   if mem else "—")
+      xla = case["results"][0].get("train", {}).get("xla_memory")
+      row.append(report.fmt_size(xla["temp_bytes"]) if xla else "—")
+      lines.append("| " + " | ".join(row) + " |")
+  return "\n".join(lines)
+
+
 def merge(reports: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
   """``(combined JSON, markdown)`` from the scripts' reports."""
   env = next((r["environment"] for r in reports if "environment" in r), None)
@@ -76,6 +101,7 @@ def merge(reports: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
   if env:
     parts.append(report.environment_markdown(env))
   parts.append("### Summary: zoo ÷ peer throughput (higher = zoo faster)\n\n" + summary(reports))
+  parts.append("### Summary: peak memory (lower = less)\n\n" + memory_summary(reports))
   for rep in reports:
     if "error" in rep:
       parts.append(f"### {rep['benchmark']}\n\n{rep['error']}")

@@ -24,6 +24,13 @@ def fmt_bytes(mem: dict[str, Any] | None, key: str = "bytes") -> str:
   return f"{mem[key] / 2**30:.2f} GiB"
 
 
+def fmt_size(n: int | None) -> str:
+  """Bytes as GiB from 1 GiB up, else MiB (the small arguments of a smoke run stay readable)."""
+  if n is None:
+    return "n/a"
+  return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def xla_memory_line(case: dict[str, Any]) -> str | None:
   """The zoo train step's ``memory_analysis()`` as one line under a case table."""
   zoo = next((r for r in case["results"] if r["framework"] == "zoo"), None)
@@ -31,7 +38,7 @@ def xla_memory_line(case: dict[str, Any]) -> str | None:
   if not xla:
     return None
   parts = ", ".join(
-      f"{name} {fmt_bytes(xla, key)}" for name, key in (
+      f"{name} {fmt_size(xla.get(key))}" for name, key in (
           ("arguments", "argument_bytes"), ("outputs", "output_bytes"),
           ("aliased (donated)", "alias_bytes"), ("temp", "temp_bytes"),
           ("generated code", "generated_code_bytes"), ("total", "total_bytes"),

@@ -126,7 +126,8 @@ def trim_host_heap() -> None:
 # What each figure of a CPU ``memory`` entry is (``HostMemory.peak``), for the JSON.
 HOST_MEMORY_HOW = {
     "bytes": "peak host RSS during one steady-state train step",
-    "build_bytes": "host RSS once the parameters (zoo: and the optimizer state) exist",
+    "build_bytes": "host RSS once the parameters (zoo: and the optimizer state) exist, after "
+                   "gc + malloc_trim",
     "compile_peak_bytes": "peak host RSS from the build through the first train step (zoo: "
                           "init, lower + compile, first step; PyTorch: first step, where AdamW "
                           "creates its state and torch.compile compiles)",
@@ -158,6 +159,7 @@ class HostMemory:
     self.resettable = self.base_kb is not None and _reset_host_peak()
 
   def built(self):
+    trim_host_heap()  # what the build freed (zoo: the initialiser's temporaries) is not counted
     self.build_kb = _status_kb("VmRSS")
 
   def arm(self):

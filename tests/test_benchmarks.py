@@ -297,6 +297,14 @@ def test_attention_and_all_merge(tmp_path):
     model = _report(name)[1]["cases"][0]["model"]
     assert f"| {model} |" in summary
   assert "zoo ÷ hf eager: train (best) / fwd (best)" in summary
+  memory = text.split("### Summary: peak memory")[1].split("###")[0]
+  assert "| zoo: build + compile / steps | hf eager: build + compile / steps |" in memory
+  for name in names:
+    case = _report(name)[1]["cases"][0]
+    zoo_mem = case["results"][0]["train"]["memory"]
+    cell = (f"{report.fmt_bytes(zoo_mem, 'compile_peak_bytes')} / "
+            f"{report.fmt_bytes(zoo_mem)}")
+    assert f"| {case['model']} | {case['shape']} | {cell} |" in memory
   assert "Attention backends" in text and "## Results" in md.read_text()
   with pytest.raises(ValueError, match="--lengths"):
     attention.main(["--smoke", "--lengths", "x"])
