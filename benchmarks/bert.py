@@ -3,7 +3,9 @@
 ``python -m benchmarks.bert [--lengths 128,512] [--batch-size B] [--smoke] [--out bert.json]``.
 Both sides: ``BertForPreTraining`` layout (12 post-LN layers, d=768, tied MLM decoder, pooler
 and NSP head), dropout 0.1 on hidden states and attention weights (BERT's), 15% of the
-positions carry an MLM label (the rest are ignored), every row is full (no padding).
+positions carry an MLM label (the rest are ignored), every row is full (no padding). zoo
+scores the MLM head at the masked positions only (the batch's ``masked_positions``, as
+``zoo.data.bert`` makes it); ``BertForPreTraining`` scores every position.
 """
 
 from __future__ import annotations
@@ -37,14 +39,23 @@ def case(args, length: int) -> cases.Case:
   r = cases.rng(length)
   ids = r.randint(1, cfg.vocab_size, (b, length)).astype("int32")
   types = (np.arange(length)[None] >= length // 2).repeat(b, 0).astype("int32")  # A then B
-  selected = r.rand(b, length) < 0.15
-  selected[:, 0] = True  # at least one label per row
-  mlm_targets = r.randint(1, cfg.vocab_size, (b, length)).astype("int32")
-  mlm_targets[~selected] = -100
+  # As zoo.data.bert selects (written out here: that module needs Grain, which the GPU image
+  # lacks): round(15% of the L - 3 candidates) per row, in P slots (a multiple of 8).
+  count = max(1, round(0.15 * (length - 3)))
+  slots = max(8, -(-count // 8) * 8)
+  positions = np.sort(np.argsort(r.rand(b, length), axis=1)[:, :count], axis=1).astype("int32")
+  labels = r.randint(1, cfg.vocab_size, (b, count)).astype("int32")
+  mlm_targets = np.full((b, length), -100, np.int32)
+  np.put_along_axis(mlm_targets, positions, labels, axis=1)
+  pad = ((0, 0), (0, slots - count))
   nsp = r.randint(0, 2, (b,)).astype("int32")
   mask = ids * 0 + 1
+  # zoo trains as zoo.data.bert's batches make it: the MLM head only at the masked positions.
   batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
-           "mlm_targets": mlm_targets, "nsp_labels": nsp}
+           "mlm_targets": mlm_targets, "nsp_labels": nsp,
+           "masked_positions": np.pad(positions, pad),
+           "masked_labels": np.pad(labels, pad, constant_values=-100),
+           "masked_weights": np.pad(np.ones((b, count), np.float32), pad)}
 
   def zoo_work():
     return cases.ZooWork(cfg, "mlm_nsp", batch)

@@ -10,6 +10,7 @@ hyper-parameters of the PyTorch side's ``torch.optim.AdamW``) are the benchmark'
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -142,7 +143,10 @@ def prepare(case: cases.Case, args) -> timing.Prepared:
 def _prepare_forward(prepared: timing.Prepared, model, task, holder, batch, args) -> None:
   """The forward pass without gradient or dropout, on the current parameters (compiled under
   the caller's mesh and rules)."""
-  fwd = jax.jit(lambda p, b: task.apply(model.apply, p, b, rng=None, train=False))
+  # The full logits, as inference computes them: with the fused loss on, the task would hand
+  # back the head's input and XLA would drop the output matmul from a forward-only program.
+  full = dataclasses.replace(task, fused_loss=False)
+  fwd = jax.jit(lambda p, b: full.apply(model.apply, p, b, rng=None, train=False))
   t0 = time.perf_counter()
   fwd_compiled = fwd.lower(holder["state"].params, batch).compile(compiler_options(args))
   compile_s = time.perf_counter() - t0
