@@ -169,6 +169,36 @@ class Task:
     return out
 
 
+class TeacherForced(Task):
+  """Sequence to sequence with teacher forcing, the batch of every encoder-decoder task:
+  ``src_ids [B, S]`` in, ``tgt_in_ids [B, T]`` fed to the decoder, ``tgt_out_ids`` predicted
+  where ``weights`` (``[B, T]``) are 1 (translation, summarization, span corruption)."""
+
+  projection_loss = True
+
+  def model_overrides(self, info):
+    """The tokenizer's vocabulary and pad, and the data's EOS and decoder start for the
+    families whose configs name them (T5)."""
+    out = vocab_overrides(info)
+    for key in ("eos_id", "decoder_start_id"):
+      if info.get(key) is not None:
+        out[key] = int(info[key])
+    return out
+
+  def inputs(self, batch):
+    return (batch["src_ids"], batch["tgt_in_ids"]), {}
+
+  def loss_weights(self, batch):
+    return {"loss": losses.label_weights(batch["tgt_out_ids"], batch["weights"])}
+
+  def stats(self, outputs, batch):
+    return self.token_stats(outputs, batch["tgt_out_ids"], self.loss_weights(batch)["loss"])
+
+  def units(self, shapes):
+    (b, s), (_, t) = shapes["src_ids"], shapes["tgt_in_ids"]
+    return b * (s + t)
+
+
 def vocab_overrides(info: dict, *, pad: bool = True) -> dict[str, int]:
   """``vocab_size`` (and ``pad_id``) of the data's tokenizer, where known."""
   out = {}

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 from zoo import registry
 from zoo.data import tokenizers
-from zoo.tasks import base, losses
+from zoo.tasks import base
 
 
-class SpanCorruption(base.Task):
+class SpanCorruption(base.TeacherForced):
   """Seq2seq denoising: sentinel-marked inputs in, the dropped spans predicted."""
 
   name = "span_corruption"
-  projection_loss = True
 
   def data_defaults(self):
     return {
@@ -73,26 +72,6 @@ class SpanCorruption(base.Task):
     info.update(noise_density=cfg.noise_density,
                 mean_noise_span_length=cfg.mean_noise_span_length)
     return data.build(records, tok, cfg=cfg, **common)
-
-  def model_overrides(self, info):
-    out = base.vocab_overrides(info)
-    for key in ("eos_id", "decoder_start_id"):  # fields of the families that name them (T5)
-      if info.get(key) is not None:
-        out[key] = int(info[key])
-    return out
-
-  def inputs(self, batch):
-    return (batch["src_ids"], batch["tgt_in_ids"]), {}
-
-  def loss_weights(self, batch):
-    return {"loss": losses.label_weights(batch["tgt_out_ids"], batch["weights"])}
-
-  def stats(self, outputs, batch):
-    return self.token_stats(outputs, batch["tgt_out_ids"], self.loss_weights(batch)["loss"])
-
-  def units(self, shapes):
-    (b, s), (_, t) = shapes["src_ids"], shapes["tgt_in_ids"]
-    return b * (s + t)
 
 
 registry.register_task(SpanCorruption)

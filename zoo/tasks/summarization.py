@@ -73,13 +73,6 @@ class Summarization(Translation):
                 source_prefix=prefix)
     return translation_data.build(pairs, tok, cfg=cfg, start_id=start, **common)
 
-  def model_overrides(self, info):
-    out = base.vocab_overrides(info)
-    for key in ("eos_id", "decoder_start_id"):  # fields of the families that name them (T5)
-      if info.get(key) is not None:
-        out[key] = int(info[key])
-    return out
-
   def decode_metrics(self, model, params, dataset, info, eval_cfg):
     decode = int(eval_cfg.get("decode_batches", 0))
     if decode <= 0 or info.get("tokenizer") is None:

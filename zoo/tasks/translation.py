@@ -15,17 +15,16 @@ import numpy as np
 from zoo import registry
 from zoo.data import offline
 from zoo.data import tfds_sources as tfds_src
-from zoo.tasks import base, losses, metrics
+from zoo.tasks import base, metrics
 
 # Text keys the languages replace: the language names are the text fields.
 _DATA = {k: v for k, v in base.TEXT_DATA.items() if k not in ("seq_len", "text_keys")}
 
 
-class Translation(base.Task):
+class Translation(base.TeacherForced):
   """Seq2seq with teacher forcing: ``tgt_in_ids`` in, ``tgt_out_ids`` predicted."""
 
   name = "translation"
-  projection_loss = True
 
   def data_defaults(self):
     return {
@@ -63,22 +62,6 @@ class Translation(base.Task):
     info.update(src_len=cfg.src_len, tgt_len=cfg.tgt_len, source_lang=source_lang,
                 target_lang=target_lang)
     return translation_data.build(records, tok, cfg=cfg, **common)
-
-  def model_overrides(self, info):
-    return base.vocab_overrides(info)
-
-  def inputs(self, batch):
-    return (batch["src_ids"], batch["tgt_in_ids"]), {}
-
-  def loss_weights(self, batch):
-    return {"loss": losses.label_weights(batch["tgt_out_ids"], batch["weights"])}
-
-  def stats(self, outputs, batch):
-    return self.token_stats(outputs, batch["tgt_out_ids"], self.loss_weights(batch)["loss"])
-
-  def units(self, shapes):
-    (b, s), (_, t) = shapes["src_ids"], shapes["tgt_in_ids"]
-    return b * (s + t)
 
   def decode_metrics(self, model, params, dataset, info, eval_cfg):
     decode = int(eval_cfg.get("decode_batches", 0))
