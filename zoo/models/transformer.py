@@ -60,6 +60,7 @@ from zoo import registry
 from zoo import sharding as sh
 from zoo.layers import masks
 from zoo.layers.blocks import BlockInputs, DecoderBlock, EncoderBlock, make_norm
+from zoo.layers.dense import Einsum
 from zoo.layers.fused_cross_entropy import Projection
 from zoo.layers.positional import LearnedPositionEmbedding, sinusoid_at
 from zoo.models import common
@@ -102,13 +103,15 @@ class Transformer(nn.Module):
     if cfg.norm_position == "pre":
       self.encoder_norm = make_norm(block, "encoder_norm")
       self.decoder_norm = make_norm(block, "decoder_norm")
-    if not cfg.tie_output:
+    if cfg.head == "sequence_classification":
+      self.classification_head = ClassificationHead(cfg, name="classification_head")
+    elif not cfg.tie_output:
       init = nn.initializers.xavier_uniform() if cfg.init_std is None else (
           nn.initializers.normal(stddev=cfg.init_std))
       self.lm_head = common.LMHead(
           cfg.tgt_vocab, cfg.d_model, init, cfg.dtype, cfg.param_dtype, name="lm_head"
       )
-    if cfg.final_logits_bias:
+    if cfg.final_logits_bias and cfg.head == "lm":
       self.logits_bias = self.param(
           "final_logits_bias",
           nn.with_logical_partitioning(nn.initializers.zeros, (sh.VOCAB,)),
@@ -194,6 +197,7 @@ class Transformer(nn.Module):
       deterministic: bool = True,
       decode: bool = False,
       return_projection: bool = False,
+      return_hidden: bool = False,
   ) -> Array | Projection:
     """Next-token logits of the decoder over an encoded source.
 
@@ -213,9 +217,11 @@ class Transformer(nn.Module):
         (``mutable=["cache"]``).
       return_projection: return the output head's :class:`Projection` (decoder output, head
         weight, final-logits bias) instead of the logits, for a fused loss.
+      return_hidden: return the decoder's last hidden states ``[B, T, D]`` (the classifier's
+        input) instead of the logits.
 
     Returns:
-      ``[B, T, V]`` float32 logits, or the head's :class:`Projection`.
+      ``[B, T, V]`` float32 logits, the head's :class:`Projection`, or the hidden states.
     """
     cfg = self.config
     validate(cfg, dict(
@@ -250,6 +256,11 @@ class Transformer(nn.Module):
     x = self.decoder(x, inputs, deterministic=deterministic, decode=decode)
     if cfg.norm_position == "pre":
       x = self.decoder_norm(x)
+    if return_hidden:
+      return x
+    if cfg.head != "lm":
+      raise ValueError(f"head={cfg.head!r} has no output projection: decode logits need "
+                       "head='lm' (return_hidden=True gives the decoder's states).")
     head = self._token_table("tgt") if cfg.tie_output else self.lm_head
     if return_projection:
       return head.projection(x, bias=self.logits_bias if cfg.final_logits_bias else None)
@@ -261,7 +272,7 @@ class Transformer(nn.Module):
   def __call__(
       self,
       src_ids: Array,
-      tgt_in_ids: Array,
+      tgt_in_ids: Array | None = None,
       *,
       deterministic: bool = True,
       decode: bool = False,
@@ -269,16 +280,73 @@ class Transformer(nn.Module):
   ) -> Array | Projection:
     """Teacher-forced logits ``[B, T, V]`` (float32) of ``tgt_in_ids`` given ``src_ids``.
 
-    ``decode=True`` with a ``[B, max_decode_len]`` target in ``init`` allocates the cache.
-    ``return_projection=True`` returns the head's :class:`Projection` instead (see
-    :meth:`decode`).
+    ``tgt_in_ids=None`` feeds the decoder ``src_ids`` shifted right (:func:`shift_right`,
+    what transformers' BART does without decoder inputs). With
+    ``head="sequence_classification"`` the result is ``[B, num_labels]`` float32 logits of the
+    decoder state at each row's last ``eos_id`` in ``src_ids``. ``decode=True`` with a ``[B,
+    max_decode_len]`` target in ``init`` allocates the cache. ``return_projection=True``
+    returns the head's :class:`Projection` instead (see :meth:`decode`).
     """
-    validate(self.config, dict(src_ids=src_ids, tgt_in_ids=tgt_in_ids))
+    cfg = self.config
+    if tgt_in_ids is None:
+      tgt_in_ids = shift_right(cfg, src_ids)
+    validate(cfg, dict(src_ids=src_ids, tgt_in_ids=tgt_in_ids))
     encoded = self.encode(src_ids, deterministic=deterministic)
+    if cfg.head == "sequence_classification":
+      hidden_BTD = self.decode(tgt_in_ids, encoded, src_ids, deterministic=deterministic,
+                               return_hidden=True)
+      return self.classification_head(hidden_BTD, last_eos(cfg, src_ids), deterministic)
     return self.decode(
         tgt_in_ids, encoded, src_ids, deterministic=deterministic, decode=decode,
         return_projection=return_projection,
     )
+
+
+class ClassificationHead(nn.Module):
+  """BART's sentence classifier: dropout, dense + tanh, dropout, ``out_proj`` to the labels."""
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, hidden_BTD: Array, index_B: Array, deterministic: bool) -> Array:
+    cfg = self.config
+    x_BD = jnp.take_along_axis(hidden_BTD, index_B[:, None, None], axis=1)[:, 0]
+    dense = lambda shape, axes, name: Einsum(  # noqa: E731
+        shape, axes, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        kernel_init=nn.initializers.normal(cfg.init_std or 0.02), name=name,
+    )
+    drop = nn.Dropout(cfg.classifier_dropout_rate)
+    x_BD = drop(x_BD, deterministic=deterministic)
+    x_BD = jnp.tanh(dense((cfg.d_model, cfg.d_model), (sh.EMBED, sh.MLP), "dense")(
+        "BD,DF->BF", x_BD))
+    x_BD = drop(x_BD, deterministic=deterministic)
+    logits_BC = dense((cfg.d_model, cfg.num_labels), (sh.MLP, sh.CLASSES), "out_proj")(
+        "BF,FC->BC", x_BD)
+    return logits_BC.astype(jnp.float32)
+
+
+def last_eos(config: TransformerConfig, src_ids: Array) -> Array:
+  """``[B]`` index of each row's last ``eos_id`` (0 for a row without one)."""
+  s = src_ids.shape[1]
+  return jnp.max(jnp.where(src_ids == config.eos_id, jnp.arange(s)[None], 0), axis=1)
+
+
+def shift_right(config: TransformerConfig, ids: Array) -> Array:
+  """Decoder inputs from target ids, as transformers makes them from ``labels``.
+
+  ``label_shift="start_token"`` (BART, Marian): ``[decoder_start_id, ids[:-1]]``;
+  ``"wrap_last"`` (mBART): each row's last non-pad token (its language code) moves to the
+  front. Negative ids (ignored labels) become ``pad_id``.
+  """
+  ids = jnp.where(ids < 0, config.pad_id, ids).astype(jnp.int32)
+  if config.label_shift == "wrap_last":
+    last = jnp.sum(ids != config.pad_id, axis=1) - 1
+    first = jnp.take_along_axis(ids, jnp.maximum(last, 0)[:, None], axis=1)
+  else:
+    if config.decoder_start_id is None:
+      raise ValueError("shift_right needs decoder_start_id (or label_shift='wrap_last').")
+    first = jnp.full((ids.shape[0], 1), config.decoder_start_id, jnp.int32)
+  return jnp.concatenate([first, ids[:, :-1]], axis=1)
 
 
 def dummy_inputs(config: TransformerConfig, batch_size: int = 1, length: int = 1):
@@ -354,7 +422,7 @@ registry.register(registry.Family(
     dummy_inputs=dummy_inputs,
     train_flops=train_flops,
     tasks=("translation", "span_corruption", "summarization"),
-    converters=("zoo.pretrained.marian",),
+    converters=("zoo.pretrained.marian", "zoo.pretrained.bart"),
     validate=validate,
     inputs="source_target",
     seq2seq=registry.Seq2Seq(
@@ -364,6 +432,8 @@ registry.register(registry.Family(
             model.config, batch_size, num_slots
         ),
         pad_id=lambda config: config.pad_id,
+        start_id=lambda config: config.decoder_start_id,
+        eos_id=lambda config: config.eos_id,
         source_vocab=lambda config: config.src_vocab,
         target_vocab=lambda config: config.tgt_vocab,
         source_length=num_positions,

@@ -28,6 +28,9 @@ from zoo.models import common
 Array = jax.Array
 Position = Literal["sinusoidal", "learned", "rope"]
 NormPosition = Literal["post", "pre"]
+Head = Literal["lm", "sequence_classification"]
+LabelShift = Literal["start_token", "wrap_last"]
+TokenId = typing.NewType("TokenId", int)  # may be 0 (checked against the vocabulary instead)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -56,6 +59,12 @@ class TransformerConfig:
   final_logits_bias: bool = False  # a [V] bias on the logits (Marian)
   norm_position: NormPosition = "post"  # "post" is the paper; "pre" adds a final norm per stack
   embedding_norm: bool = False  # LayerNorm after embeddings + positions (BART)
+  head: Head = "lm"  # "sequence_classification": BART's classifier on the last EOS's state
+  num_labels: int = 2  # classes of the sequence-classification head
+  classifier_dropout_rate: float = 0.0  # around the classifier's dense layer
+  eos_id: TokenId | None = None  # end of sequence: decoding's stop, the classifier's pooled token
+  decoder_start_id: TokenId | None = None  # first decoder input (BART: EOS; Marian: pad)
+  label_shift: LabelShift = "start_token"  # labels -> decoder inputs; mBART: "wrap_last"
   activation: Activation = "relu"
   norm: NormKind = "layernorm"
   norm_eps: float = 1e-5
@@ -100,8 +109,30 @@ class TransformerConfig:
       raise ValueError(
           f"pad_id={self.pad_id} is outside the vocabularies ({self.src_vocab}, {self.tgt_vocab})."
       )
+    self._check_specials()
     common.check_stack_options(self.scan_layers, self.remat_policy)
     self.block()  # validates heads, activation, norm and norm_position
+
+  def _check_specials(self) -> None:
+    for name in ("eos_id", "decoder_start_id"):
+      value = getattr(self, name)
+      if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer)
+                                or not 0 <= value < self.tgt_vocab):
+        raise ValueError(
+            f"{name}={value!r} must be None or a token id in [0, {self.tgt_vocab}) (the target "
+            "vocabulary)."
+        )
+    if self.head == "sequence_classification" and self.eos_id is None:
+      raise ValueError(
+          "head='sequence_classification' pools the state at each row's last EOS; set eos_id "
+          "(BART: 2)."
+      )
+    if self.label_shift == "start_token" and self.decoder_start_id is None and (
+        self.head == "sequence_classification"):
+      raise ValueError(
+          "head='sequence_classification' feeds the decoder the source shifted right after "
+          "decoder_start_id; set decoder_start_id (BART: 2) or label_shift='wrap_last'."
+      )
 
   @property
   def src_vocab(self) -> int:

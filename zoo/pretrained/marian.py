@@ -202,4 +202,7 @@ CONVERTER = Converter(
     entries=entries,
     ignore=ignore,
     describe=describe,
+    # The family's head parameters are read from its first converter; BART's classifier and
+    # the final-logits bias are the Transformer family's task heads.
+    head_params=("classification_head", "final_logits_bias"),
 )

@@ -1,0 +1,209 @@
+"""BART and mBART checkpoints in and out of zoo's Transformer family, against transformers'
+models built locally with random weights: logits on padded batches (LM and sequence
+classification), the label-shift conventions, export and reload, refused variants."""
+
+import json
+
+import numpy as np
+import pytest
+from flax import traverse_util
+from reference import randomize
+
+import zoo
+from zoo.models.transformer import shift_right
+from zoo.pretrained import bart
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()
+
+ATOL = 1e-4
+V, D, N, F = 96, 32, 4, 64
+PAD, BOS, EOS = 1, 0, 2
+SIZES = dict(vocab_size=V, d_model=D, encoder_layers=2, decoder_layers=2,
+             encoder_attention_heads=N, decoder_attention_heads=N, encoder_ffn_dim=F,
+             decoder_ffn_dim=F, max_position_embeddings=24, pad_token_id=PAD, bos_token_id=BOS,
+             eos_token_id=EOS, dropout=0.0)
+CLASSES = {
+    "BartForConditionalGeneration": (transformers.BartConfig,
+                                     transformers.BartForConditionalGeneration),
+    "BartForSequenceClassification": (transformers.BartConfig,
+                                      transformers.BartForSequenceClassification),
+    "MBartForConditionalGeneration": (transformers.MBartConfig,
+                                      transformers.MBartForConditionalGeneration),
+    "MBartForSequenceClassification": (transformers.MBartConfig,
+                                       transformers.MBartForSequenceClassification),
+}
+LANG = V - 3  # a language-code token (mBART rows end with </s> <lang>)
+
+
+def _rows():
+  """Right-padded sources ending in EOS (mBART: EOS then a language code), one row padded."""
+  rng = np.random.RandomState(3)
+  src = rng.randint(4, V - 4, (3, 10))
+  for row, n in zip(src, (10, 6, 8), strict=True):
+    row[n - 1], row[n:] = EOS, PAD
+  return src
+
+
+def hf_model(arch, seed=0, **kw):
+  """A random transformers BART / mBART of ``arch`` (learned positions randomised too)."""
+  config_cls, model_cls = CLASSES[arch]
+  extra = {"num_labels": 3} if "Sequence" in arch else {}
+  if arch.startswith("MBart"):
+    extra["scale_embedding"] = True  # as the released mBART configs say
+  model = randomize(model_cls(config_cls(**{**SIZES, **extra, **kw})), seed)
+  g = torch.Generator().manual_seed(seed + 1)
+  with torch.no_grad():
+    for name, t in model.state_dict().items():
+      if "embed_positions" in name or name == "final_logits_bias":
+        t.copy_(torch.randn(t.shape, generator=g) * 0.3)
+  return model
+
+
+@pytest.fixture(scope="module", params=list(CLASSES))
+def pair(request, tmp_path_factory):
+  """``(arch, HF model, folder, zoo model, zoo params)``."""
+  hf = hf_model(request.param)
+  path = tmp_path_factory.mktemp(request.param)
+  hf.save_pretrained(str(path))
+  model, params = zoo.from_pretrained(path)
+  return request.param, hf, path, model, params
+
+
+def _hf_logits(hf, src, tgt=None, labels=None):
+  kw = {} if tgt is None else {"decoder_input_ids": torch.tensor(tgt)}
+  if labels is not None:
+    kw["labels"] = torch.tensor(labels)
+  with torch.no_grad():
+    return hf(input_ids=torch.tensor(src), attention_mask=torch.tensor(src != PAD),
+              **kw).logits.numpy()
+
+
+def _diff(a, b):
+  return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def _flat(params):
+  return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
+
+
+def _targets():
+  rng = np.random.RandomState(4)
+  tgt = rng.randint(4, V - 4, (3, 7))
+  tgt[1, 4:] = PAD
+  return tgt
+
+
+def test_config_reads_the_architecture(pair):
+  arch, _, _, model, _ = pair
+  c = model.config
+  mbart = arch.startswith("MBart")
+  assert (c.position, c.position_offset, c.max_len, c.embedding_norm) == ("learned", 2, 26, True)
+  assert c.norm_position == ("pre" if mbart else "post")
+  assert c.scale_embeddings == mbart
+  assert c.activation == "gelu"
+  assert c.head == ("sequence_classification" if "Sequence" in arch else "lm")
+  assert c.label_shift == ("wrap_last" if mbart else "start_token")
+
+
+def test_logits_equal_hf_on_padded_batches(pair):
+  arch, hf, _, model, params = pair
+  src = _rows()
+  if "Sequence" in arch:  # decoder inputs: the source shifted right, as transformers does
+    ours = model.apply({"params": params}, src)
+    assert ours.shape == (3, 3)
+    assert _diff(ours, _hf_logits(hf, src)) < ATOL
+    return
+  tgt = np.concatenate([np.full((3, 1), EOS), _targets()[:, :-1]], axis=1)
+  ours = model.apply({"params": params}, src, tgt)
+  assert _diff(ours, _hf_logits(hf, src, tgt)) < ATOL
+
+
+def test_labels_become_the_decoder_inputs_hf_makes(pair):
+  """BART prepends decoder_start_token_id; mBART wraps each row's last non-pad token."""
+  arch, hf, _, model, params = pair
+  if "Sequence" in arch:
+    pytest.skip("labels are class ids for the classifier")
+  src, labels = _rows(), _targets()
+  labels[:, -1] = LANG
+  labels[1, 3:] = PAD
+  labels[1, 3] = LANG  # a padded row: its language code is its last non-pad token
+  tgt_in = np.asarray(shift_right(model.config, labels))
+  if arch.startswith("MBart"):
+    assert list(tgt_in[:, 0]) == [LANG] * 3
+  else:
+    assert list(tgt_in[:, 0]) == [EOS] * 3
+  assert _diff(model.apply({"params": params}, src, tgt_in),
+               _hf_logits(hf, src, labels=labels)) < ATOL
+
+
+def test_export_reloads_in_transformers_and_round_trips(pair, tmp_path):
+  arch, hf, _, model, params = pair
+  zoo.save_pretrained(model, params, tmp_path)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["architectures"] == [arch]
+  back = getattr(transformers, arch).from_pretrained(str(tmp_path)).eval()
+  src = _rows()
+  tgt = None if "Sequence" in arch else np.concatenate(
+      [np.full((3, 1), EOS), _targets()[:, :-1]], axis=1)
+  assert _diff(_hf_logits(back, src, tgt), _hf_logits(hf, src, tgt)) < ATOL
+  again = _flat(zoo.from_pretrained(tmp_path)[1])
+  want = _flat(params)
+  assert sorted(again) == sorted(want)
+  for k in want:
+    np.testing.assert_array_equal(again[k], want[k], err_msg=k)
+
+
+def test_untied_bart_reads_its_own_tables_and_head(tmp_path):
+  hf = hf_model("BartForConditionalGeneration", seed=5, tie_word_embeddings=False)
+  g = torch.Generator().manual_seed(9)
+  with torch.no_grad():
+    for t in (hf.model.encoder.embed_tokens.weight, hf.model.decoder.embed_tokens.weight,
+              hf.lm_head.weight):
+      t.copy_(torch.randn(t.shape, generator=g) * 0.3)
+  hf.save_pretrained(str(tmp_path / "hf"))
+  model, params = zoo.from_pretrained(tmp_path / "hf")
+  assert not model.config.tie_output and "lm_head" in params
+  src = _rows()
+  tgt = np.concatenate([np.full((3, 1), EOS), _targets()[:, :-1]], axis=1)
+  ref = _hf_logits(hf, src, tgt)
+  assert _diff(model.apply({"params": params}, src, tgt), ref) < ATOL
+  zoo.save_pretrained(model, params, tmp_path / "out")
+  back = transformers.BartForConditionalGeneration.from_pretrained(str(tmp_path / "out"))
+  assert _diff(_hf_logits(back.eval(), src, tgt), ref) < ATOL
+
+
+def test_a_conditional_generation_checkpoint_fine_tunes_as_a_classifier(pair):
+  arch, _, path, _, params = pair
+  if arch != "BartForConditionalGeneration":
+    pytest.skip("one checkpoint is enough")
+  with pytest.warns(UserWarning, match="classification_head"):
+    model, fresh = zoo.from_pretrained(path, head="sequence_classification", num_labels=5)
+  assert "final_logits_bias" not in fresh and "classification_head" in fresh
+  np.testing.assert_array_equal(fresh["shared"]["embedding"], params["shared"]["embedding"])
+  assert model.apply({"params": fresh}, _rows()).shape == (3, 5)
+
+
+@pytest.mark.parametrize("model_type,field,value", [
+    ("bart", "normalize_before", True),
+    ("bart", "add_final_layer_norm", True),
+    ("mbart", "add_final_layer_norm", False),
+    ("mbart", "normalize_embedding", False),
+    ("bart", "activation_function", "gelu_10"),
+])
+def test_unimplemented_variants_are_one_clear_error(tmp_path, model_type, field, value):
+  arch = ("MBart" if model_type == "mbart" else "Bart") + "ForConditionalGeneration"
+  hf = {**SIZES, "model_type": model_type, "architectures": [arch], field: value}
+  with pytest.raises(ValueError, match=f"{field}.*{value}|{value}.*{field}"):
+    bart.config_from_hf(hf, arch)
+
+
+def test_export_refuses_configs_bart_cannot_express():
+  from zoo.models.transformer import TransformerConfig
+
+  cfg = TransformerConfig(vocab_size=V, d_model=D, num_heads=N, mlp_dim=F, max_len=26,
+                          position="learned", position_offset=2, embedding_norm=True,
+                          final_logits_bias=False)
+  with pytest.raises(ValueError, match="final_logits_bias=False"):
+    bart.config_to_hf(cfg)
