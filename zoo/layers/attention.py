@@ -24,6 +24,7 @@ from zoo import sharding as sh
 from zoo.layers import blockwise
 from zoo.layers.attention_checks import check_decode_bias, check_inputs
 from zoo.layers.dense import Einsum
+from zoo.layers.dropout import dropout
 from zoo.layers.masks import MASK_VALUE, combine_masks, sliding_window_mask
 from zoo.layers.positional import RopeScaling, apply_rope
 
@@ -234,8 +235,7 @@ def _xla_attention(
   weights_BNTS = jax.nn.softmax(logits, axis=-1)
   probs = weights_BNTS
   if dropout_rate > 0.0:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    probs = dropout(probs, dropout_rate, dropout_rng)
   probs = probs.astype(value.dtype).reshape(b, k, g, t, s)
   out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, value).reshape(b, t, n, h)
   return out, weights_BNTS

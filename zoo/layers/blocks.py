@@ -24,6 +24,7 @@ from jax.ad_checkpoint import checkpoint_name
 from zoo import sharding as sh
 from zoo.layers.attention import Implementation, MultiHeadAttention
 from zoo.layers.dense import Einsum
+from zoo.layers.dropout import Dropout
 from zoo.layers.norms import LayerNorm, RMSNorm
 from zoo.layers.positional import RopeScaling
 
@@ -172,7 +173,7 @@ class MLP(nn.Module):
       h = ACTIVATIONS[cfg.activation](h)
     h = nn.with_logical_constraint(h, (sh.ACT_BATCH, sh.ACT_LENGTH, sh.ACT_MLP))
     h = checkpoint_name(h, "mlp_hidden")
-    h = nn.Dropout(cfg.mlp_dropout_rate)(h, deterministic=deterministic)
+    h = Dropout(cfg.mlp_dropout_rate)(h, deterministic=deterministic)
     wo = _dense((cfg.mlp_dim, d), (sh.MLP, sh.EMBED), cfg, "wo", cfg.residual_init_scale)
     return wo("BLF,FD->BLD", h)
 
@@ -276,7 +277,7 @@ class EncoderBlock(nn.Module):
     if decode:
       raise ValueError("an EncoderBlock has no KV cache; decode=True is for DecoderBlock.")
     cfg = self.config
-    drop = lambda h: nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)  # noqa: E731
+    drop = lambda h: Dropout(cfg.dropout_rate)(h, deterministic=deterministic)  # noqa: E731
     x = _constrain(x)
 
     attn, norm = _attention(cfg, "attn", cfg.use_rope), make_norm(cfg, "attn_norm")
@@ -325,7 +326,7 @@ class DecoderBlock(nn.Module):
     cfg = self.config
     if self.cross_attention and inputs.encoded is None:
       raise ValueError("this DecoderBlock has cross-attention: pass the encoder output.")
-    drop = lambda h: nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)  # noqa: E731
+    drop = lambda h: Dropout(cfg.dropout_rate)(h, deterministic=deterministic)  # noqa: E731
     x = _constrain(x)
 
     attn, norm = _attention(cfg, "attn", cfg.use_rope), make_norm(cfg, "attn_norm")

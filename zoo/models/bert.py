@@ -56,6 +56,7 @@ from zoo import sharding as sh
 from zoo.layers import masks
 from zoo.layers.blocks import ACTIVATIONS, BlockInputs, EncoderBlock, make_norm
 from zoo.layers.dense import Einsum
+from zoo.layers.dropout import Dropout
 from zoo.layers.fused_cross_entropy import Projection
 from zoo.layers.positional import LearnedPositionEmbedding, sinusoid_at
 from zoo.models import common
@@ -118,7 +119,7 @@ class BertEmbeddings(nn.Module):
         embedding_init=nn.with_logical_partitioning(init, (None, sh.EMBED)),
     )
     self.norm = make_norm(cfg.block(), "norm")
-    self.dropout = nn.Dropout(cfg.dropout_rate)
+    self.dropout = Dropout(cfg.dropout_rate)
 
   def __call__(
       self, input_ids: Array, token_type_ids: Array, positions: Array, deterministic: bool
@@ -286,7 +287,7 @@ def _head(
   if cfg.head in ("sequence_classification", "token_classification"):
     rate = cfg.dropout_rate if cfg.classifier_dropout is None else cfg.classifier_dropout
     feats = pooled if cfg.head == "sequence_classification" else x
-    feats = nn.Dropout(rate)(feats, deterministic=deterministic)
+    feats = Dropout(rate)(feats, deterministic=deterministic)
     classifier = _dense(cfg, cfg.num_labels, (sh.EMBED, sh.CLASSES), "classifier")
     out["logits"] = classifier("...D,DC->...C", feats).astype(jnp.float32)
   if cfg.head == "question_answering":

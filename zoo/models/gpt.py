@@ -28,6 +28,7 @@ from zoo import registry
 from zoo.layers import attention as attn
 from zoo.layers import masks
 from zoo.layers.blocks import Activation, BlockInputs, DecoderBlock, NormKind, make_norm
+from zoo.layers.dropout import Dropout
 from zoo.layers.fused_cross_entropy import Projection
 from zoo.layers.positional import (
     LearnedPositionEmbedding,
@@ -213,7 +214,7 @@ class GPT(nn.Module):
       )(positions)
     elif cfg.position == "sinusoidal":
       x = x + sinusoid_at(positions, cfg.d_model).astype(cfg.dtype)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = common.layer_stack(cfg, DecoderBlock, cfg.num_layers, "decoder")(
         x, BlockInputs(mask=mask, positions=positions), deterministic=deterministic, decode=decode
     )

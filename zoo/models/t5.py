@@ -65,6 +65,7 @@ from zoo import registry
 from zoo import sharding as sh
 from zoo.layers import masks
 from zoo.layers.blocks import BlockInputs, DecoderBlock, EncoderBlock, make_norm
+from zoo.layers.dropout import Dropout
 from zoo.layers.fused_cross_entropy import Projection
 from zoo.models import common
 from zoo.models.t5_config import T5Config, relative_position_bucket, validate
@@ -168,7 +169,7 @@ class T5(nn.Module):
     self.shared = common.TokenEmbedding(
         cfg.vocab_size, cfg.d_model, factor * 1.0, cfg.dtype, cfg.param_dtype, name="shared"
     )
-    self.dropout = nn.Dropout(cfg.dropout_rate)
+    self.dropout = Dropout(cfg.dropout_rate)
     self.encoder_relpos, self.encoder = self._stack("encoder", EncoderBlock, T5EncoderLayer)
     self.encoder_norm = make_norm(cfg.block(), "encoder_norm")
     if cfg.encoder_only:

@@ -61,6 +61,7 @@ from zoo import sharding as sh
 from zoo.layers import masks
 from zoo.layers.blocks import BlockInputs, DecoderBlock, EncoderBlock, make_norm
 from zoo.layers.dense import Einsum
+from zoo.layers.dropout import Dropout
 from zoo.layers.fused_cross_entropy import Projection
 from zoo.layers.positional import LearnedPositionEmbedding, sinusoid_at
 from zoo.models import common
@@ -95,7 +96,7 @@ class Transformer(nn.Module):
     if cfg.embedding_norm:
       self.encoder_embedding_norm = make_norm(block, "encoder_embedding_norm")
       self.decoder_embedding_norm = make_norm(block, "decoder_embedding_norm")
-    self.dropout = nn.Dropout(cfg.dropout_rate)
+    self.dropout = Dropout(cfg.dropout_rate)
     self.encoder = common.layer_stack(cfg, EncoderBlock, cfg.num_encoder_layers, "encoder")
     self.decoder = common.layer_stack(
         cfg, DecoderBlock, cfg.num_decoder_layers, "decoder", cross_attention=True
@@ -315,7 +316,7 @@ class ClassificationHead(nn.Module):
         shape, axes, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
         kernel_init=nn.initializers.normal(cfg.init_std or 0.02), name=name,
     )
-    drop = nn.Dropout(cfg.classifier_dropout_rate)
+    drop = Dropout(cfg.classifier_dropout_rate)
     x_BD = drop(x_BD, deterministic=deterministic)
     x_BD = jnp.tanh(dense((cfg.d_model, cfg.d_model), (sh.EMBED, sh.MLP), "dense")(
         "BD,DF->BF", x_BD))

@@ -64,6 +64,7 @@ from zoo import sharding as sh
 from zoo.layers import attention as attn
 from zoo.layers.blocks import Activation, BlockInputs, EncoderBlock, make_norm
 from zoo.layers.dense import Einsum
+from zoo.layers.dropout import Dropout
 from zoo.layers.positional import interpolate_table, sincos_2d
 from zoo.layers.stack import RematPolicy
 from zoo.models import common
@@ -255,7 +256,7 @@ class ViT(nn.Module):
           cfg.param_dtype,
       )
       x_BLD = x_BLD + self._resize_positions(table, grid_h, grid_w).astype(cfg.dtype)
-    return nn.Dropout(cfg.dropout_rate)(x_BLD, deterministic=deterministic)
+    return Dropout(cfg.dropout_rate)(x_BLD, deterministic=deterministic)
 
   def _head(self, x_BLD: Array) -> Array:
     """Encoder output ``[B, L, D]`` -> pooled, (pre-logits,) float32 logits ``[B, K]``."""
