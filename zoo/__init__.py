@@ -12,13 +12,14 @@ from typing import Any
 import jax
 from flax import linen as nn
 
-from zoo import registry
+from zoo import nnx, registry  # noqa: F401 - nnx: zoo.nnx.from_linen (a model as an nnx.Module)
 from zoo.models.common import count
 from zoo.presets import PRESETS, PUBLISHED_PARAMS
+from zoo.quantize import quantize  # weight-only PTQ through qwix (imported lazily)
 
 __all__ = [
     "list_models", "get_config", "build", "param_count", "PRESETS", "PUBLISHED_PARAMS",
-    "from_pretrained", "save_pretrained", "load_tokenizer", "registry",
+    "from_pretrained", "save_pretrained", "load_tokenizer", "registry", "quantize",
 ]
 
 
