@@ -308,14 +308,25 @@ def empty_lm_row(length: int, pad_id: int, packed: bool) -> Batch:
   return row
 
 
-class _PackedRowsIterator(grain.DatasetIterator):
+class DocumentRows(grain.DatasetIterator):
+  """Rows of ``length`` cut from a stream of int-array documents laid end to end; resumable
+  mid-document.
 
-  def __init__(self, parent: grain.DatasetIterator, length: int, pad_id: int):
+  Subclasses say what a row is (:meth:`row`, from the pieces :meth:`pieces` yields) and how
+  many tokens at a document's end start no piece (``overlap``: 1 for (input, target) pairs).
+  The state is the parent's state at the current document, the document's tokens already
+  used and the rows made so far.
+  """
+
+  overlap = 0
+
+  def __init__(self, parent: grain.DatasetIterator, length: int):
     super().__init__(parent)
-    self.length, self.pad_id = length, pad_id
+    self.length = length
     self._doc: np.ndarray | None = None
     self._doc_state = parent.get_state()  # the parent's state before the current document
-    self._offset = 0  # pairs of the current document already placed
+    self._offset = 0  # tokens of the current document already placed
+    self._count = 0  # rows made
     self._done = False
 
   def _document(self) -> np.ndarray | None:
@@ -327,37 +338,58 @@ class _PackedRowsIterator(grain.DatasetIterator):
         self._done = True
     return self._doc
 
-  def __next__(self) -> Batch:
-    row, fill, seg = empty_lm_row(self.length, self.pad_id, True), 0, 0
-    while fill < self.length:
-      t = self._document()
-      if t is None:
-        break
-      take = min(len(t) - 1 - self._offset, self.length - fill)
+  def pieces(self) -> Iterator[tuple[np.ndarray, int, int, int]]:
+    """``(document, offset, fill, take)`` until a row is full or the stream ends: the row's
+    positions ``fill : fill + take`` come from ``document[offset : offset + take]``."""
+    fill = 0
+    while fill < self.length and (doc := self._document()) is not None:
+      take = min(len(doc) - self.overlap - self._offset, self.length - fill)
       if take > 0:
-        seg += 1
-        off, sl = self._offset, slice(fill, fill + take)
-        row["input_ids"][sl] = t[off : off + take]
-        row["targets"][sl] = t[off + 1 : off + 1 + take]
-        row["weights"][sl] = 1.0
-        row["positions"][sl] = np.arange(take)
-        row["segment_ids"][sl] = seg
-        fill, self._offset = fill + take, off + take
-      if self._offset >= len(t) - 1:
+        yield doc, self._offset, fill, take
+        fill, self._offset = fill + take, self._offset + take
+      if self._offset >= len(doc) - self.overlap:
         self._doc, self._offset = None, 0
-    if fill == 0:
+
+  def row(self) -> Any:
+    """The next row from :meth:`pieces`, or None when the stream has no token left."""
+    raise NotImplementedError
+
+  def __next__(self) -> Any:
+    out = self.row()
+    if out is None:
       raise StopIteration
-    return row
+    self._count += 1
+    return out
 
   def get_state(self) -> dict:
     parent = self._doc_state if self._doc is not None else self._parent.get_state()
-    return {"parent": parent, "offset": self._offset}
+    return {"parent": parent, "offset": self._offset, "count": self._count}
 
   def set_state(self, state: dict) -> None:
     self._parent.set_state(state["parent"])
     self._doc, self._done = None, False
     self._doc_state = state["parent"]
-    self._offset = int(state["offset"])
+    self._offset, self._count = int(state["offset"]), int(state.get("count", 0))
+
+
+class _PackedRowsIterator(DocumentRows):
+  overlap = 1  # a document of n tokens gives n - 1 (input, target) pairs
+
+  def __init__(self, parent: grain.DatasetIterator, length: int, pad_id: int):
+    super().__init__(parent, length)
+    self.pad_id = pad_id
+
+  def row(self) -> Batch | None:
+    row, seg = empty_lm_row(self.length, self.pad_id, True), 0
+    for t, off, fill, take in self.pieces():
+      seg += 1
+      sl = slice(fill, fill + take)
+      row["input_ids"][sl] = t[off : off + take]
+      row["targets"][sl] = t[off + 1 : off + 1 + take]
+      row["weights"][sl] = 1.0
+      row["positions"][sl] = np.arange(take)
+      row["segment_ids"][sl] = seg
+    return row if seg else None
 
 
 def stack(rows: Sequence[Batch]) -> Batch:

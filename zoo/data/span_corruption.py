@@ -26,7 +26,7 @@ import numpy as np
 
 from zoo.data import offline
 from zoo.data import tfds_sources as tfds_src
-from zoo.data.iteration import Batch, Dataset, Layout, row_dataset
+from zoo.data.iteration import Batch, Dataset, DocumentRows, Layout, row_dataset
 from zoo.data.tokenizers import sentinel_ids
 
 SENTINEL = "<extra_id_{}>"
@@ -213,48 +213,10 @@ class TokenChunks(grain.IterDataset):
     return _ChunksIterator(self._parent.__iter__(), self.length)
 
 
-class _ChunksIterator(grain.DatasetIterator):
-
-  def __init__(self, parent: grain.DatasetIterator, length: int):
-    super().__init__(parent)
-    self.length = length
-    self._doc: np.ndarray | None = None
-    self._doc_state = parent.get_state()
-    self._offset = 0
-    self._count = 0
-    self._done = False
-
-  def _document(self) -> np.ndarray | None:
-    while self._doc is None and not self._done:
-      self._doc_state = self._parent.get_state()
-      try:
-        self._doc = next(self._parent)
-      except StopIteration:
-        self._done = True
-    return self._doc
-
-  def __next__(self) -> tuple[int, np.ndarray]:
-    parts, fill = [], 0
-    while fill < self.length and (doc := self._document()) is not None:
-      take = doc[self._offset : self._offset + self.length - fill]
-      parts.append(take)
-      fill, self._offset = fill + len(take), self._offset + len(take)
-      if self._offset >= len(doc):
-        self._doc, self._offset = None, 0
-    if fill == 0:
-      raise StopIteration
-    self._count += 1
-    return self._count - 1, np.concatenate(parts)
-
-  def get_state(self) -> dict:
-    parent = self._doc_state if self._doc is not None else self._parent.get_state()
-    return {"parent": parent, "offset": self._offset, "count": self._count}
-
-  def set_state(self, state: dict) -> None:
-    self._parent.set_state(state["parent"])
-    self._doc, self._done = None, False
-    self._doc_state = state["parent"]
-    self._offset, self._count = int(state["offset"]), int(state["count"])
+class _ChunksIterator(DocumentRows):
+  def row(self) -> tuple[int, np.ndarray] | None:
+    parts = [doc[off : off + take] for doc, off, _, take in self.pieces()]
+    return (self._count, np.concatenate(parts)) if parts else None
 
 
 def build(docs: Sequence[str], tok, *, cfg, layout: Layout, info: dict, tag: dict) -> Dataset:
