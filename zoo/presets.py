@@ -41,6 +41,28 @@ def _llama(
   }
 
 
+def _gemma(
+    vocab: int, d_model: int, num_layers: int, num_heads: int, num_kv_heads: int, mlp_dim: int,
+    max_len: int, **fields,
+) -> tuple[str, dict]:
+  # Gemma (Google 2024): the Llama layout with a GeGLU MLP, RMSNorm scaled by (1 + w),
+  # embeddings times sqrt(d_model), head_dim 256 and tied embeddings.
+  return _llama(vocab, d_model, num_layers, num_heads, num_kv_heads, mlp_dim, max_len, **{
+      **dict(head_dim=256, activation="gelu_tanh", norm_scale_offset=1.0, norm_eps=1e-6,
+             scale_embeddings=True, tie_embeddings=True),
+      **fields,
+  })
+
+
+def _gemma2(d_model: int, num_layers: int, num_heads: int, num_kv_heads: int, mlp_dim: int):
+  # Gemma 2: norms after attention and MLP too, soft-capped attention (50) and output (30)
+  # logits, query_pre_attn_scalar 256, local (window 4096) and global layers alternating.
+  return _gemma(256000, d_model, num_layers, num_heads, num_kv_heads, mlp_dim, 8192,
+                sublayer_post_norm=True, attention_scale=256**-0.5, attention_softcap=50.0,
+                final_logit_softcap=30.0, sliding_window=4096,
+                layer_types=("local", "global") * (num_layers // 2))
+
+
 def _transformer(d_model: int, num_heads: int, mlp_dim: int, dropout: float) -> tuple[str, dict]:
   # Vaswani et al. 2017, Table 3: N=6, shared source/target BPE vocabulary of about 37000.
   return "transformer", dict(
@@ -71,11 +93,26 @@ def _bert(d_model: int, num_layers: int, num_heads: int) -> tuple[str, dict]:
   )
 
 
+def _bert_base_variant(**fields) -> tuple[str, dict]:
+  # The released config.json files of BERT-base-shaped encoders (12 heads of 64, mlp 3072).
+  return "bert", {**_bert(768, 12, 12)[1], **fields}
+
+
 def _vit(patch: int, d_model: int, num_layers: int, num_heads: int, mlp_dim: int):
   # Dosovitskiy et al. 2021, Table 1, at 224 px with a 1000-class head.
   return "vit", dict(
       image_size=224, patch_size=patch, d_model=d_model, num_layers=num_layers,
       num_heads=num_heads, mlp_dim=mlp_dim, num_classes=1000,
+  )
+
+
+def _deit(d_model: int, num_heads: int) -> tuple[str, dict]:
+  # Touvron et al. 2021 / facebook/deit-*-distilled-patch16-224 config.json: 12 layers, mlp
+  # 4 * d_model, 224 px, 1000 classes, layer_norm_eps 1e-12, DeiTForImageClassificationWithTeacher.
+  return "vit", dict(
+      image_size=224, patch_size=16, d_model=d_model, num_layers=12, num_heads=num_heads,
+      mlp_dim=4 * d_model, num_classes=1000, norm_eps=1e-12, distillation_token=True,
+      distillation_head=True,
   )
 
 
@@ -108,6 +145,23 @@ PRESETS: dict[str, tuple[str, dict]] = {
                            tie_embeddings=True, qkv_bias=True),
     # Zhang et al. 2024 (TinyLlama): the Llama 2 layout at 22 layers, 4 KV heads.
     "tinyllama-1.1b": _llama(32000, 2048, 22, 32, 4, 5632, 2048, norm_eps=1e-5),
+    # Qwen3 (Qwen team 2025): an RMSNorm on each query and key head, head_dim 128.
+    "qwen3-0.6b": _llama(151936, 1024, 28, 16, 8, 3072, 40960, norm_eps=1e-6, rope_base=1e6,
+                         head_dim=128, qk_norm=True, tie_embeddings=True),
+    "qwen3-8b": _llama(151936, 4096, 36, 32, 8, 12288, 40960, norm_eps=1e-6, rope_base=1e6,
+                       head_dim=128, qk_norm=True),
+    # Phi-3-mini-4k (Abdin et al. 2024): fused q/k/v and gate/up in its checkpoints, window 2047.
+    "phi3-mini": _llama(32064, 3072, 32, 32, 32, 8192, 4096, norm_eps=1e-5, sliding_window=2047,
+                        hf_architecture="Phi3ForCausalLM"),
+    "gemma-2b": _gemma(256000, 2048, 18, 8, 1, 16384, 8192),  # multi-query
+    "gemma-7b": _gemma(256000, 3072, 28, 16, 16, 24576, 8192),
+    "gemma2-2b": _gemma2(2304, 26, 8, 4, 9216),
+    "gemma2-9b": _gemma2(3584, 42, 16, 8, 14336),
+    # Gemma 3 1B: q/k norms, 5 local layers (window 512, RoPE base 10k) per global one (1M).
+    "gemma3-1b": _gemma(262144, 1152, 26, 4, 1, 6912, 32768, qk_norm=True, rope_base=1e6,
+                        local_rope_base=1e4, sliding_window=512, sublayer_post_norm=True,
+                        attention_scale=256**-0.5,
+                        layer_types=tuple("global" if i % 6 == 5 else "local" for i in range(26))),
     "t5-small": _t5(512, 6, 8, 2048, v1_1=False),
     "t5-base": _t5(768, 12, 12, 3072, v1_1=False),
     "t5-large": _t5(1024, 24, 16, 4096, v1_1=False),
@@ -117,9 +171,27 @@ PRESETS: dict[str, tuple[str, dict]] = {
     "mt5-small": _t5(512, 8, 6, 1024, v1_1=True, vocab=250112),  # Xue et al. 2021
     "bert-base": _bert(768, 12, 12),
     "bert-large": _bert(1024, 24, 16),
+    # Released config.json files: RoBERTa (Liu et al. 2019) and XLM-R (Conneau et al. 2020),
+    # positions from pad_token_id + 1 = 2 (514-row table), one token type, eps 1e-5.
+    "roberta-base": _bert_base_variant(
+        vocab_size=50265, max_len=514, type_vocab_size=1, pad_id=1, norm_eps=1e-5,
+        position_ids="after_pad", classifier_head="tanh", checkpoint_format="roberta"),
+    "xlm-roberta-base": _bert_base_variant(
+        vocab_size=250002, max_len=514, type_vocab_size=1, pad_id=1, norm_eps=1e-5,
+        position_ids="after_pad", classifier_head="tanh", checkpoint_format="xlm-roberta"),
+    # DistilBERT (Sanh et al. 2019): 6 layers, no token types, no pooler.
+    "distilbert-base-uncased": _bert_base_variant(
+        num_layers=6, token_types=False, pooler=False, classifier_head="relu",
+        checkpoint_format="distilbert"),
+    # ELECTRA-base discriminator (Clark et al. 2020): embedding_size 768 = hidden, no pooler.
+    "electra-base-discriminator": _bert_base_variant(
+        pooler=False, classifier_head="gelu", checkpoint_format="electra"),
     "vit-b16": _vit(16, 768, 12, 12, 3072),
     "vit-l16": _vit(16, 1024, 24, 16, 4096),
     "vit-h14": _vit(14, 1280, 32, 16, 5120),
+    "deit-tiny-distilled-patch16-224": _deit(192, 3),
+    "deit-small-distilled-patch16-224": _deit(384, 6),
+    "deit-base-distilled-patch16-224": _deit(768, 12),
 }
 
 # Parameter counts as published (the source is named next to each group).
@@ -147,6 +219,15 @@ PUBLISHED_PARAMS: dict[str, float] = {
     "mistral-7b": 7.24e9,
     "qwen2.5-0.5b": 494e6,
     "tinyllama-1.1b": 1.10e9,
+    # transformers' own count of the released config.json (meta device, tied weights once).
+    "qwen3-0.6b": 596_049_920,
+    "qwen3-8b": 8_190_735_360,
+    "phi3-mini": 3_821_079_552,
+    "gemma-2b": 2_506_172_416,
+    "gemma-7b": 8_537_680_896,
+    "gemma2-2b": 2_614_341_888,
+    "gemma2-9b": 9_241_705_984,
+    "gemma3-1b": 999_885_952,
     # The released T5 checkpoints (transformers' T5ForConditionalGeneration, lm_head counted
     # when untied). The papers round them: 60M, 220M, 770M for t5-small/base/large.
     "t5-small": 60_506_624,
@@ -159,8 +240,20 @@ PUBLISHED_PARAMS: dict[str, float] = {
     # Devlin et al. 2019.
     "bert-base": 110e6,
     "bert-large": 340e6,
+    # transformers' count of the released config.json on the meta device, bare *Model class
+    # (RobertaModel with its pooler; ElectraForPreTraining would add 591,361, the MLM classes
+    # of the others their LM heads).
+    "roberta-base": 124_645_632,
+    "xlm-roberta-base": 278_043_648,
+    "distilbert-base-uncased": 66_362_880,
+    "electra-base-discriminator": 108_891_648,
     # Dosovitskiy et al. 2021, Table 1.
     "vit-b16": 86e6,
     "vit-l16": 307e6,
     "vit-h14": 632e6,
+    # transformers' count of the released DeiT config.json files (DeiTForImageClassificationWith
+    # Teacher on the meta device; tests/test_deit.py recounts them); the paper says 6M, 22M, 87M.
+    "deit-tiny-distilled-patch16-224": 5_910_800,
+    "deit-small-distilled-patch16-224": 22_436_432,
+    "deit-base-distilled-patch16-224": 87_338_192,
 }

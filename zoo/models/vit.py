@@ -6,12 +6,20 @@ a learned class token is prepended, position embeddings are added, and a pre-LN 
 (``zoo.layers.blocks.EncoderBlock``, no mask) is followed by a final LayerNorm and a linear
 head on the class token (or on the mean of the patch tokens).
 
+DeiT (Touvron et al. 2021, "Training data-efficient image transformers & distillation
+through attention") is a configuration: ``distillation_token`` adds a second learned token
+after [CLS], and ``distillation_head`` a second head on it whose logits are averaged with the
+[CLS] head's (``DeiTForImageClassificationWithTeacher``); both logits are sown in
+``intermediates`` (``cls_logits``, ``distillation_logits``).
+
 Any resolution divisible by the patch size runs with the same parameters: the learned
 position table (sized for ``config.image_size``) is resized bicubically to the new patch grid
-at call time; the class-token row is kept as is. ``position="sincos2d"`` has no table at all.
+at call time; the rows of the prefix tokens are kept as is. ``position="sincos2d"`` has no
+table at all.
 
 Shapes: B batch, H/W image height/width, C channels, P patch size, h/w patch grid
-(H/P, W/P), L tokens (h*w, + 1 with the class token), D width, F mlp width, K classes.
+(H/P, W/P), L tokens (h*w + the prefix tokens: [CLS], DeiT's distillation token), D width,
+F mlp width, K classes.
 
 Parameter tree (looped layers; ``scan_layers=True`` stacks ``encoder/layers_i`` into
 ``encoder/layers`` with a leading ``[num_layers]`` axis, see ``zoo.layers.stack``), with the
@@ -22,9 +30,10 @@ key (npz; ``E`` = ``Transformer/encoderblock_i``) of each tensor::
                                    [D, C, P, P] (transpose 2, 3, 1, 0); npz embedding/kernel
   embedding/bias [D]               HF ...projection.bias; npz embedding/bias
   cls [1, 1, D]                    HF vit.embeddings.cls_token; npz cls  (class_token only)
+  dist_token [1, 1, D]             HF deit.embeddings.distillation_token (distillation_token)
   pos_embedding [1, L, D]          HF vit.embeddings.position_embeddings; npz
                                    Transformer/posembed_input/pos_embedding (learned only;
-                                   row 0 belongs to the class token when class_token)
+                                   the first rows belong to the prefix tokens)
   encoder/layers_i/
     attn_norm/{scale,bias}         HF vit.encoder.layer.i.layernorm_before; npz E/LayerNorm_0
     attn/{query,key,value}/kernel [D, N, H], bias [N, H]
@@ -39,7 +48,8 @@ key (npz; ``E`` = ``Transformer/encoderblock_i``) of each tensor::
     mlp/wo/kernel [F, D], bias [D] HF ...output.dense; npz E/MlpBlock_3/Dense_1
   encoder_norm/{scale,bias}        HF vit.layernorm; npz Transformer/encoder_norm
   pre_logits/{kernel,bias} [D, R]  no HF equivalent; npz pre_logits  (representation_size only)
-  head/{kernel,bias} [D or R, K]   HF classifier; npz head  (num_classes > 0 only)
+  head/{kernel,bias} [D or R, K]   HF classifier (DeiT teacher model: cls_classifier); npz head
+  head_dist/{kernel,bias} [D, K]   HF distillation_classifier  (distillation_head only)
 
 transformers 5.x renames the HF tensors in memory (``vit.layers.i.attention.{q,k,v,o}_proj``,
 ``vit.layers.i.mlp.fc{1,2}``); checkpoint files keep the names above. Newer big_vision
@@ -89,6 +99,8 @@ class ViTConfig:
   pool: ViTPool = "cls"  # "cls": the class token's output; "mean": mean of the patch tokens
   position: ViTPosition = "learned"  # or "sincos2d": fixed, zoo.layers.positional.sincos_2d
   class_token: bool = True  # prepend a learned [CLS] token (needed by pool="cls")
+  distillation_token: bool = False  # DeiT: a learned token after [CLS] (needs class_token)
+  distillation_head: bool = False  # DeiT: a head on it too; logits = mean of the two heads
   representation_size: int | None = None  # R: pre-logits dense + tanh (original checkpoints)
   head_zero_init: bool = True  # zero head kernel, as vit_jax / big_vision (logits 0 at init)
   activation: Activation = "gelu"  # the exact erf form
@@ -122,6 +134,7 @@ class ViTConfig:
       raise ValueError(f"pool must be one of {typing.get_args(ViTPool)}; got {self.pool!r}.")
     if self.pool == "cls" and not self.class_token:
       raise ValueError("pool='cls' needs class_token=True; use pool='mean' without a class token.")
+    self._check_distillation()
     if self.position not in typing.get_args(ViTPosition):
       raise ValueError(
           f"position must be one of {typing.get_args(ViTPosition)}; got {self.position!r}."
@@ -137,6 +150,26 @@ class ViTConfig:
     common.check_stack_options(self.scan_layers, self.remat_policy)
     self.block()  # validates activation and the rest of the block fields
 
+  def _check_distillation(self):
+    if self.distillation_token and not self.class_token:
+      raise ValueError("distillation_token=True needs class_token=True (DeiT puts it after [CLS]).")
+    if self.distillation_head:
+      problems = [f"{name}={getattr(self, name)!r}" for name, ok in (
+          ("distillation_token", self.distillation_token), ("pool", self.pool == "cls"),
+          ("num_classes", self.num_classes > 0),
+          ("representation_size", self.representation_size is None)) if not ok]
+      if problems:
+        raise ValueError(
+            "distillation_head=True reads the distillation token into a second classifier: it "
+            "needs distillation_token=True, pool='cls', num_classes > 0 and no "
+            f"representation_size; got {', '.join(problems)}."
+        )
+
+  @property
+  def num_prefix_tokens(self) -> int:
+    """Tokens before the patches: [CLS] and DeiT's distillation token."""
+    return int(self.class_token) + int(self.distillation_token)
+
   @property
   def grid_size(self) -> int:
     """Patches per side at the native resolution."""
@@ -144,8 +177,8 @@ class ViTConfig:
 
   @property
   def num_tokens(self) -> int:
-    """Sequence length at the native resolution (patches, + 1 with the class token)."""
-    return self.grid_size**2 + int(self.class_token)
+    """Sequence length at the native resolution (patches + prefix tokens)."""
+    return self.grid_size**2 + self.num_prefix_tokens
 
   def block(self):
     # vit_jax's MlpBlock drops out after the activation too: mlp_dropout_rate = dropout_rate.
@@ -238,14 +271,12 @@ class ViT(nn.Module):
     if cfg.position == "sincos2d":
       # Fixed and resolution-free: computed for the actual grid; the class token gets none.
       x_BLD = x_BLD + sincos_2d(grid_h, grid_w, d).astype(cfg.dtype)[None]
+    prefix = []
     if cfg.class_token:
-      cls = self.param(
-          "cls",
-          nn.with_logical_partitioning(nn.initializers.zeros, (None, None, sh.EMBED)),
-          (1, 1, d),
-          cfg.param_dtype,
-      )
-      x_BLD = jnp.concatenate([jnp.broadcast_to(cls.astype(cfg.dtype), (b, 1, d)), x_BLD], axis=1)
+      prefix.append(self._token("cls", nn.initializers.zeros, b))
+    if cfg.distillation_token:  # DeiT's init: normal(0.02), like its position table
+      prefix.append(self._token("dist_token", nn.initializers.normal(stddev=0.02), b))
+    x_BLD = jnp.concatenate([*prefix, x_BLD], axis=1)
     if cfg.position == "learned":
       table = self.param(
           "pos_embedding",
@@ -258,6 +289,15 @@ class ViT(nn.Module):
       x_BLD = x_BLD + self._resize_positions(table, grid_h, grid_w).astype(cfg.dtype)
     return Dropout(cfg.dropout_rate)(x_BLD, deterministic=deterministic)
 
+  def _token(self, name: str, init, batch: int) -> Array:
+    """A learned ``[1, 1, D]`` token, broadcast to ``[B, 1, D]`` in the compute dtype."""
+    cfg = self.config
+    token = self.param(
+        name, nn.with_logical_partitioning(init, (None, None, sh.EMBED)), (1, 1, cfg.d_model),
+        cfg.param_dtype,
+    )
+    return jnp.broadcast_to(token.astype(cfg.dtype), (batch, 1, cfg.d_model))
+
   def _head(self, x_BLD: Array) -> Array:
     """Encoder output ``[B, L, D]`` -> pooled, (pre-logits,) float32 logits ``[B, K]``."""
     cfg = self.config
@@ -265,7 +305,7 @@ class ViT(nn.Module):
     if cfg.pool == "cls":
       x_BD = x_BLD[:, 0]
     else:
-      x_BD = jnp.mean(x_BLD[:, int(cfg.class_token):], axis=1)
+      x_BD = jnp.mean(x_BLD[:, cfg.num_prefix_tokens:], axis=1)
     if cfg.representation_size is not None:
       pre_logits = Einsum(
           (d, cfg.representation_size),
@@ -278,6 +318,18 @@ class ViT(nn.Module):
       x_BD = jnp.tanh(pre_logits("BD,DR->BR", x_BD))
     if cfg.num_classes == 0:
       return x_BD.astype(jnp.float32)
+    logits_BK = self._classifier("head", x_BD)
+    if not cfg.distillation_head:
+      return logits_BK
+    # DeiT's inference output: the mean of the [CLS] and distillation heads (both sown).
+    dist_BK = self._classifier("head_dist", x_BLD[:, 1])
+    self.sow("intermediates", "cls_logits", logits_BK)
+    self.sow("intermediates", "distillation_logits", dist_BK)
+    return (logits_BK + dist_BK) / 2
+
+  def _classifier(self, name: str, x_BD: Array) -> Array:
+    """A linear head ``[B, D or R] -> [B, K]`` float32 logits."""
+    cfg = self.config
     # The head is tiny ([B, D] x [D, K]): run it in float32 so logits never round to bf16.
     head = Einsum(
         (x_BD.shape[-1], cfg.num_classes),
@@ -287,7 +339,7 @@ class ViT(nn.Module):
         kernel_init=(
             nn.initializers.zeros if cfg.head_zero_init else nn.initializers.normal(stddev=0.02)
         ),
-        name="head",
+        name=name,
     )
     return head("BD,DK->BK", x_BD)
 
@@ -297,7 +349,7 @@ class ViT(nn.Module):
     g = cfg.grid_size
     if (grid_h, grid_w) == (g, g):
       return table
-    n_cls = int(cfg.class_token)
+    n_cls = cfg.num_prefix_tokens
     patches = interpolate_table(
         table[0, n_cls:].astype(jnp.float32), (g, g), (grid_h, grid_w)
     ).astype(table.dtype)
@@ -319,23 +371,24 @@ def num_params_formula(config: ViTConfig) -> int:
   d, f, p, c = config.d_model, config.mlp_dim, config.patch_size, config.num_channels
   block = 4 * (d * d + d) + (d * f + f) + (f * d + d) + 2 * 2 * d
   total = p * p * c * d + d + config.num_layers * block + 2 * d
-  total += d * int(config.class_token)
+  total += d * config.num_prefix_tokens
   total += config.num_tokens * d * int(config.position == "learned")
   width = d
   if config.representation_size is not None:
     total += d * config.representation_size + config.representation_size
     width = config.representation_size
   if config.num_classes:
-    total += width * config.num_classes + config.num_classes
+    heads = 1 + int(config.distillation_head)
+    total += heads * (width * config.num_classes + config.num_classes)
   return int(total)
 
 
 def train_flops(config: ViTConfig, params, shapes) -> dict[str, float]:
   """Training FLOPs of a step on ``images`` of ``shapes["images"] = (B, H, W, C)``."""
   b, h, w = shapes["images"][:3]
-  tokens = (h // config.patch_size) * (w // config.patch_size) + int(config.class_token)
-  per_row = common.count(params.get("head", {})) + common.count(params.get("pre_logits", {}))
-  lookups = common.count(params.get("pos_embedding", {})) + common.count(params.get("cls", {}))
+  tokens = (h // config.patch_size) * (w // config.patch_size) + config.num_prefix_tokens
+  per_row = sum(common.count(params.get(k, {})) for k in ("head", "head_dist", "pre_logits"))
+  lookups = sum(common.count(params.get(k, {})) for k in ("pos_embedding", "cls", "dist_token"))
   n = common.count(params) - per_row - lookups
   return common.train_flops(
       [(n, b * tokens), (per_row, b)],
@@ -350,7 +403,7 @@ registry.register(registry.Family(
     dummy_inputs=dummy_inputs,
     train_flops=train_flops,
     tasks=("image_classification",),
-    converters=("zoo.pretrained.vit",),
+    converters=("zoo.pretrained.vit", "zoo.pretrained.deit"),
     validate=validate,
     inputs="images",
 ))

@@ -55,22 +55,27 @@ _LAYER = km.LayerNames(
 )
 
 
-def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
-  """ViT ``config.json`` (and the tensor names, for the optional pooler) -> ViTConfig fields."""
-  activation = km.activation_from_hf(hf.get("hidden_act", "gelu"), "ViT hidden_act")
+def config_from_hf(
+    hf: dict[str, Any], arch: str, keys=(), *, what: str = "ViT", base: str = "ViTModel"
+) -> dict[str, Any]:
+  """ViT ``config.json`` (and the tensor names, for the optional pooler) -> ViTConfig fields.
+
+  ``what`` names the model in messages and ``base`` is its headless class (DeiT reuses this).
+  """
+  activation = km.activation_from_hf(hf.get("hidden_act", "gelu"), f"{what} hidden_act")
   if not hf.get("qkv_bias", True):
-    raise ValueError("ViT qkv_bias=false is not supported (zoo's ViT has biases everywhere).")
+    raise ValueError(f"{what} qkv_bias=false is not supported (zoo's ViT has biases everywhere).")
   if hf.get("pooler_act", "tanh") != "tanh":
-    raise ValueError(f"ViT pooler_act={hf['pooler_act']!r} is not supported (only tanh).")
+    raise ValueError(f"{what} pooler_act={hf['pooler_act']!r} is not supported (only tanh).")
   d = hf.get("hidden_size", 768)
   size, patch = hf.get("image_size", 224), hf.get("patch_size", 16)
   if isinstance(size, (list, tuple)) or isinstance(patch, (list, tuple)):
     if len(set(size if isinstance(size, (list, tuple)) else [size])) > 1:
-      raise ValueError(f"non-square ViT image_size {size} is not supported.")
+      raise ValueError(f"non-square {what} image_size {size} is not supported.")
     size = size[0] if isinstance(size, (list, tuple)) else size
     patch = patch[0] if isinstance(patch, (list, tuple)) else patch
   has_pooler = any(k.endswith("pooler.dense.weight") for k in keys)
-  classify = arch == "ViTForImageClassification"
+  classify = arch != base
   return dict(
       image_size=size,
       patch_size=patch,
@@ -103,6 +108,8 @@ def config_to_hf(cfg) -> dict[str, Any]:
     problems.append(f"class_token={cfg.class_token}, pool={cfg.pool!r} (HF ViT pools [CLS])")
   if cfg.num_classes and cfg.representation_size is not None:
     problems.append("representation_size with a head (HF's classifier has no pre-logits layer)")
+  if cfg.distillation_token:
+    problems.append("distillation_token=True (a DeiT: zoo.pretrained.deit exports it)")
   if problems:
     raise ValueError(
         "this ViTConfig has no Hugging Face ViT equivalent: " + "; ".join(problems) + "."
@@ -151,8 +158,16 @@ def conv_to_torch(k: np.ndarray) -> np.ndarray:
 
 def entries(cfg, arch: str) -> list[km.Entry]:
   """The key map for ``cfg`` (names as ``arch`` saves them)."""
-  n, h = cfg.num_heads, cfg.d_model // cfg.num_heads
   p = "" if arch == "ViTModel" else PREFIX
+  out = backbone_entries(cfg, p)
+  if cfg.num_classes:
+    out += km.dense("classifier", "head")
+  return out
+
+
+def backbone_entries(cfg, p: str) -> list[km.Entry]:
+  """Patch embedding, [CLS], positions, encoder, final norm and pooler under prefix ``p``."""
+  n, h = cfg.num_heads, cfg.d_model // cfg.num_heads
   e = f"{p}embeddings."
   out = [
       km.tensor(f"{e}patch_embeddings.projection.weight", "embedding/kernel",
@@ -166,8 +181,6 @@ def entries(cfg, arch: str) -> list[km.Entry]:
     out += km.encoder_layer(_LAYER, f"{p}encoder.layer.{i}.", f"encoder/layers_{i}/", n, h)
   if cfg.representation_size is not None:
     out += km.dense(f"{p}pooler.dense", "pre_logits")
-  if cfg.num_classes:
-    out += km.dense("classifier", "head")
   return out
 
 
@@ -186,14 +199,14 @@ def describe(cfg) -> str:
 def resize(flat: dict[str, np.ndarray], native, cfg) -> dict[str, np.ndarray]:
   """Adapt params loaded for config ``native`` to ``cfg`` (another ``image_size``).
 
-  The class token's row is kept and the patch grid resized with PyTorch's bicubic, so a zoo
-  model loaded at a new size computes what ``transformers``' ``interpolate_pos_encoding=True``
-  (and timm) compute at that size.
+  The prefix tokens' rows ([CLS], DeiT's distillation token) are kept and the patch grid
+  resized with PyTorch's bicubic, so a zoo model loaded at a new size computes what
+  ``transformers``' ``interpolate_pos_encoding=True`` (and timm) compute at that size.
   """
   if "pos_embedding" in flat and native.image_size != cfg.image_size:
     g0, g1 = native.grid_size, cfg.grid_size
     flat = {**flat, "pos_embedding": interpolate_table(
-        flat["pos_embedding"], (g0, g0), (g1, g1), num_prefix=int(native.class_token))}
+        flat["pos_embedding"], (g0, g0), (g1, g1), num_prefix=native.num_prefix_tokens)}
   return flat
 
 
@@ -208,6 +221,7 @@ CONVERTER = Converter(
     entries=entries,
     ignore=ignore,
     describe=describe,
-    head_params=("head", "pre_logits"),  # created fresh for another num_classes
+    # Created fresh for another num_classes; the family's heads, DeiT's head_dist included.
+    head_params=("head", "head_dist", "pre_logits"),
     resize=resize,  # image_size may differ from the checkpoint's: positions are resized
 )
