@@ -26,6 +26,7 @@ from zoo.layers.attention_checks import check_decode_bias, check_inputs
 from zoo.layers.dense import Einsum
 from zoo.layers.dropout import dropout
 from zoo.layers.masks import MASK_VALUE, combine_masks, sliding_window_mask
+from zoo.layers.norms import RMSNorm
 from zoo.layers.positional import RopeScaling, apply_rope
 
 Array = jax.Array
@@ -107,6 +108,7 @@ def dot_product_attention(
     deterministic: bool = True,
     return_weights: bool = False,
     chunk_size: int | None = None,
+    logit_softcap: float | None = None,
 ) -> Array | tuple[Array, Array]:
   """softmax(q k^T / sqrt(H) + bias, masked) v, for multi-head, grouped-query and multi-query.
 
@@ -131,6 +133,8 @@ def dot_product_attention(
     deterministic: disables dropout.
     return_weights: also return the ``[B, N, T, S]`` float32 attention weights (xla path).
     chunk_size: query/key block length of the "chunked" path; None = :data:`CHUNK_SIZE`.
+    logit_softcap: ``cap * tanh(logits / cap)`` on the scaled logits before bias and mask
+      (Gemma 2); "xla" path only (None picks it).
 
   Returns:
     ``[B, T, N, H]`` in the query dtype, and the weights when ``return_weights``.
@@ -139,6 +143,7 @@ def dot_product_attention(
   impl = _check_call(
       query, key, value, mask, bias, implementation,
       use_dropout=use_dropout, dropout_rng=dropout_rng, return_weights=return_weights,
+      softcap=logit_softcap is not None,
   )
   scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
   if impl == "cudnn":
@@ -150,6 +155,7 @@ def dot_product_attention(
   out, weights_BNTS = _xla_attention(
       query, key, value, mask=mask, bias=bias, scale=scale,
       dropout_rate=dropout_rate if use_dropout else 0.0, dropout_rng=dropout_rng,
+      softcap=logit_softcap,
   )
   if return_weights:
     return out, weights_BNTS
@@ -167,6 +173,7 @@ def _check_call(
     use_dropout: bool,
     dropout_rng: Array | None,
     return_weights: bool,
+    softcap: bool = False,
 ) -> Implementation:
   """Checks :func:`dot_product_attention`'s arguments before anything is computed.
 
@@ -175,7 +182,8 @@ def _check_call(
   """
   check_inputs(query, key, value, mask, bias)
   needs_xla = (
-      "return_weights" if return_weights else "attention dropout" if use_dropout else None
+      "return_weights" if return_weights else "attention dropout" if use_dropout
+      else "attention logit soft-capping" if softcap else None
   )
   impl = _resolve_implementation(implementation, query, key.shape[1], needs_xla)
   if use_dropout and dropout_rng is None:
@@ -215,6 +223,7 @@ def _xla_attention(
     scale: float,
     dropout_rate: float,
     dropout_rng: Array | None,
+    softcap: float | None = None,
 ) -> tuple[Array, Array]:
   """The "xla" path: ``(out [B, T, N, H], weights [B, N, T, S])``, the weights in float32
   and before dropout (none when ``dropout_rate`` is 0)."""
@@ -228,6 +237,8 @@ def _xla_attention(
       "BTKGH,BSKH->BKGTS", q_BTKGH, key, preferred_element_type=jnp.float32
   ).reshape(b, n, t, s)
   logits = logits * scale
+  if softcap is not None:
+    logits = softcap * jnp.tanh(logits / softcap)
   if bias is not None:
     logits = logits + bias.astype(jnp.float32)
   if mask is not None:
@@ -305,6 +316,10 @@ class MultiHeadAttention(nn.Module):
   out_kernel_init: Any = None  # None = kernel_init (GPT-2 scales residual projections)
   query_kernel_init: Any = None  # None = kernel_init (T5 folds 1/sqrt(H) into the query)
   scale: float | None = None  # logits scale; None = 1/sqrt(head_dim) (T5: 1.0)
+  qk_norm: bool = False  # RMSNorm over H of each query and key head, before RoPE (Qwen3, Gemma 3)
+  norm_eps: float = 1e-6  # epsilon of the q/k RMSNorm
+  norm_scale_offset: float = 0.0  # q/k RMSNorm multiplies by offset + scale (Gemma 3: 1)
+  logit_softcap: float | None = None  # cap * tanh(logits / cap) (Gemma 2); None = off
 
   @nn.compact
   def __call__(
@@ -318,6 +333,8 @@ class MultiHeadAttention(nn.Module):
       deterministic: bool = True,
       decode: bool = False,
       sow_weights: bool = False,
+      window: Array | None = None,
+      rope_inv_freq: Array | None = None,
   ) -> Array:
     """Attention of ``inputs_q [B, T, D]`` over ``inputs_kv [B, S, D]`` (itself if None).
 
@@ -334,6 +351,11 @@ class MultiHeadAttention(nn.Module):
       decode: use and update the KV cache (self-attention only).
       sow_weights: store the ``[B, N, T, S]`` weights in the ``"intermediates"`` collection
         as ``attention_weights`` (forces the xla path).
+      window: a scalar int array used as this call's sliding window instead of
+        ``sliding_window`` (a layer's own window in a stack of local and global layers, traced
+        per layer under ``nn.scan``; a value above any length attends to everything).
+      rope_inv_freq: ``[H/2]`` RoPE inverse frequencies instead of ``rope_base`` /
+        ``rope_scaling`` (see :func:`zoo.layers.positional.apply_rope`).
 
     Returns:
       ``[B, T, out_features]``.
@@ -351,14 +373,15 @@ class MultiHeadAttention(nn.Module):
     positions = jnp.broadcast_to(jnp.asarray(positions), (b, t))
 
     if self.use_rope and self_attention:
-      query = apply_rope(query, positions, base=self.rope_base, scaling=self.rope_scaling)
-      key = apply_rope(key, positions, base=self.rope_base, scaling=self.rope_scaling)
+      rope = dict(base=self.rope_base, scaling=self.rope_scaling, inv_freq=rope_inv_freq)
+      query, key = apply_rope(query, positions, **rope), apply_rope(key, positions, **rope)
     slots = (jnp.arange(t), jnp.arange(t))  # query and key slots, for the sliding window
     if cache is not None:
       key, value, mask, slots = self._write_cache(cache, key, value, mask)
       check_decode_bias(bias, t, key.shape[1])
     # The window is over slots (sequence or cache indices), like the causal mask.
-    mask = _window(mask, self.sliding_window if self_attention else None, *slots)
+    window = self.sliding_window if window is None else window
+    mask = _window(mask, window if self_attention else None, *slots)
 
     result = self._attend(query, key, value, mask, bias, deterministic, sow_weights)
     return self._project_out(result, self.out_features or inputs_q.shape[-1])
@@ -401,6 +424,13 @@ class MultiHeadAttention(nn.Module):
     )
     key = proj(kv_in, num_kv, sh.KV_HEADS, "key")("BLD,DNH->BLNH", kv_in)
     value = proj(kv_in, num_kv, sh.KV_HEADS, "value")("BLD,DNH->BLNH", kv_in)
+    if self.qk_norm:
+      norm = lambda name: RMSNorm(  # noqa: E731
+          epsilon=self.norm_eps, param_dtype=self.param_dtype,
+          scale_offset=self.norm_scale_offset, name=name,
+      )
+      query = norm("query_norm")(query).astype(self.dtype)
+      key = norm("key_norm")(key).astype(self.dtype)
     return query, key, value
 
   def _cache(self, key: Array, value: Array):
@@ -450,6 +480,7 @@ class MultiHeadAttention(nn.Module):
         dropout_rng=dropout_rng,
         deterministic=deterministic,
         return_weights=sow_weights,
+        logit_softcap=self.logit_softcap,
     )
     if sow_weights:
       result, weights = result

@@ -74,6 +74,10 @@ class BlockConfig:
   init_std: float | None = 0.02  # normal(init_std) kernels; None = Xavier-uniform (2017 paper)
   residual_init_scale: float = 1.0  # multiplies init_std of projections into the residual
   query_init_scale: float = 1.0  # multiplies init_std of the query kernel (T5: head_dim**-0.5)
+  norm_scale_offset: float = 0.0  # RMSNorm multiplies by offset + scale (Gemma: 1, zero init)
+  qk_norm: bool = False  # RMSNorm on each query / key head before RoPE (Qwen3, Gemma 3)
+  sublayer_post_norm: bool = False  # a norm on each sublayer's output too (Gemma 2 / 3)
+  attention_softcap: float | None = None  # cap * tanh(logits / cap) in attention (Gemma 2)
   dtype: Any = jnp.float32  # compute dtype
   param_dtype: Any = jnp.float32  # storage dtype
 
@@ -94,6 +98,11 @@ class BlockConfig:
     _choice("activation", self.activation, ACTIVATIONS)
     _choice("norm", self.norm, typing.get_args(NormKind))
     _choice("norm_position", self.norm_position, typing.get_args(NormPosition))
+    if self.norm_scale_offset and self.norm != "rmsnorm":
+      raise ValueError(
+          f"norm_scale_offset={self.norm_scale_offset} is an RMSNorm option (Gemma); got "
+          f"norm={self.norm!r}. Use norm='rmsnorm' or norm_scale_offset=0."
+      )
 
   @property
   def dim_per_head(self) -> int:
@@ -113,9 +122,11 @@ def make_norm(config: BlockConfig, name: str) -> nn.Module:
   the 2017 Transformer) keep flax's, where autodiff fuses better; the A/B that chose this is in
   BENCHMARKS.md. Same parameters either way.
   """
+  if config.norm_scale_offset or (config.norm_position == "pre" and config.norm == "rmsnorm"):
+    return RMSNorm(epsilon=config.norm_eps, param_dtype=config.param_dtype,
+                   scale_offset=config.norm_scale_offset, name=name)
   if config.norm_position == "pre":
-    norm = RMSNorm if config.norm == "rmsnorm" else LayerNorm
-    return norm(epsilon=config.norm_eps, param_dtype=config.param_dtype, name=name)
+    return LayerNorm(epsilon=config.norm_eps, param_dtype=config.param_dtype, name=name)
   ones = nn.with_logical_partitioning(nn.initializers.ones, (sh.NORM,))
   if config.norm == "rmsnorm":
     return nn.RMSNorm(
@@ -192,6 +203,10 @@ def _attention(config: BlockConfig, name: str, use_rope: bool) -> MultiHeadAtten
       sliding_window=config.sliding_window,  # self-attention only (MultiHeadAttention)
       implementation=config.attention_impl,
       scale=config.attention_scale,
+      qk_norm=config.qk_norm,
+      norm_eps=config.norm_eps,
+      norm_scale_offset=config.norm_scale_offset,
+      logit_softcap=config.attention_softcap,
       dtype=config.dtype,
       param_dtype=config.param_dtype,
       kernel_init=config.kernel_init(),
@@ -232,6 +247,27 @@ class BlockInputs:
   encoded: Array | None = None
   cross_mask: Array | None = None
   cross_bias: Array | None = None
+
+
+@struct.dataclass(kw_only=True)
+class LayerInputs:
+  """What differs between the layers of a stack of local and global layers (Gemma 2 / 3).
+
+  :class:`zoo.layers.stack.Stack` gives each layer its slice of ``[L, ...]`` arrays (scanned
+  under ``nn.scan``, indexed in the loop), so one block definition serves both layer kinds.
+
+  Attributes:
+    window: scalar int32 sliding window of this layer; a value above any length = global.
+    rope_inv_freq: ``[H/2]`` RoPE inverse frequencies of this layer (base and scaling).
+  """
+
+  window: Array | None = None
+  rope_inv_freq: Array | None = None
+
+
+def _sublayer_out(cfg: BlockConfig, h: Array, name: str) -> Array:
+  """A sublayer's output, normalised once more when ``sublayer_post_norm`` (Gemma 2 / 3)."""
+  return make_norm(cfg, name)(h).astype(cfg.dtype) if cfg.sublayer_post_norm else h
 
 
 # A sublayer ``f`` with its norm is ``x + f(norm(x))`` (pre-LN) or ``norm(x + f(x))`` (post-LN):
@@ -316,13 +352,16 @@ class DecoderBlock(nn.Module):
       inputs: BlockInputs = BlockInputs(),
       deterministic: bool = True,
       decode: bool = False,
+      layer: LayerInputs | None = None,
   ):
     """The block on ``x`` ``[B, T, D]``.
 
     Reads ``inputs.mask`` and ``inputs.bias`` (``[B, N, T, T]``; ``[B, N, T, max_len]`` with
     ``decode``), ``inputs.positions`` and, with cross-attention, ``inputs.encoded``
     (``[B, S, D]``), ``inputs.cross_mask`` and ``inputs.cross_bias`` (``[B, N, T, S]``).
+    ``layer``: this layer's own window and RoPE frequencies (:class:`LayerInputs`), if any.
     """
+    layer = LayerInputs() if layer is None else layer
     cfg = self.config
     if self.cross_attention and inputs.encoded is None:
       raise ValueError("this DecoderBlock has cross-attention: pass the encoder output.")
@@ -337,7 +376,10 @@ class DecoderBlock(nn.Module):
         positions=inputs.positions,
         deterministic=deterministic,
         decode=decode,
+        window=layer.window,
+        rope_inv_freq=layer.rope_inv_freq,
     )
+    h = _sublayer_out(cfg, h, "attn_post_norm")
     x = _post_ln(cfg, norm, x + drop(checkpoint_name(h, "attn_out")))
 
     if self.cross_attention:
@@ -352,7 +394,7 @@ class DecoderBlock(nn.Module):
       x = _post_ln(cfg, norm, x + drop(checkpoint_name(h, "cross_out")))
 
     mlp, norm = MLP(cfg, name="mlp"), make_norm(cfg, "mlp_norm")
-    h = mlp(_pre_ln(cfg, norm, x), deterministic)
+    h = _sublayer_out(cfg, mlp(_pre_ln(cfg, norm, x), deterministic), "mlp_post_norm")
     x = _post_ln(cfg, norm, x + drop(checkpoint_name(h, "mlp_out")))
 
     x = _constrain(x)

@@ -96,14 +96,22 @@ class LayerNorm(nn.Module):
 
 
 class RMSNorm(nn.Module):
-  """RMSNorm over the last axis; parameter ``scale`` ``[D]`` (logical NORM)."""
+  """RMSNorm over the last axis; parameter ``scale`` ``[D]`` (logical NORM).
+
+  The normalised input is multiplied by ``scale_offset + scale`` in float32: Gemma stores
+  ``scale`` around 0 and multiplies by ``1 + scale`` (``scale_offset=1``, zeros at init).
+  """
 
   epsilon: float = 1e-6
   param_dtype: Any = jnp.float32
+  scale_offset: float = 0.0
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     """``[..., D]`` -> ``[..., D]`` float32."""
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (sh.NORM,)),
+    init = nn.initializers.zeros if self.scale_offset else nn.initializers.ones
+    scale = self.param("scale", nn.with_logical_partitioning(init, (sh.NORM,)),
                        (x.shape[-1],), self.param_dtype)
+    if self.scale_offset:
+      scale = scale.astype(jnp.float32) + self.scale_offset
     return rms_norm(x, scale, self.epsilon)

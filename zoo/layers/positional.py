@@ -136,7 +136,11 @@ def rope_frequencies(
 
 
 def apply_rope(
-    x: Array, positions: Array, base: float = 10000.0, scaling: RopeScaling | None = None
+    x: Array,
+    positions: Array,
+    base: float = 10000.0,
+    scaling: RopeScaling | None = None,
+    inv_freq: Array | None = None,
 ) -> Array:
   """Rotary position embedding (Su et al. 2021) on ``x`` ``[B, L, N, H]``.
 
@@ -149,6 +153,8 @@ def apply_rope(
     positions: ``[B, L]`` or ``[L]`` integer (or float) positions.
     base: the frequency base.
     scaling: frequency scaling for long contexts (:class:`RopeScaling`); None = none.
+    inv_freq: ``[H/2]`` inverse frequencies used instead of ``base`` and ``scaling`` (a layer's
+      own RoPE in a stack whose layers differ, traced per layer under ``nn.scan``).
 
   Returns:
     ``x`` rotated, same shape and dtype.
@@ -165,7 +171,9 @@ def apply_rope(
     raise ValueError(
         f"positions length {positions.shape[-1]} does not match sequence length {x.shape[1]}."
     )
-  angles = positions[:, :, None, None] * rope_frequencies(h, base, scaling)  # [B, L, 1, H/2]
+  if inv_freq is None:
+    inv_freq = rope_frequencies(h, base, scaling)
+  angles = positions[:, :, None, None] * inv_freq  # [B, L, 1, H/2]
   sin, cos = jnp.sin(angles), jnp.cos(angles)
   x32 = x.astype(jnp.float32)
   x1, x2 = x32[..., : h // 2], x32[..., h // 2 :]

@@ -49,6 +49,11 @@ class Stack(nn.Module):
   loop passes the same arrays to each layer, ``nn.scan`` broadcasts them (``nn.broadcast``, not
   sliced per layer), remat traces them as an argument; either way the values are the same and
   their gradient is the sum over layers.
+
+  ``per_layer`` is the seam for what differs between layers (a local layer's window, its RoPE
+  frequencies: ``zoo.layers.blocks.LayerInputs``): a pytree of ``[L, ...]`` arrays whose
+  slice ``i`` reaches layer ``i`` as a fifth argument, indexed in the loop, scanned over by
+  ``nn.scan``.
   """
 
   block_cls: Any
@@ -59,8 +64,11 @@ class Stack(nn.Module):
   block_kwargs: tuple[tuple[str, Any], ...] = ()
 
   @nn.compact
-  def __call__(self, x, inputs, *, deterministic: bool = True, decode: bool = False):
-    """``x`` ``[B, T, D]`` through every layer; ``inputs`` a ``BlockInputs`` record."""
+  def __call__(
+      self, x, inputs, *, deterministic: bool = True, decode: bool = False, per_layer=None
+  ):
+    """``x`` ``[B, T, D]`` through every layer; ``inputs`` a ``BlockInputs`` record,
+    ``per_layer`` None or a pytree of ``[L, ...]`` arrays (one slice per layer)."""
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}; got {self.remat_policy!r}.")
     block_cls = self.block_cls
@@ -77,18 +85,22 @@ class Stack(nn.Module):
     kwargs = dict(self.block_kwargs)
     args = (inputs, deterministic, decode)
     if self.scan:
+      in_axes = (nn.broadcast,) * len(args)
+      if per_layer is not None:
+        args, in_axes = (*args, per_layer), (*in_axes, 0)
       scanned = nn.scan(
           block_cls,
           variable_axes={"params": 0, "cache": 0, "intermediates": 0},
           split_rngs={"params": True, "dropout": True},
-          in_axes=(nn.broadcast,) * len(args),
+          in_axes=in_axes,
           length=self.num_layers,
           metadata_params={nn.PARTITION_NAME: sh.LAYERS},
       )
       x, _ = scanned(self.config, scanned=True, name="layers", **kwargs)(x, *args)
       return x
     for i in range(self.num_layers):
-      x = block_cls(self.config, name=f"layers_{i}", **kwargs)(x, *args)
+      extra = () if per_layer is None else (jax.tree.map(lambda a, i=i: a[i], per_layer),)
+      x = block_cls(self.config, name=f"layers_{i}", **kwargs)(x, *args, *extra)
     return x
 
 

@@ -66,6 +66,20 @@ def check_stack_options(scan_layers: bool, remat_policy: str) -> None:
     raise ValueError(f"scan_layers must be a bool; got {scan_layers!r}.")
 
 
+def check_layer_types(layer_types, num_layers: int, sliding_window: int | None) -> None:
+  """A per-layer list of "local" / "global" attention: one per layer, a window for "local"."""
+  bad = sorted({str(t) for t in layer_types} - {"local", "global"})
+  if bad:
+    raise ValueError(f"layer_types holds {bad}; each entry must be 'local' or 'global'.")
+  if len(layer_types) != num_layers:
+    raise ValueError(
+        f"layer_types lists {len(layer_types)} layers but num_layers={num_layers}; give one "
+        "kind per layer."
+    )
+  if "local" in layer_types and sliding_window is None:
+    raise ValueError("layer_types has 'local' layers but sliding_window=None; set the window.")
+
+
 def decode_start(module: nn.Module, length: int, decode: bool) -> Array | int:
   """First position of this call's tokens; a cache counter makes decoding calls continue.
 

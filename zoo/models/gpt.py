@@ -22,18 +22,27 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from zoo import registry
 from zoo.layers import attention as attn
 from zoo.layers import masks
-from zoo.layers.blocks import Activation, BlockInputs, DecoderBlock, NormKind, make_norm
+from zoo.layers.blocks import (
+    Activation,
+    BlockInputs,
+    DecoderBlock,
+    LayerInputs,
+    NormKind,
+    make_norm,
+)
 from zoo.layers.dropout import Dropout
 from zoo.layers.fused_cross_entropy import Projection
 from zoo.layers.positional import (
     LearnedPositionEmbedding,
     RopeScaling,
     RopeScalingKind,
+    rope_frequencies,
     sinusoid_at,
 )
 from zoo.layers.stack import RematPolicy
@@ -41,6 +50,8 @@ from zoo.models import common
 
 Array = jax.Array
 GPTPosition = Literal["learned", "rope", "sinusoidal"]
+LayerKind = Literal["local", "global"]  # sliding-window or full attention (Gemma 2 / 3)
+GLOBAL_WINDOW = np.iinfo(np.int32).max  # the per-layer window of a global layer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -63,6 +74,16 @@ class GPTConfig:
   rope_high_freq_factor: float = 4.0  # llama3: wavelengths < original / this are kept
   rope_original_max_len: int = 8192  # llama3: the pre-training context
   sliding_window: int | None = None  # attend to the last W tokens only (Mistral); None = all
+  layer_types: tuple[LayerKind, ...] = ()  # "local" / "global" per layer; () = all alike
+  local_rope_base: float | None = None  # RoPE base of "local" layers, unscaled; None = global's
+  qk_norm: bool = False  # RMSNorm on each query / key head before RoPE (Qwen3, Gemma 3)
+  norm_scale_offset: float = 0.0  # RMSNorm multiplies by offset + scale (Gemma: 1)
+  sublayer_post_norm: bool = False  # norms on attention and MLP outputs too (Gemma 2 / 3)
+  scale_embeddings: bool = False  # token embeddings * sqrt(d_model) in the compute dtype (Gemma)
+  attention_scale: float | None = None  # logits scale; None = 1/sqrt(head_dim)
+  attention_softcap: float | None = None  # cap * tanh(logits / cap) in attention (Gemma 2)
+  final_logit_softcap: float | None = None  # cap * tanh(logits / cap) on the output (Gemma 2)
+  hf_architecture: str | None = None  # the class save_pretrained writes; None = by layout
   activation: Activation = "gelu_tanh"  # GPT-2's "gelu_new"
   gated_mlp: bool = False  # wo(act(gate(x)) * wi(x)): SwiGLU with activation="silu"
   norm: NormKind = "layernorm"
@@ -104,7 +125,23 @@ class GPTConfig:
           f"rope_high_freq_factor={self.rope_high_freq_factor} must exceed "
           f"rope_low_freq_factor={self.rope_low_freq_factor} (llama3 rope scaling)."
       )
+    self._check_layer_options()
     self.block()  # validates heads, activation, norm
+
+  def _check_layer_options(self):
+    object.__setattr__(self, "layer_types", tuple(self.layer_types))  # a config's list
+    if self.layer_types:
+      common.check_layer_types(self.layer_types, self.num_layers, self.sliding_window)
+    for name in ("attention_softcap", "final_logit_softcap", "attention_scale"):
+      value = getattr(self, name)
+      if value is not None and not value > 0:
+        raise ValueError(f"{name}={value} must be > 0 (or None: off).")
+    if self.attention_softcap is not None and self.attention_impl in ("cudnn", "chunked"):
+      raise ValueError(
+          f"attention_softcap={self.attention_softcap} needs the logits, which "
+          f"attention_impl={self.attention_impl!r} never forms; use attention_impl='xla' or "
+          "None, or attention_softcap=None."
+      )
 
   def rope(self) -> RopeScaling | None:
     """The RoPE frequency scaling of this config (None when there is none)."""
@@ -116,10 +153,26 @@ class GPTConfig:
         original_max_len=self.rope_original_max_len,
     )
 
+  def layer_inputs(self) -> LayerInputs | None:
+    """Each layer's window and RoPE frequencies as ``[L, ...]`` arrays (None: layers alike)."""
+    if not self.layer_types:
+      return None
+    local = np.array([kind == "local" for kind in self.layer_types])
+    window = np.where(local, self.sliding_window or GLOBAL_WINDOW, GLOBAL_WINDOW)
+    inv_freq = None
+    if self.position == "rope":
+      h = self.head_dim or self.d_model // self.num_heads
+      glob = rope_frequencies(h, self.rope_base, self.rope())
+      loc = glob if self.local_rope_base is None else rope_frequencies(h, self.local_rope_base)
+      inv_freq = jnp.where(local[:, None], loc, glob)
+    return LayerInputs(window=jnp.asarray(window, jnp.int32), rope_inv_freq=inv_freq)
+
   def block(self):
     return common.block_config(
         self,
         norm_position="pre",
+        # Per-layer windows come from layer_inputs() when layer_types is set.
+        sliding_window=None if self.layer_types else self.sliding_window,
         use_rope=self.position == "rope",
         rope_scaling=self.rope(),
         residual_init_scale=(2 * self.num_layers) ** -0.5 if self.scale_residual_init else 1.0,
@@ -207,6 +260,8 @@ class GPT(nn.Module):
         cfg.vocab_size, cfg.d_model, cfg.init_std, cfg.dtype, cfg.param_dtype, name="wte"
     )
     x = wte(input_ids)
+    if cfg.scale_embeddings:  # sqrt(D) rounded to the compute dtype first, as Gemma does
+      x = x * jnp.asarray(cfg.d_model**0.5, cfg.dtype)
     if cfg.position == "learned":
       x = x + LearnedPositionEmbedding(
           cfg.max_len, cfg.d_model, cfg.dtype, cfg.param_dtype,
@@ -216,16 +271,32 @@ class GPT(nn.Module):
       x = x + sinusoid_at(positions, cfg.d_model).astype(cfg.dtype)
     x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = common.layer_stack(cfg, DecoderBlock, cfg.num_layers, "decoder")(
-        x, BlockInputs(mask=mask, positions=positions), deterministic=deterministic, decode=decode
+        x, BlockInputs(mask=mask, positions=positions), deterministic=deterministic,
+        decode=decode, per_layer=cfg.layer_inputs(),
     )
-    x = make_norm(cfg.block(), "ln_f")(x)
-    if cfg.tie_embeddings:
-      return wte.projection(x) if return_projection else wte.attend(x)
-    lm_head = common.LMHead(
+    return _output(cfg, wte, make_norm(cfg.block(), "ln_f")(x), return_projection)
+
+
+def _output(cfg: GPTConfig, wte, x: Array, return_projection: bool) -> Array | Projection:
+  """The output head on the final hidden states (called from :class:`GPT`'s compact call).
+
+  A soft-capped output (Gemma 2) is not a plain projection: a loss gets the capped logits.
+  """
+  if cfg.tie_embeddings:
+    head, projection = wte.attend, wte.projection
+  else:
+    head = common.LMHead(
         cfg.vocab_size, cfg.d_model, nn.initializers.normal(stddev=cfg.init_std), cfg.dtype,
         cfg.param_dtype, name="lm_head",
     )
-    return lm_head.projection(x) if return_projection else lm_head(x)
+    projection = head.projection
+  if return_projection and cfg.final_logit_softcap is None:
+    return projection(x)
+  logits = head(x)
+  if cfg.final_logit_softcap is not None:
+    cap = cfg.final_logit_softcap
+    logits = cap * jnp.tanh(logits / cap)
+  return logits
 
 
 def dummy_inputs(config: GPTConfig, batch_size: int = 1, length: int = 1):
@@ -276,7 +347,7 @@ registry.register(registry.Family(
     dummy_inputs=dummy_inputs,
     train_flops=train_flops,
     tasks=("lm",),
-    converters=("zoo.pretrained.gpt2", "zoo.pretrained.llama"),
+    converters=("zoo.pretrained.gpt2", "zoo.pretrained.llama", "zoo.pretrained.phi3"),
     validate=validate,
     causal_lm=registry.CausalLM(
         init_cache=init_cache,

@@ -438,3 +438,18 @@ def export_entries(entries: Sequence[Entry], flat_params: dict[str, Any]) -> dic
     for name, x in zip(e.src, e.to_src([np.asarray(flat_params[d]) for d in e.dst])):
       out[name] = np.ascontiguousarray(x)
   return out
+
+
+def fused_sizes(
+    src: str, dsts: Sequence[str], sizes: Sequence[int], axis: int, to_parts, from_parts
+) -> Entry:
+  """One checkpoint tensor cut along ``axis`` into parts of ``sizes`` <-> several zoo
+  parameters (Phi-3's ``qkv_proj``: query, key and value rows of unequal sizes under grouped
+  KV heads); ``to_parts[i]`` / ``from_parts[i]`` transform part ``i``."""
+  cuts = np.cumsum(sizes)[:-1]
+  return Entry(
+      (src,),
+      tuple(dsts),
+      lambda xs: [f(p) for f, p in zip(to_parts, np.split(xs[0], cuts, axis=axis), strict=True)],
+      lambda ps: [np.concatenate([f(p) for f, p in zip(from_parts, ps, strict=True)], axis=axis)],
+  )

@@ -1,9 +1,10 @@
-"""Hugging Face Llama, Mistral and Qwen2 (``*ForCausalLM``) <-> :class:`zoo.models.gpt.GPT`.
+"""Hugging Face Llama, Mistral, Qwen2 and Qwen3 (``*ForCausalLM``) <-> :class:`zoo.models.gpt.GPT`.
 
 The three are one layout: RMSNorm before attention and MLP, RoPE in the "rotate half" layout
 (zoo's :func:`zoo.layers.positional.apply_rope`, so q/k weights need no permutation), grouped
 KV heads, a SwiGLU MLP and an untied head (Qwen2.5 small models tie it). Mistral adds a
-sliding window, Qwen2 biases on q/k/v. Torch ``nn.Linear`` weights are ``[out, in]``.
+sliding window, Qwen2 biases on q/k/v, Qwen3 an RMSNorm on each query and key head
+(``qk_norm``). Torch ``nn.Linear`` weights are ``[out, in]``.
 
 ======================================================  =====================================
 Hugging Face                                            zoo
@@ -13,6 +14,7 @@ model.layers.i.input_layernorm.weight [D]               decoder/layers_i/attn_no
 model.layers.i.self_attn.q_proj.weight [N*H, D]         decoder/layers_i/attn/query/kernel [D, N, H]
 model.layers.i.self_attn.{k,v}_proj.weight [K*H, D]     .../attn/{key,value}/kernel [D, K, H]
 model.layers.i.self_attn.{q,k,v}_proj.bias (Qwen2)      .../attn/{query,key,value}/bias [N|K, H]
+model.layers.i.self_attn.{q,k}_norm.weight [H] (Qwen3)  .../attn/{query,key}_norm/scale [H]
 model.layers.i.self_attn.o_proj.weight [D, N*H]         decoder/layers_i/attn/out/kernel [N, H, D]
 model.layers.i.post_attention_layernorm.weight [D]      decoder/layers_i/mlp_norm/scale
 model.layers.i.mlp.gate_proj.weight [F, D]              decoder/layers_i/mlp/gate/kernel [D, F]
@@ -37,14 +39,21 @@ from zoo.pretrained.converter import Converter
 
 MODEL_TYPE = "llama"
 MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
-               "Qwen2ForCausalLM": "qwen2"}
+               "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
+QWEN = ("Qwen2ForCausalLM", "Qwen3ForCausalLM")  # a use_sliding_window switch, per-layer windows
 PREFIX = "model."
 ROPE_TYPES = ("default", "linear", "llama3")
+# GPTConfig fields of the Gemma layout (zoo.pretrained.gemma), which Llama configs lack.
+GEMMA_OPTIONS = ("layer_types", "local_rope_base", "norm_scale_offset", "sublayer_post_norm",
+                 "scale_embeddings", "attention_scale", "attention_softcap",
+                 "final_logit_softcap")
 
 
 def matches(cfg) -> bool:
-  """``cfg`` is a Llama-layout GPT (exported by this converter rather than GPT-2's)."""
-  return cfg.position == "rope" and cfg.norm == "rmsnorm" and cfg.gated_mlp
+  """``cfg`` is a Llama-layout GPT (exported by this converter rather than GPT-2's, Gemma's
+  or Phi-3's)."""
+  return (cfg.position == "rope" and cfg.norm == "rmsnorm" and cfg.gated_mlp
+          and not cfg.norm_scale_offset and cfg.hf_architecture in (None, *MODEL_TYPES))
 
 
 def _rope_fields(hf: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +84,7 @@ def _sliding_window(hf: dict[str, Any], arch: str) -> int | None:
   window = hf.get("sliding_window")
   if arch == "LlamaForCausalLM" or window is None:
     return None
-  if arch == "Qwen2ForCausalLM" and not hf.get("use_sliding_window", False):
+  if arch in QWEN and not hf.get("use_sliding_window", False):
     return None
   longest = hf.get("max_position_embeddings")
   if longest is not None and window > longest:
@@ -87,7 +96,7 @@ def _sliding_window(hf: dict[str, Any], arch: str) -> int | None:
         "KV cache of this model is shorter than the window and it would never apply; set "
         f"sliding_window to null (full attention) or to at most {longest}."
     )
-  if arch == "Qwen2ForCausalLM":
+  if arch in QWEN:
     layers = hf.get("layer_types") or []
     if any(t != "sliding_attention" for t in layers) or hf.get("max_window_layers", 0) > 0:
       raise ValueError(
@@ -135,6 +144,7 @@ def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
       norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
       use_bias=False,
       qkv_bias=True if arch == "Qwen2ForCausalLM" else None,
+      qk_norm=arch == "Qwen3ForCausalLM",
       tie_embeddings=bool(tie),
       dropout_rate=0.0,
       attention_dropout_rate=float(hf.get("attention_dropout", 0.0)),
@@ -144,13 +154,15 @@ def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
 
 
 def _arch(cfg) -> str:
+  if cfg.qk_norm:
+    return "Qwen3ForCausalLM"
   if cfg.qkv_bias:
     return "Qwen2ForCausalLM"
   return "MistralForCausalLM" if cfg.sliding_window is not None else "LlamaForCausalLM"
 
 
-def config_to_hf(cfg) -> dict[str, Any]:
-  """:class:`GPTConfig` in the Llama layout -> Llama / Mistral / Qwen2 ``config.json``."""
+def _export_problems(cfg) -> list[str]:
+  """What a :class:`GPTConfig` has that no Llama / Mistral / Qwen2 / Qwen3 file can say."""
   problems = []
   if cfg.activation != "silu":
     problems.append(f"activation={cfg.activation!r} (the Llama MLP is SiLU-gated)")
@@ -160,6 +172,16 @@ def config_to_hf(cfg) -> dict[str, Any]:
     problems.append("qkv_bias with sliding_window (Qwen2 windows are per-layer in transformers)")
   if cfg.qkv_bias is False:
     problems.append("qkv_bias=False (use None: no biases anywhere)")
+  if cfg.qk_norm and (cfg.qkv_bias or cfg.sliding_window is not None):
+    problems.append("qk_norm with qkv_bias or sliding_window (Qwen3 has neither here)")
+  problems += [f"{name}={getattr(cfg, name)!r} (a Gemma option)" for name in GEMMA_OPTIONS
+               if getattr(cfg, name)]
+  return problems
+
+
+def config_to_hf(cfg) -> dict[str, Any]:
+  """:class:`GPTConfig` in the Llama layout -> Llama / Mistral / Qwen2 / Qwen3 ``config.json``."""
+  problems = _export_problems(cfg)
   if problems:
     raise ValueError("this GPTConfig has no Llama/Mistral/Qwen2 equivalent: "
                      + "; ".join(problems) + ".")
@@ -197,8 +219,10 @@ def config_to_hf(cfg) -> dict[str, Any]:
     # A model trained at a context shorter than its window (mistral-7b at 2048) still names
     # a context the window fits in, so that the file reads back (see _sliding_window).
     out["max_position_embeddings"] = max(cfg.max_len, cfg.sliding_window)
-  if arch == "Qwen2ForCausalLM":
+  if arch in QWEN:
     out.update(use_sliding_window=False, sliding_window=None, max_window_layers=0)
+  if arch == "Qwen3ForCausalLM":
+    out.update(attention_bias=False, max_window_layers=cfg.num_layers)
   if arch == "LlamaForCausalLM":
     out.update(attention_bias=False, mlp_bias=False)
   return out
@@ -233,6 +257,9 @@ def entries(cfg, arch: str) -> list[km.Entry]:
         km.linear(f"{s}mlp.up_proj.weight", f"{z}mlp/wi/kernel"),
         km.linear(f"{s}mlp.down_proj.weight", f"{z}mlp/wo/kernel"),
     ]
+    if cfg.qk_norm:
+      out += [km.same(f"{a}q_norm.weight", f"{z}attn/query_norm/scale"),
+              km.same(f"{a}k_norm.weight", f"{z}attn/key_norm/scale")]
     if cfg.qkv_bias:
       out += [
           km.heads_bias(f"{a}q_proj.bias", f"{z}attn/query/bias", n, h),
