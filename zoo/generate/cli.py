@@ -160,6 +160,14 @@ def load(checkpoint: str, *, config=None, step: int | None = None) -> Loaded:
   return load_pretrained(checkpoint)
 
 
+def quantized(loaded: Loaded, scheme: str) -> Loaded:
+  """``loaded`` with its projections quantized (``zoo.quantize``: weight-only, per channel)."""
+  from zoo.quantize import quantize  # noqa: PLC0415  (lazy: qwix only when asked for)
+
+  model, params = quantize(loaded.model, loaded.params, scheme)
+  return dataclasses.replace(loaded, model=model, params=params)
+
+
 # ----------------------------------------------------------------------------------------------
 # Text in, text out.
 
@@ -413,9 +421,13 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--num_beams", type=int, help="encoder-decoder (default: the checkpoint's or 1)")
   p.add_argument("--length_penalty", type=float)
+  p.add_argument("--quantize", choices=("int8", "int4", "fp8"),
+                 help="generate with weight-only quantized projections (zoo.quantize, qwix)")
   args = p.parse_args(argv)
   try:
     loaded = load(args.checkpoint, config=args.config, step=args.step)
+    if args.quantize:
+      loaded = quantized(loaded, args.quantize)
     if args.question is not None:
       return _print_answer(loaded, args)
     if args.prompt is not None or args.prompt_ids is not None:
