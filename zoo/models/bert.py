@@ -59,7 +59,7 @@ from zoo.layers.dense import Einsum
 from zoo.layers.dropout import Dropout
 from zoo.layers.fused_cross_entropy import Projection
 from zoo.layers.positional import LearnedPositionEmbedding, sinusoid_at
-from zoo.models import common
+from zoo.models import bert_heads, common
 from zoo.models.bert_config import (  # noqa: F401 - importable from here
     HEAD_KINDS,
     MLM_HEADS,
@@ -68,21 +68,31 @@ from zoo.models.bert_config import (  # noqa: F401 - importable from here
     BertHead,
     BertPosition,
     check_masked_positions,
+    reads_token_types,
     validate,
 )
+from zoo.models.bert_heads import ClassificationHead, DiscriminatorHead
 
 Array = jax.Array
 
 
-def _dense(cfg: BertConfig, features: int, axes: tuple[str, str], name: str) -> Einsum:
-  return Einsum(
-      (cfg.d_model, features),
-      axes,
-      dtype=cfg.dtype,
-      param_dtype=cfg.param_dtype,
-      kernel_init=nn.initializers.normal(cfg.init_std),
-      name=name,
-  )
+_dense = bert_heads.dense
+
+
+def default_positions(cfg: BertConfig, input_ids: Array, segment_ids: Array | None) -> Array:
+  """``[B, L]`` positions of ``cfg.position_ids``: ``arange(L)`` (restarting at each packed
+  segment), or RoBERTa's count of real tokens from ``pad_id + 1`` with pad tokens at ``pad_id``."""
+  b, length = input_ids.shape
+  if segment_ids is not None:
+    index = segment_positions(segment_ids)
+  else:
+    index = jnp.broadcast_to(jnp.arange(length)[None], (b, length))
+  if cfg.position_ids == "index":
+    return index
+  real = input_ids != cfg.pad_id
+  if segment_ids is None:
+    index = jnp.cumsum(real, axis=1) - 1
+  return jnp.where(real, index + cfg.pad_id + 1, cfg.pad_id)
 
 
 def segment_positions(segment_ids: Array) -> Array:
@@ -104,20 +114,21 @@ class BertEmbeddings(nn.Module):
     cfg = self.config
     init = nn.initializers.normal(cfg.init_std)
     self.word_embeddings = common.TokenEmbedding(
-        cfg.vocab_size, cfg.d_model, cfg.init_std, cfg.dtype, cfg.param_dtype
+        cfg.vocab_size, cfg.d_embed, cfg.init_std, cfg.dtype, cfg.param_dtype
     )
     if cfg.position == "learned":
       self.position_embeddings = LearnedPositionEmbedding(
-          cfg.max_len, cfg.d_model, cfg.dtype, cfg.param_dtype, init
+          cfg.max_len, cfg.d_embed, cfg.dtype, cfg.param_dtype, init
       )
-    # Two rows, replicated (None): too small to shard and not a vocabulary axis.
-    self.token_type_embeddings = nn.Embed(
-        cfg.type_vocab_size,
-        cfg.d_model,
-        dtype=cfg.dtype,
-        param_dtype=cfg.param_dtype,
-        embedding_init=nn.with_logical_partitioning(init, (None, sh.EMBED)),
-    )
+    if cfg.token_types:
+      # Two rows, replicated (None): too small to shard and not a vocabulary axis.
+      self.token_type_embeddings = nn.Embed(
+          cfg.type_vocab_size,
+          cfg.d_embed,
+          dtype=cfg.dtype,
+          param_dtype=cfg.param_dtype,
+          embedding_init=nn.with_logical_partitioning(init, (None, sh.EMBED)),
+      )
     self.norm = make_norm(cfg.block(), "norm")
     self.dropout = Dropout(cfg.dropout_rate)
 
@@ -126,11 +137,13 @@ class BertEmbeddings(nn.Module):
   ) -> Array:
     """``[B, L]`` ids, types, positions -> ``[B, L, D]``."""
     cfg = self.config
-    x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+    x = self.word_embeddings(input_ids)
+    if cfg.token_types:
+      x = x + self.token_type_embeddings(token_type_ids)
     if cfg.position == "learned":
       x = x + self.position_embeddings(positions)
     elif cfg.position == "sinusoidal":
-      x = x + sinusoid_at(positions, cfg.d_model).astype(cfg.dtype)
+      x = x + sinusoid_at(positions, cfg.d_embed).astype(cfg.dtype)
     x = self.norm(x).astype(cfg.dtype)
     return self.dropout(x, deterministic=deterministic)
 
@@ -231,16 +244,12 @@ class Bert(nn.Module):
         segment_ids=segment_ids,
         masked_positions=masked_positions,
     ))
-    b, length = input_ids.shape
     if masked_positions is not None:
       masked_positions = jnp.asarray(masked_positions)
-    if token_type_ids is None:
+    if token_type_ids is None or not reads_token_types(cfg):
       token_type_ids = jnp.zeros_like(input_ids)
     if positions is None:
-      if segment_ids is None:
-        positions = jnp.broadcast_to(jnp.arange(length)[None], (b, length))
-      else:
-        positions = segment_positions(segment_ids)
+      positions = default_positions(cfg, input_ids, segment_ids)
     if attention_mask is None:
       attention_mask = masks.valid_from_ids(input_ids, cfg.pad_id)
     # Keys only (as in Hugging Face): padded queries compute values nobody reads, and a
@@ -251,6 +260,11 @@ class Bert(nn.Module):
 
     embeddings = BertEmbeddings(cfg, name="embeddings")
     x = embeddings(input_ids, token_type_ids, positions, deterministic)
+    if cfg.d_embed != cfg.d_model:  # ELECTRA's embeddings_project
+      project = Einsum((cfg.d_embed, cfg.d_model), (sh.EMBED, sh.MLP), dtype=cfg.dtype,
+                       param_dtype=cfg.param_dtype,
+                       kernel_init=nn.initializers.normal(cfg.init_std), name="embeddings_project")
+      x = project("BLE,ED->BLD", x)
     x = common.layer_stack(cfg, EncoderBlock, cfg.num_layers, "encoder")(
         x, BlockInputs(mask=mask, positions=positions), deterministic=deterministic
     )
@@ -284,7 +298,9 @@ def _head(
   if cfg.head == "pretraining":
     nsp = _dense(cfg, 2, (sh.EMBED, sh.CLASSES), "nsp")
     out["nsp_logits"] = nsp("BD,DC->BC", pooled).astype(jnp.float32)
-  if cfg.head in ("sequence_classification", "token_classification"):
+  if cfg.head == "sequence_classification" and cfg.classifier_head != "linear":
+    out["logits"] = ClassificationHead(cfg, name="classifier")(x, deterministic)
+  elif cfg.head in ("sequence_classification", "token_classification"):
     rate = cfg.dropout_rate if cfg.classifier_dropout is None else cfg.classifier_dropout
     feats = pooled if cfg.head == "sequence_classification" else x
     feats = Dropout(rate)(feats, deterministic=deterministic)
@@ -295,6 +311,8 @@ def _head(
     qa = _dense(cfg, 2, (sh.EMBED, sh.CLASSES), "qa_outputs")
     logits_BL2 = qa("BLD,DC->BLC", x).astype(jnp.float32)
     out["start_logits"], out["end_logits"] = logits_BL2[..., 0], logits_BL2[..., 1]
+  if cfg.head == "replaced_token_detection":
+    out["logits"] = DiscriminatorHead(cfg, name="discriminator_predictions")(x)
   return out
 
 
@@ -347,7 +365,8 @@ registry.register(registry.Family(
     dummy_inputs=dummy_inputs,
     train_flops=train_flops,
     tasks=("mlm_nsp", "classification", "tagging", "question_answering"),
-    converters=("zoo.pretrained.bert",),
+    converters=("zoo.pretrained.bert", "zoo.pretrained.roberta", "zoo.pretrained.distilbert",
+                "zoo.pretrained.electra"),
     validate=validate,
     text_encoder=registry.TextEncoder(
         token_embeddings=lambda params: params["embeddings"]["word_embeddings"]["embedding"],

@@ -26,11 +26,21 @@ from zoo.models import common
 Array = jax.Array
 BertHead = Literal[
     "none", "pretraining", "mlm", "sequence_classification", "token_classification",
-    "question_answering",
+    "question_answering", "replaced_token_detection",
 ]
 BertPosition = Literal["learned", "sinusoidal", "rope"]
+# "index": 0..L-1. "after_pad" (RoBERTa, XLM-R): real tokens count from pad_id + 1, pad
+# tokens (input_ids == pad_id) sit at pad_id.
+PositionIds = Literal["index", "after_pad"]
+# The sequence-classification head: "linear" on the pooled [CLS] (BERT); the others are a
+# dense + activation + out_proj on the first token's hidden state: "tanh" (RoBERTa, XLM-R),
+# "gelu" (ELECTRA), "relu" (DistilBERT's pre_classifier + classifier).
+ClassifierHead = Literal["linear", "tanh", "gelu", "relu"]
+# Which Hugging Face model_type save_pretrained writes (tensor and config.json names only).
+CheckpointFormat = Literal["bert", "roberta", "xlm-roberta", "distilbert", "electra"]
 HEAD_KINDS = typing.get_args(BertHead)
 POSITION_KINDS = typing.get_args(BertPosition)
+CLASSIFIER_HEADS = typing.get_args(ClassifierHead)
 MLM_HEADS = ("pretraining", "mlm")  # the heads that return "mlm_logits"
 
 
@@ -40,7 +50,9 @@ class BertConfig:
 
   vocab_size: int = 30522  # WordPiece vocabulary of the released checkpoints
   max_len: int = 512  # size of the learned position table
-  type_vocab_size: int = 2  # segment (sentence A / B) types
+  type_vocab_size: int = 2  # segment (sentence A / B) types; 1: token_type_ids are ignored
+  token_types: bool = True  # False: no segment table (DistilBERT); token_type_ids are ignored
+  embedding_size: int | None = None  # ELECTRA's embedding width E (None = d_model)
   d_model: int = 768
   num_heads: int = 12
   num_layers: int = 12
@@ -57,6 +69,9 @@ class BertConfig:
   classifier_dropout: float | None = None  # None = dropout_rate
   pooler: bool = True  # dense + tanh on [CLS] -> "pooled"; False = HF add_pooling_layer=False
   position: BertPosition = "learned"
+  position_ids: PositionIds = "index"  # how default positions are counted (see PositionIds)
+  classifier_head: ClassifierHead = "linear"  # the sequence-classification head's layout
+  checkpoint_format: CheckpointFormat = "bert"  # the model_type save_pretrained writes
   scan_layers: bool = False  # nn.scan over layers (fast compile for deep models)
   remat_policy: RematPolicy = "none"
   attention_impl: attn.Implementation | None = None
@@ -90,13 +105,36 @@ class BertConfig:
   def _check_head(self):
     if self.head not in HEAD_KINDS:
       raise ValueError(f"head must be one of {HEAD_KINDS}; got {self.head!r}.")
-    if not self.pooler and self.head in ("pretraining", "sequence_classification"):
+    reads_pooled = self.head == "pretraining" or (
+        self.head == "sequence_classification" and self.classifier_head == "linear")
+    if not self.pooler and reads_pooled:
       raise ValueError(f"head={self.head!r} reads the pooled [CLS] output; it needs pooler=True.")
+    if self.d_embed != self.d_model and self.head in MLM_HEADS:
+      raise ValueError(
+          f"head={self.head!r} ties its decoder to the word embeddings, which have "
+          f"embedding_size={self.embedding_size} != d_model={self.d_model} (ELECTRA's generator "
+          "head is not implemented); leave embedding_size at None or use another head."
+      )
+    if self.position_ids == "after_pad" and self.position != "learned":
+      raise ValueError(
+          f"position_ids='after_pad' indexes a learned position table; got position="
+          f"{self.position!r}. Use position='learned' or position_ids='index'."
+      )
     if self.head == "question_answering" and self.num_labels != 2:
       raise ValueError(
           f"head='question_answering' has two outputs per token (span start and end); got "
           f"num_labels={self.num_labels}. Leave num_labels at 2."
       )
+
+  @property
+  def d_embed(self) -> int:
+    """The width of the embedding tables (``embedding_size``, default ``d_model``)."""
+    return self.d_model if self.embedding_size is None else self.embedding_size
+
+  @property
+  def longest_input(self) -> int:
+    """The longest ``input_ids`` the learned position table indexes."""
+    return self.max_len - (self.pad_id + 1 if self.position_ids == "after_pad" else 0)
 
   def block(self):
     return common.block_config(self, use_rope=self.position == "rope")
@@ -127,10 +165,16 @@ def validate(config: BertConfig, inputs: Mapping[str, Any]) -> None:
           f"{name} must have the shape of input_ids [batch, length] = {shape}; got "
           f"{tuple(jnp.shape(x))}."
       )
-  if inputs.get("token_type_ids") is not None:
+  if inputs.get("token_type_ids") is not None and reads_token_types(config):
     common.check_token_ids("token_type_ids", inputs["token_type_ids"], config.type_vocab_size)
   if config.position == "learned":
-    common.check_length("input_ids", shape[1], config.max_len)
+    if config.position_ids == "after_pad" and shape[1] > config.longest_input:
+      raise ValueError(
+          f"input_ids has length {shape[1]} but the model reads at most {config.longest_input} "
+          f"tokens (max_len={config.max_len} learned positions counted from pad_id + 1 = "
+          f"{config.pad_id + 1}, position_ids='after_pad'); truncate the input."
+      )
+    common.check_length("input_ids", shape[1], config.longest_input)
     positions = inputs.get("positions")
     if positions is not None and common.is_concrete(positions) and np.size(positions):
       lo, hi = int(np.min(positions)), int(np.max(positions))
@@ -141,6 +185,11 @@ def validate(config: BertConfig, inputs: Mapping[str, Any]) -> None:
         )
   if inputs.get("masked_positions") is not None:
     check_masked_positions(config, inputs["masked_positions"], shape)
+
+
+def reads_token_types(config: BertConfig) -> bool:
+  """Whether ``token_type_ids`` change the output (a segment table of more than one row)."""
+  return config.token_types and config.type_vocab_size > 1
 
 
 def check_masked_positions(config: BertConfig, positions: Array, shape: tuple[int, int]) -> None:

@@ -85,16 +85,30 @@ def _num_labels(hf: dict[str, Any]) -> int:
 
 def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
   """BERT ``config.json`` -> :class:`BertConfig` fields."""
-  activation = km.activation_from_hf(hf.get("hidden_act", "gelu"), "BERT hidden_act")
+  return {
+      **encoder_fields(hf, "BERT", mlm=arch in ("BertForPreTraining", "BertForMaskedLM")),
+      "head": _HEADS[arch],
+      "pooler": arch not in _NO_POOLER,
+  }
+
+
+def encoder_fields(hf: dict[str, Any], what: str, *, mlm: bool) -> dict[str, Any]:
+  """The :class:`BertConfig` fields of a ``config.json`` in BERT's names (BERT, RoBERTa, XLM-R,
+  ELECTRA), with the variants zoo does not implement refused by field and value."""
+  activation = km.activation_from_hf(hf.get("hidden_act", "gelu"), f"{what} hidden_act")
   pos = hf.get("position_embedding_type", "absolute")
   if pos != "absolute":
-    raise ValueError(f"BERT position_embedding_type={pos!r} is not supported (only 'absolute').")
-  if arch in ("BertForPreTraining", "BertForMaskedLM") and hf.get("tie_word_embeddings") is False:
     raise ValueError(
-        "BERT with an untied MLM decoder (tie_word_embeddings=false) is not supported."
+        f"{what} position_embedding_type={pos!r} is not supported (only 'absolute')."
+    )
+  if mlm and hf.get("tie_word_embeddings") is False:
+    raise ValueError(
+        f"{what} with an untied MLM decoder (tie_word_embeddings=false) is not supported."
     )
   if hf.get("is_decoder") or hf.get("add_cross_attention"):
-    raise ValueError("BERT as a decoder (is_decoder / add_cross_attention) is not supported.")
+    raise ValueError(
+        f"{what} as a decoder (is_decoder / add_cross_attention) is not supported."
+    )
   fields = dict(
       vocab_size=hf["vocab_size"],
       max_len=hf.get("max_position_embeddings", 512),
@@ -108,10 +122,8 @@ def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
       dropout_rate=hf.get("hidden_dropout_prob", 0.1),
       attention_dropout_rate=hf.get("attention_probs_dropout_prob", 0.1),
       init_std=hf.get("initializer_range", 0.02),
-      head=_HEADS[arch],
       num_labels=_num_labels(hf),
       classifier_dropout=hf.get("classifier_dropout"),
-      pooler=arch not in _NO_POOLER,
   )
   pad = hf.get("pad_token_id")
   if pad is not None:
@@ -121,24 +133,40 @@ def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
 
 def config_to_hf(cfg) -> dict[str, Any]:
   """:class:`BertConfig` -> BERT ``config.json`` for the class matching ``cfg.head``."""
+  if cfg.head not in _ARCH:
+    raise ValueError(f"this BertConfig has no Hugging Face BERT equivalent: head={cfg.head!r}.")
+  arch = _ARCH[cfg.head]
+  check_export(cfg, "BERT", arch, arch not in _NO_POOLER, dict(
+      position_ids="index", classifier_head="linear", token_types=True, embedding_size=None,
+  ))
+  return {"architectures": [arch], "model_type": MODEL_TYPE, **encoder_to_hf(cfg)}
+
+
+def check_export(cfg, what: str, arch: str, pooler: bool, fields: dict[str, Any]) -> None:
+  """A ValueError naming every field of ``cfg`` that ``arch`` (of ``what``) cannot hold:
+  ``fields`` are the values the format requires; BERT's post-LN, learned positions, and the
+  pooler the class has (``pooler``) are always required."""
   problems = []
   if cfg.position != "learned":
-    problems.append(f"position={cfg.position!r} (BERT has a learned position table)")
+    problems.append(f"position={cfg.position!r} ({what} has a learned position table)")
   if cfg.norm_position != "post":
-    problems.append(f"norm_position={cfg.norm_position!r} (BERT is post-LN)")
-  arch = _ARCH[cfg.head]
-  if cfg.pooler == (arch in _NO_POOLER):
-    problems.append(
-        f"pooler={cfg.pooler} ({arch} {'has none' if arch in _NO_POOLER else 'needs one'})"
-    )
+    problems.append(f"norm_position={cfg.norm_position!r} ({what} is post-LN)")
+  if cfg.pooler != pooler:
+    problems.append(f"pooler={cfg.pooler} ({arch} {'needs one' if pooler else 'has none'})")
+  problems += [
+      f"{k}={getattr(cfg, k)!r} ({what} has {v!r})" for k, v in fields.items()
+      if getattr(cfg, k) != v
+  ]
   if problems:
     raise ValueError(
-        "this BertConfig has no Hugging Face BERT equivalent: " + "; ".join(problems) + "."
+        f"this BertConfig has no Hugging Face {what} equivalent: " + "; ".join(problems) + "."
     )
+
+
+def encoder_to_hf(cfg) -> dict[str, Any]:
+  """The ``config.json`` fields in BERT's names (BERT, RoBERTa, XLM-R, ELECTRA)."""
   labels = {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)}
   return {
-      "architectures": [arch],
-      "model_type": MODEL_TYPE,
       "vocab_size": cfg.vocab_size,
       "max_position_embeddings": cfg.max_len,
       "type_vocab_size": cfg.type_vocab_size,
@@ -174,19 +202,7 @@ def ignore(hf: dict[str, Any], arch: str) -> tuple[str, ...]:
 
 def entries(cfg, arch: str) -> list[km.Entry]:
   """The key map for ``cfg`` (names as ``arch`` saves them)."""
-  n, h = cfg.num_heads, cfg.d_model // cfg.num_heads
-  p = "" if arch == "BertModel" else PREFIX
-  e = f"{p}embeddings."
-  out = [
-      km.same(f"{e}word_embeddings.weight", "embeddings/word_embeddings/embedding"),
-      km.same(f"{e}position_embeddings.weight", "embeddings/position_embeddings/embedding"),
-      km.same(f"{e}token_type_embeddings.weight", "embeddings/token_type_embeddings/embedding"),
-      *km.norm(f"{e}LayerNorm", "embeddings/norm"),
-  ]
-  for i in range(cfg.num_layers):
-    out += km.encoder_layer(_LAYER, f"{p}encoder.layer.{i}.", f"encoder/layers_{i}/", n, h)
-  if cfg.pooler:
-    out += km.dense(f"{p}pooler.dense", "pooler")
+  out = encoder_entries(cfg, "" if arch == "BertModel" else PREFIX)
   if cfg.head in ("pretraining", "mlm"):
     out += [
         *km.dense("cls.predictions.transform.dense", "mlm/transform"),
@@ -199,6 +215,27 @@ def entries(cfg, arch: str) -> list[km.Entry]:
     out += km.dense("classifier", "classifier")
   if cfg.head == "question_answering":
     out += km.dense("qa_outputs", "qa_outputs")
+  return out
+
+
+def encoder_entries(cfg, p: str) -> list[km.Entry]:
+  """Embeddings, layers and pooler in BERT's names under the prefix ``p`` (``"roberta."``)."""
+  n, h = cfg.num_heads, cfg.d_model // cfg.num_heads
+  e = f"{p}embeddings."
+  out = [
+      km.same(f"{e}word_embeddings.weight", "embeddings/word_embeddings/embedding"),
+      km.same(f"{e}position_embeddings.weight", "embeddings/position_embeddings/embedding"),
+      *km.norm(f"{e}LayerNorm", "embeddings/norm"),
+  ]
+  if cfg.token_types:
+    out.append(km.same(f"{e}token_type_embeddings.weight",
+                       "embeddings/token_type_embeddings/embedding"))
+  if cfg.d_embed != cfg.d_model:
+    out += km.dense(f"{p}embeddings_project", "embeddings_project")
+  for i in range(cfg.num_layers):
+    out += km.encoder_layer(_LAYER, f"{p}encoder.layer.{i}.", f"encoder/layers_{i}/", n, h)
+  if cfg.pooler:
+    out += km.dense(f"{p}pooler.dense", "pooler")
   return out
 
 
@@ -220,6 +257,7 @@ CONVERTER = Converter(
     entries=entries,
     ignore=ignore,
     describe=describe,
-    head_params=("pooler", "mlm", "nsp", "classifier", "qa_outputs"),  # fresh when missing
+    # Fresh when missing (the family's first converter names the heads of every format).
+    head_params=("pooler", "mlm", "nsp", "classifier", "qa_outputs", "discriminator_predictions"),
     implied_overrides=implied_overrides,
 )

@@ -306,9 +306,16 @@ def read_vocab_txt(path: str | os.PathLike, config: dict[str, Any] | None = None
   return _wrap(backend, "vocab.txt", _token(config.get("pad_token")) or "[PAD]")
 
 
+# Pad tokens looked up when no config names one: RoBERTa / XLM-R / BART's, then BERT's.
+PAD_TOKENS = ("<pad>", "[PAD]")
+
+
 def _wrap(backend, kind: str, pad: str | None) -> Tokenizer:
-  """A :class:`Tokenizer` over a ``tokenizers`` backend; pad id 0 when ``pad`` is unknown."""
+  """A :class:`Tokenizer` over a ``tokenizers`` backend; without ``pad``, the first of
+  :data:`PAD_TOKENS` the vocabulary has, else id 0."""
   pad_id = backend.token_to_id(pad) if pad else None
+  for name in () if pad else PAD_TOKENS:
+    pad_id = backend.token_to_id(name) if pad_id is None else pad_id
   return Tokenizer(
       backend,
       kind=kind,
