@@ -2,8 +2,11 @@
 
 ``--config configs/vit.py:<arg>``: ``vit-b16`` / ``vit-l16`` / ``vit-h14`` (the paper's
 from-scratch recipe: Adam b2 0.999 with decoupled weight decay 0.1, 10k warm-up steps, cosine,
-clipping at 1; images resized to the preset's 224 px), ``smoke``, or ``finetune`` (the
-checkpoint ``--config.init.path`` names, at 48 px with a fresh head).
+clipping at 1; images resized to the preset's 224 px), ``deit-{tiny,small,base}-distilled-
+patch16-224`` (DeiT's distillation token and two heads under the ViT recipe above, not DeiT's;
+the loss reads the mean of the two heads, there is no teacher), ``smoke``, or ``finetune``
+(the checkpoint ``--config.init.path`` names — a ViT or DeiT folder — at 48 px with fresh
+heads).
 
 Data: offline, scikit-learn's 8x8 handwritten digits; ``--config.data.source=tfds`` reads
 ``cifar10`` (any TFDS image dataset via ``--config.data.tfds_name``).
