@@ -269,7 +269,7 @@ class ViT(nn.Module):
     x_BLD = x.reshape(b, grid_h * grid_w, d)  # row-major patch order, as the conv's output
 
     if cfg.position == "sincos2d":
-      # Fixed and resolution-free: computed for the actual grid; the class token gets none.
+      # Fixed and resolution-free: computed for the actual grid; the prefix tokens get none.
       x_BLD = x_BLD + sincos_2d(grid_h, grid_w, d).astype(cfg.dtype)[None]
     prefix = []
     if cfg.class_token:
