@@ -60,6 +60,7 @@ def base_config(task: str, model: str) -> ml_collections.ConfigDict:
       rank=0,  # 0 = off: only adapters (and fresh heads) train; merged on export
       alpha=16.0,
       targets=r"attn/(query|value)$",  # regular expression over module paths
+      base_quant="",  # QLoRA: frozen kernels held as "nf4" or "int8" codes ("" = float)
   ))
   c.eval = ml_collections.ConfigDict(dict(
       every=1000,  # steps; 0 = only at the end; -1 = never

@@ -18,13 +18,15 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from zoo import quantize_base as qb
 from zoo import registry
 from zoo.layers.stack import scan_params
 from zoo.training import trainable
 
 
 def with_pretrained(params, fitted):
-  """``params`` (fresh, sharded) with every leaf the checkpoint provides replaced by its value.
+  """``params`` (fresh, sharded) with every leaf the checkpoint provides replaced by its value
+  (a quantized base kernel: by its codes and scales).
 
   Each leaf is built in its own sharding from the host copy every process holds
   (``make_array_from_callback``), so nothing is gathered on one device.
@@ -33,14 +35,33 @@ def with_pretrained(params, fitted):
   if registry.scanned(fitted.model.config):
     tree = scan_params(tree)
   loaded = traverse_util.flatten_dict(tree, sep="/")
+  flat = traverse_util.flatten_dict(params, sep="/")
   out = {}
-  for path, leaf in traverse_util.flatten_dict(params, sep="/").items():
-    if path in loaded:
+  for path, leaf in flat.items():
+    kernel, _, part = path.rpartition("/")
+    if part in (qb.CODES, qb.SCALE) and kernel in loaded:  # QLoRA: quantize it as it comes in
+      if part == qb.CODES:
+        out.update(_quantized_leaves(kernel, loaded[kernel], flat))
+    elif path in loaded:
       host = np.asarray(loaded[path]).astype(leaf.dtype)
       out[path] = jax.make_array_from_callback(host.shape, leaf.sharding, lambda i, h=host: h[i])
     else:
       out[path] = leaf  # a fresh head, or a LoRA adapter
   return traverse_util.unflatten_dict(out, sep="/")
+
+
+def _quantized_leaves(kernel: str, host, flat) -> dict:
+  """The checkpoint's kernel as the codes and scale of a quantized base, in their shardings."""
+  codes, scale = flat[f"{kernel}/{qb.CODES}"], flat[f"{kernel}/{qb.SCALE}"]
+  last_in = qb.last_in_axis(codes.shape, scale.shape)
+  scheme = qb.scheme_of(codes.shape, scale.shape)
+  q = qb.quantize_kernel(np.asarray(host, np.float32), scheme, last_in)
+  out = {}
+  for part, fresh in ((qb.CODES, codes), (qb.SCALE, scale)):
+    h = np.asarray(q[part]).astype(fresh.dtype)
+    out[f"{kernel}/{part}"] = jax.make_array_from_callback(h.shape, fresh.sharding,
+                                                           lambda i, h=h: h[i])
+  return out
 
 
 def pretrained_config(config) -> tuple[ml_collections.ConfigDict, Any]:

@@ -47,6 +47,7 @@ def _init_fn(
     params = model.init(rng, *init_args, **init_kwargs)["params"]
     if trainable.lora_rank:  # adapters beside their kernels, from a key of their own
       params = trainable_lib.add_adapters(params, trainable, jax.random.fold_in(rng, 1))
+    params = trainable_lib.quantize_frozen(params, trainable)  # QLoRA: a quantized base
     if not boxed:
       params = nn.unbox(params)
     return TrainState(

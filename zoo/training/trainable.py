@@ -13,6 +13,9 @@ read ``"encoder/layers/attn/query/kernel"``), matched with :func:`re.search`.
   Adapters are ordinary parameters, so they are checkpointed and restored with the state;
   :func:`~zoo.pretrained.workdir.merge_adapters` folds them into the kernels for export or
   generation (it lives with the workdir reader, which must merge without importing training).
+* **QLoRA** (Dettmers et al. 2023): with ``base_quant`` ("nf4" or "int8") every frozen
+  projection kernel is held quantized (:mod:`zoo.quantize_base`, through qwix) and dequantized
+  inside the forward pass; adapters and fresh heads stay float.
 
 The in/out split of a kernel comes from its logical axis names: a projection *into* the model
 width (``[N, H, D]`` attention output, ``[F, D]`` MLP output) contracts every axis but the
@@ -33,13 +36,14 @@ import optax
 from flax import linen as nn
 from flax import traverse_util
 
+from zoo import quantize_base as qb
 from zoo import sharding as sh
+from zoo.pretrained import workdir
 from zoo.pretrained.workdir import (  # the adapter names the workdir reader merges by
     ADAPTER_NAMES,
     LORA_A,
     LORA_B,
     LORA_SCALE,
-    merge_adapters,
 )
 
 __all__ = ["ADAPTER_NAMES", "LORA_A", "LORA_B", "LORA_SCALE", "Trainable", "merge_adapters"]
@@ -56,6 +60,7 @@ class Trainable:
     lora_targets: regular expression over *module* paths of the kernels to adapt.
     always_train: regular expression over parameter paths that train even when frozen or
       under LoRA (a task head created fresh on a pretrained backbone; "" = none).
+    base_quant: QLoRA: frozen kernels held as "nf4" or "int8" codes ("" = float).
   """
 
   freeze: str = ""
@@ -63,6 +68,7 @@ class Trainable:
   lora_alpha: float = 16.0
   lora_targets: str = r"attn/(query|value)$"
   always_train: str = ""
+  base_quant: qb.BaseQuant = ""
 
   def __post_init__(self):
     for name in ("freeze", "lora_targets", "always_train"):
@@ -77,6 +83,16 @@ class Trainable:
       raise ValueError(f"lora rank must be an integer >= 0 (0 = off); got {self.lora_rank!r}.")
     if self.lora_rank and not self.lora_alpha > 0:
       raise ValueError(f"lora alpha must be > 0; got {self.lora_alpha!r}.")
+    if self.base_quant not in qb.BASE_QUANTS:
+      raise ValueError(
+          f"lora.base_quant={self.base_quant!r} is not a base quantization; choose one of "
+          f"{qb.BASE_QUANTS} ('' = a float base)."
+      )
+    if self.base_quant and not self.lora_rank:
+      raise ValueError(
+          f"lora.base_quant={self.base_quant!r} quantizes the frozen base under LoRA adapters; "
+          "set lora.rank > 0 (e.g. --config.lora.rank=8) or leave base_quant ''."
+      )
 
   @property
   def active(self) -> bool:
@@ -93,6 +109,7 @@ class Trainable:
         lora_alpha=float(lora.get("alpha", 16.0)),
         lora_targets=str(lora.get("targets", cls.lora_targets)),
         always_train=str(train.get("always_train", "") or ""),
+        base_quant=str(lora.get("base_quant", "") or ""),
     )
 
 
@@ -162,6 +179,35 @@ def add_adapters(boxed_params, trainable: Trainable, rng: jax.Array):
     scale = jnp.full(lead, trainable.lora_alpha / r, jnp.float32)
     flat[f"{module}/{LORA_SCALE}"] = _box_like(box, scale, lead_names) if stacked else scale
   return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def quantize_frozen(boxed_params, trainable: Trainable):
+  """``boxed_params`` with every frozen projection kernel as ``{"codes", "scale"}`` (QLoRA).
+
+  The codes keep the kernel's logical axis names (so its sharding); the scale keeps those of
+  the axes it is not reduced over. Call inside the state's initialiser, after the adapters.
+  """
+  if not trainable.base_quant:
+    return boxed_params
+  frozen = _flat(frozen_mask(nn.unbox(boxed_params), trainable))
+  flat = dict(_flat(boxed_params))
+  for path, box in _flat(boxed_params).items():
+    kernel = nn.unbox(box)
+    if path.rpartition("/")[2] != "kernel" or not frozen[path] or kernel.ndim < 2:
+      continue
+    names = _logical(box)
+    stacked = 1 if names and names[0] == sh.LAYERS else 0
+    last_in = stacked + _in_axes(names[stacked:], kernel.ndim - stacked) - 1
+    q = qb.quantize_kernel(kernel, trainable.base_quant, last_in)
+    scale_names = qb.scale_names(names, last_in, trainable.base_quant, kernel.shape)
+    flat[path] = {qb.CODES: _box_like(box, q[qb.CODES], names),
+                  qb.SCALE: _box_like(box, q[qb.SCALE], scale_names)}
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def merge_adapters(params):
+  """The plain float model tree: quantized kernels dequantized, adapters merged into them."""
+  return workdir.merge_adapters(qb.dequantize_base(params))
 
 
 def has_adapters(params) -> bool:
