@@ -53,6 +53,11 @@ class Loaded:
   decoder_start_id: int | None = None
   suppress_ids: tuple[int, ...] = ()
   forced_eos: bool = False
+  forced_bos_id: int | None = None  # generation_config.json forced_bos_token_id (BART, mBART-50)
+  min_length: int = 0
+  no_repeat_ngram_size: int = 0
+  early_stopping: Any = False
+  max_new_tokens: int | None = None  # generation_config.json max_length less the start token
   num_beams: int = 1
   length_penalty: float = 1.0
   stop_ids: tuple[int, ...] = ()  # every EOS id a GPT stops at (Llama 3 lists several)
@@ -143,6 +148,10 @@ def load_pretrained(path: str) -> Loaded:
       decoder_start_id=hf.get("decoder_start_token_id", hf.get("bos_token_id")),
       suppress_ids=bad, forced_eos=hf.get("forced_eos_token_id") is not None,
       num_beams=int(hf.get("num_beams") or 1), length_penalty=float(hf.get("length_penalty", 1.0)),
+      forced_bos_id=hf.get("forced_bos_token_id"), min_length=int(hf.get("min_length") or 0),
+      no_repeat_ngram_size=int(hf.get("no_repeat_ngram_size") or 0),
+      early_stopping=hf.get("early_stopping", False),
+      max_new_tokens=hf["max_length"] - 1 if hf.get("max_length") else None,
       stop_ids=tuple(int(t) for t in hf["eos_token_id"])
       if isinstance(hf.get("eos_token_id"), list) else (),
   )
@@ -285,11 +294,18 @@ def translate(
     loaded: Loaded,
     source: str | list[int],
     *,
-    max_new_tokens: int = 64,
+    max_new_tokens: int | None = None,
     num_beams: int | None = None,
     length_penalty: float | None = None,
 ):
-  """The encoder-decoder's translation of ``source`` (beam search; greedy with one beam)."""
+  """The encoder-decoder's translation of ``source`` (beam search; greedy with one beam).
+
+  Unset options take the checkpoint's generation settings (``generation_config.json`` and
+  ``config.json``: beams, length penalty, early stopping, forced BOS / EOS, ``min_length``,
+  ``no_repeat_ngram_size``, ``max_length``); ``max_new_tokens`` defaults to 64 without one.
+  """
+  if max_new_tokens is None:
+    max_new_tokens = loaded.max_new_tokens or 64
   s2s = loaded.family.seq2seq
   if s2s is None:
     raise ValueError(
@@ -316,6 +332,8 @@ def translate(
       num_beams=loaded.num_beams if num_beams is None else num_beams,
       length_penalty=loaded.length_penalty if length_penalty is None else length_penalty,
       suppress_ids=loaded.suppress_ids, forced_eos=loaded.forced_eos,
+      forced_bos_id=loaded.forced_bos_id, min_length=loaded.min_length,
+      no_repeat_ngram_size=loaded.no_repeat_ngram_size, early_stopping=loaded.early_stopping,
   )
   return _decode(loaded, decoder.until_eos(out[0], loaded.eos_id))
 
@@ -408,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
                  help="question answering: window length (default: the run's, else 384)")
   p.add_argument("--doc_stride", type=int,
                  help="question answering: tokens shared by windows (default: the run's, else 128)")
-  p.add_argument("--max_new_tokens", type=int, default=64)
+  p.add_argument("--max_new_tokens", type=int,
+                 help="default 64 (encoder-decoders: the checkpoint's max_length - 1, else 64)")
   p.add_argument("--sample", action="store_true", help="sample instead of greedy (GPT)")
   p.add_argument("--temperature", type=float, default=1.0)
   p.add_argument("--top_k", type=int, default=0)
@@ -434,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
       printer = (lambda piece: print(piece, end="", flush=True)) if args.stream else None
       out = complete(
           loaded, args.prompt if args.prompt is not None else _ids(args.prompt_ids),
-          max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+          max_new_tokens=args.max_new_tokens or 64, do_sample=args.sample,
           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
           repetition_penalty=args.repetition_penalty, stop=args.stop, on_text=printer,
       )

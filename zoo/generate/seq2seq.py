@@ -27,6 +27,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from zoo import registry
 from zoo.generate import cache as kv
@@ -62,6 +63,9 @@ def generate(
     early_stopping: EarlyStopping = False,
     suppress_ids: tuple[int, ...] = (),
     forced_eos: bool = False,
+    forced_bos_id: int | None = None,
+    min_length: int = 0,
+    no_repeat_ngram_size: int = 0,
     min_bucket: int = 8,
 ) -> np.ndarray:
   """Translate: the best target sequence for each source, greedy or by beam search.
@@ -82,6 +86,12 @@ def generate(
     suppress_ids: token ids never generated (Hugging Face ``bad_words_ids`` of single tokens;
       Marian suppresses its pad id).
     forced_eos: the last allowed token is EOS (Hugging Face ``forced_eos_token_id``).
+    forced_bos_id: the first generated token (Hugging Face ``forced_bos_token_id``: BART's
+      ``<s>``, mBART-50's target language code).
+    min_length: EOS is barred while the target, decoder start token included, is shorter
+      (Hugging Face ``min_length``).
+    no_repeat_ngram_size: no n-gram of this size occurs twice in a target, decoder start
+      token included (Hugging Face ``no_repeat_ngram_size``); 0 = off.
     min_bucket: smallest source bucket (sources pad to a power of two >= this).
 
   Returns:
@@ -92,7 +102,8 @@ def generate(
   _check_options(
       s2s, cfg, max_new_tokens=max_new_tokens, decoder_start_id=decoder_start_id,
       eos_id=eos_id, num_beams=num_beams, early_stopping=early_stopping,
-      suppress_ids=suppress_ids, forced_eos=forced_eos,
+      suppress_ids=suppress_ids, forced_eos=forced_eos, forced_bos_id=forced_bos_id,
+      min_length=min_length, no_repeat_ngram_size=no_repeat_ngram_size,
   )
   src_BxS = _source_batch(s2s, cfg, sources, min_bucket)
   out = _search(
@@ -106,8 +117,13 @@ def generate(
       model=model,
       max_new_tokens=max_new_tokens,
       num_beams=num_beams,
-      suppress_ids=tuple(int(s) for s in suppress_ids),
-      forced_eos=bool(forced_eos),
+      processors=Processors(
+          suppress_ids=tuple(int(s) for s in suppress_ids),
+          forced_eos=jnp.asarray(bool(forced_eos)),
+          forced_bos_id=jnp.asarray(-1 if forced_bos_id is None else forced_bos_id, jnp.int32),
+          min_length=jnp.asarray(0 if eos_id is None else min_length, jnp.int32),
+          no_repeat_ngram_size=int(no_repeat_ngram_size),
+      ),
   )
   return np.asarray(out)
 
@@ -123,6 +139,9 @@ def _check_options(
     early_stopping: EarlyStopping,
     suppress_ids: tuple[int, ...],
     forced_eos: bool,
+    forced_bos_id: int | None = None,
+    min_length: int = 0,
+    no_repeat_ngram_size: int = 0,
 ) -> None:
   """Checks :func:`generate`'s search options against the model, before anything is traced."""
   if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -140,8 +159,12 @@ def _check_options(
     raise ValueError(f"early_stopping must be True, False or 'never'; got {early_stopping!r}.")
   if forced_eos and eos_id is None:
     raise ValueError("forced_eos=True needs an eos_id.")
+  for name, value in (("min_length", min_length), ("no_repeat_ngram_size", no_repeat_ngram_size)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      raise ValueError(f"{name} must be an int >= 0 (0 = off); got {value!r}.")
   tgt_vocab = s2s.target_vocab(cfg)
   for name, value in (("decoder_start_id", decoder_start_id), ("eos_id", eos_id),
+                      ("forced_bos_id", forced_bos_id),
                       *(("suppress_ids", s) for s in suppress_ids)):
     if value is not None and not 0 <= value < tgt_vocab:
       raise ValueError(f"{name}={value} is outside the target vocabulary (size {tgt_vocab}).")
@@ -159,20 +182,62 @@ def _source_batch(s2s: registry.Seq2Seq, cfg, sources, min_bucket: int) -> Array
   return jnp.asarray(_right_pad(rows, bucket, s2s.pad_id(cfg)))
 
 
-def _process(log_probs_RxV: Array, step: Array, *, suppress_ids, forced_eos, eos_id, last):
-  """Hugging Face's logits processors: suppressed ids, EOS forced at the last step."""
-  if suppress_ids:
-    log_probs_RxV = log_probs_RxV.at[:, jnp.asarray(suppress_ids)].set(_REMOVED)
-  if forced_eos:
-    only_eos = jnp.full_like(log_probs_RxV, _REMOVED).at[:, eos_id].set(0.0)
-    log_probs_RxV = jnp.where(step == last, only_eos, log_probs_RxV)
-  return log_probs_RxV
+@struct.dataclass
+class Processors:
+  """Hugging Face's logits processors a search applies; the ids and the n-gram size are part
+  of the compiled program, the rest are traced (changing them compiles nothing)."""
+
+  forced_eos: Array  # bool: only EOS at the last step
+  forced_bos_id: Array  # int32: the only first token; -1 = off
+  min_length: Array  # int32: EOS barred below this length (start token counted); 0 = off
+  suppress_ids: tuple[int, ...] = struct.field(pytree_node=False, default=())
+  no_repeat_ngram_size: int = struct.field(pytree_node=False, default=0)
+
+
+def _banned_ngrams(scores_RxV: Array, seq_RxL: Array, length: Array, n: int) -> Array:
+  """``scores`` with every token that would repeat an n-gram of ``seq[:, :length]`` removed.
+
+  An n-gram starting at ``j`` is repeated when its first ``n - 1`` tokens equal the last
+  ``n - 1`` of the sequence; its last token is then banned.
+  """
+  r, total = seq_RxL.shape
+  starts = jnp.arange(total - n + 1)
+  tail_RxM = jax.lax.dynamic_slice_in_dim(
+      jnp.pad(seq_RxL, ((0, 0), (n, 0))), length + 1, n - 1, axis=1)  # seq[length-n+1:length]
+  same = jnp.ones((r, starts.size), bool)
+  for k in range(n - 1):
+    same &= seq_RxL[:, starts + k] == tail_RxM[:, k:k + 1]
+  same &= (starts + n <= length)[None]
+  banned_RxJ = seq_RxL[:, starts + n - 1]
+  fill = jnp.where(same, _REMOVED, jnp.inf).astype(scores_RxV.dtype)
+  return scores_RxV.at[jnp.arange(r)[:, None], banned_RxJ].min(fill)
+
+
+def _process(scores_RxV: Array, step: Array, seq_RxL: Array, p: Processors, *, eos_id, last):
+  """Hugging Face's logits processors, in its order: no-repeat n-grams, suppressed ids (its
+  single-token ``bad_words_ids``), min length, forced BOS, forced EOS.
+
+  ``step`` tokens are generated; ``seq_RxL`` is the decoder start token followed by them
+  (entries past ``step + 1`` are ignored).
+  """
+  length = step + 1  # transformers' cur_len counts the decoder start token
+  if p.no_repeat_ngram_size:
+    scores_RxV = _banned_ngrams(scores_RxV, seq_RxL, length, p.no_repeat_ngram_size)
+  if p.suppress_ids:
+    scores_RxV = scores_RxV.at[:, jnp.asarray(p.suppress_ids)].set(_REMOVED)
+  barred = scores_RxV.at[:, jnp.maximum(eos_id, 0)].set(_REMOVED)
+  scores_RxV = jnp.where(length < p.min_length, barred, scores_RxV)
+  only_bos = jnp.full_like(scores_RxV, _REMOVED).at[:, jnp.maximum(p.forced_bos_id, 0)].set(0.0)
+  scores_RxV = jnp.where((step == 0) & (p.forced_bos_id >= 0), only_bos, scores_RxV)
+  only_eos = jnp.full_like(scores_RxV, _REMOVED).at[:, jnp.maximum(eos_id, 0)].set(0.0)
+  scores_RxV = jnp.where((step == last) & p.forced_eos, only_eos, scores_RxV)
+  return scores_RxV
 
 
 @functools.partial(
     jax.jit,
     static_argnames=(
-        "model", "max_new_tokens", "num_beams", "suppress_ids", "forced_eos",
+        "model", "max_new_tokens", "num_beams",
     ),
 )
 def _search(
@@ -187,8 +252,7 @@ def _search(
     model,
     max_new_tokens: int,
     num_beams: int,
-    suppress_ids: tuple[int, ...],
-    forced_eos: bool,
+    processors: Processors,
 ) -> Array:
   TRACE_COUNTS["seq2seq"] += 1
   b, k, n = src_BxS.shape[0], num_beams, max_new_tokens
@@ -208,9 +272,9 @@ def _search(
 
   cache = cache_fn(b * k)
   logits_RxV, cache = decoder_step(cache, jnp.full((b * k,), start_id, jnp.int32))
-  process = functools.partial(
-      _process, suppress_ids=suppress_ids, forced_eos=forced_eos, eos_id=eos_id, last=n - 1
-  )
+  def process(scores_RxV, i, generated_RxN):
+    seq = jnp.concatenate([jnp.full((generated_RxN.shape[0], 1), start_id), generated_RxN], 1)
+    return _process(scores_RxV, i, seq, processors, eos_id=eos_id, last=n - 1)
 
   if k == 1:
     return _greedy(logits_RxV, cache, decoder_step, process, n=n, eos_id=eos_id, pad_id=pad_id)
@@ -232,7 +296,7 @@ def _greedy(logits_BxV, cache, decoder_step, process, *, n, eos_id, pad_id):
 
   def body(state):
     i, logits_BxV, cache, out_BxN, done_B = state
-    token_B = jnp.argmax(process(logits_BxV, i), axis=-1).astype(jnp.int32)
+    token_B = jnp.argmax(process(logits_BxV, i, out_BxN), axis=-1).astype(jnp.int32)
     token_B = jnp.where(done_B, pad_id, token_B)
     out_BxN = out_BxN.at[:, i].set(token_B)
     done_B = done_B | (token_B == eos_id)
@@ -267,7 +331,8 @@ def _beam(logits_RxV, cache, decoder_step, process, axes, length_penalty, *,
 
   def body(s):
     i = s["i"]  # tokens generated so far; the candidates of this step have length i + 1
-    log_probs = process(jax.nn.log_softmax(s["logits"], axis=-1), i)
+    log_probs = process(jax.nn.log_softmax(s["logits"], axis=-1), i,
+                        s["running_seqs"].reshape(b * k, n))
     scores_BxKV = (log_probs.reshape(b, k, v) + s["running_scores"][:, :, None]).reshape(b, k * v)
     top_scores_BxC, top_idx_BxC = jax.lax.top_k(scores_BxKV, 2 * k)  # C = 2K candidates
     from_beam_BxC = top_idx_BxC // v

@@ -19,6 +19,10 @@ from zoo.pretrained import api, assemble
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
     "vocab.json", "merges.txt", "source.spm", "target.spm",
+    # Not a tokenizer file, but it travels with one: the checkpoint's decoding settings (beams,
+    # forced BOS / EOS, min_length, no_repeat_ngram_size), which zoo.generate and transformers'
+    # generate both read.
+    "generation_config.json",
 )
 
 # data_info key -> Hugging Face config.json key.
