@@ -207,3 +207,38 @@ def test_export_refuses_configs_bart_cannot_express():
                           final_logits_bias=False)
   with pytest.raises(ValueError, match="final_logits_bias=False"):
     bart.config_to_hf(cfg)
+
+
+# The released config.json fields (facebook/bart-base, bart-large, mbart-large-cc25) that set
+# shapes; the rest are the classes' defaults.
+RELEASED = {
+    "bart-base": ("BartForConditionalGeneration", dict(
+        vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6,
+        encoder_attention_heads=12, decoder_attention_heads=12, encoder_ffn_dim=3072,
+        decoder_ffn_dim=3072, max_position_embeddings=1024, scale_embedding=False)),
+    "bart-large": ("BartForConditionalGeneration", dict(
+        vocab_size=50265, d_model=1024, encoder_layers=12, decoder_layers=12,
+        encoder_attention_heads=16, decoder_attention_heads=16, encoder_ffn_dim=4096,
+        decoder_ffn_dim=4096, max_position_embeddings=1024, scale_embedding=False)),
+    "mbart-large-cc25": ("MBartForConditionalGeneration", dict(
+        vocab_size=250027, d_model=1024, encoder_layers=12, decoder_layers=12,
+        encoder_attention_heads=16, decoder_attention_heads=16, encoder_ffn_dim=4096,
+        decoder_ffn_dim=4096, max_position_embeddings=1024, scale_embedding=True)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_presets_count_what_transformers_counts(name):
+  from zoo.presets import PUBLISHED_PARAMS
+
+  arch, fields = RELEASED[name]
+  config_cls, model_cls = CLASSES[arch]
+  with torch.device("meta"):
+    hf = model_cls(config_cls(**fields))
+  assert sum(p.numel() for p in hf.parameters()) == PUBLISHED_PARAMS[name]
+  # zoo's final_logits_bias is a parameter; transformers keeps it as a buffer.
+  bias = hf.final_logits_bias.numel()
+  assert zoo.param_count(name, scan_layers=True) == PUBLISHED_PARAMS[name] + bias
+  exported = bart.config_to_hf(zoo.get_config(name))
+  assert {k: exported[k] for k in fields} == fields
+  assert exported["architectures"] == [arch]

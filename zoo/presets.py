@@ -125,6 +125,21 @@ def _bert_base_variant(**fields) -> tuple[str, dict]:
   return "bert", {**_bert(768, 12, 12)[1], **fields}
 
 
+def _bart(d_model: int, num_layers: int, num_heads: int, *, vocab: int = 50265,
+          mbart: bool = False) -> tuple[str, dict]:
+  # Lewis et al. 2020 / Liu et al. 2020 and the released config.json files: learned positions
+  # (1024 + the offset 2), layernorm_embedding, GELU, mlp 4 * d_model, pad 1, EOS 2, tied head
+  # and final_logits_bias; mBART: pre-LN with final norms, embeddings scaled by sqrt(d_model).
+  return "transformer", dict(
+      vocab_size=vocab, d_model=d_model, num_heads=num_heads, num_encoder_layers=num_layers,
+      num_decoder_layers=num_layers, mlp_dim=4 * d_model, max_len=1026, pad_id=1,
+      position="learned", position_offset=2, scale_embeddings=mbart, final_logits_bias=True,
+      norm_position="pre" if mbart else "post", embedding_norm=True, activation="gelu",
+      init_std=0.02, eos_id=2, decoder_start_id=None if mbart else 2,
+      label_shift="wrap_last" if mbart else "start_token",
+  )
+
+
 def _vit(patch: int, d_model: int, num_layers: int, num_heads: int, mlp_dim: int):
   # Dosovitskiy et al. 2021, Table 1, at 224 px with a 1000-class head.
   return "vit", dict(
@@ -251,6 +266,9 @@ PRESETS: dict[str, tuple[str, dict]] = {
     "deit-tiny-distilled-patch16-224": _deit(192, 3),
     "deit-small-distilled-patch16-224": _deit(384, 6),
     "deit-base-distilled-patch16-224": _deit(768, 12),
+    "bart-base": _bart(768, 6, 12),
+    "bart-large": _bart(1024, 12, 16),
+    "mbart-large-cc25": _bart(1024, 12, 16, vocab=250027, mbart=True),
 }
 
 # Parameter counts as published (the source is named next to each group).
@@ -331,4 +349,10 @@ PUBLISHED_PARAMS: dict[str, float] = {
     "deit-tiny-distilled-patch16-224": 5_910_800,
     "deit-small-distilled-patch16-224": 22_436_432,
     "deit-base-distilled-patch16-224": 87_338_192,
+    # transformers' count of the released BART / mBART config.json files (*ForConditional
+    # Generation on the meta device, tied head once; tests/test_bart.py recounts them). zoo's
+    # count adds the vocabulary-sized final_logits_bias, a buffer in transformers.
+    "bart-base": 139_420_416,
+    "bart-large": 406_291_456,
+    "mbart-large-cc25": 610_851_840,
 }
