@@ -262,3 +262,29 @@ def test_fine_tuning_a_deit_folder_trains_fresh_heads_on_a_fixed_backbone(folder
       np.testing.assert_array_equal(got[k], base[k], err_msg=k)  # frozen: bit for bit
   model = zoo.build(zoo.pretrained.api.read_workdir(str(tmp_path / "run")).config)
   assert model.config.distillation_head and model.config.num_classes == 10
+
+
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention maps (needs /tmp/h/deit_vit_attention.patch in zoo/analysis/vit_attention.py).
+
+
+def test_attention_maps_of_a_deit_read_cls_after_both_prefix_tokens(folders, tmp_path):
+  from zoo.analysis.__main__ import main  # noqa: PLC0415 - matplotlib only for this test
+
+  _, path = folders[TEACHER]
+  assert main(["attention", "--out", str(tmp_path), "--checkpoint", path, "--all-layers"]) == 0
+  data = json.loads((tmp_path / "attention.json").read_text())
+  assert data["grid"] == [4, 4] and data["class_token"] is True
+  assert data["tokens"][:3] == ["[CLS]", "[DIST]", "0,0"] and len(data["tokens"]) == 18
+  assert [r["layer"] for r in data["layers"]] == [0, 1] and data["num_heads"] == N
+  for r in data["layers"]:
+    for h, m in r["heads"].items():
+      m = np.asarray(m)
+      assert m.shape == (18, 18)
+      np.testing.assert_allclose(m.sum(-1), 1.0, atol=1e-3)
+      np.testing.assert_allclose(r["cls_grid"][h], m[0, 2:].reshape(4, 4), atol=1e-4)
+  roll = np.asarray(data["rollout"]["matrix"])
+  np.testing.assert_allclose(data["rollout"]["cls_grid"], roll[0, 2:].reshape(4, 4), atol=1e-4)
+  assert (tmp_path / "attention.png").read_bytes()[:4] == b"\x89PNG"

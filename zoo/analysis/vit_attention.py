@@ -115,9 +115,11 @@ def load_image(
   return x[None], picture, where
 
 
-def token_labels(grid_h: int, grid_w: int, class_token: bool) -> list[str]:
-  """``[CLS]`` (when present), then ``r,c`` of every patch in row-major order."""
-  return ["[CLS]"] * int(class_token) + [f"{r},{c}" for r in range(grid_h) for c in range(grid_w)]
+def token_labels(grid_h: int, grid_w: int, num_prefix: int) -> list[str]:
+  """The prefix tokens (``[CLS]``, DeiT's ``[DIST]``), then ``r,c`` of every patch in row-major
+  order."""
+  prefix = ["[CLS]", "[DIST]"][: int(num_prefix)]
+  return prefix + [f"{r},{c}" for r in range(grid_h) for c in range(grid_w)]
 
 
 def run(model, params, *, checkpoint: str, image: str | None = None,
@@ -130,7 +132,7 @@ def run(model, params, *, checkpoint: str, image: str | None = None,
   num_layers, num_heads = len(weights), weights[0][1].shape[1]
   chosen, heads = select(num_layers, num_heads, layer, head, all_layers)
   grid_h, grid_w = x.shape[1] // cfg.patch_size, x.shape[2] // cfg.patch_size
-  skip = int(cfg.class_token)
+  skip = cfg.num_prefix_tokens  # [CLS] (row 0, the reader) and DeiT's distillation token
   through = max(chosen)
   rolled = rollout([w[0] for _, w in weights[: through + 1]])
   reader = rolled[0, skip:] if skip else rolled[:, :].mean(axis=0)
@@ -141,7 +143,7 @@ def run(model, params, *, checkpoint: str, image: str | None = None,
 
   return dict(
       checkpoint=checkpoint, family=type(model).__name__, image=where, image_size=int(x.shape[1]),
-      grid=[grid_h, grid_w], class_token=bool(skip), tokens=token_labels(grid_h, grid_w, skip),
+      grid=[grid_h, grid_w], class_token=cfg.class_token, tokens=token_labels(grid_h, grid_w, skip),
       num_layers=num_layers, num_heads=num_heads,
       prediction=int(logits.argmax()) if cfg.num_classes else None,  # K = 0: features
       picture=picture.round(3),
