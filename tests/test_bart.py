@@ -242,3 +242,52 @@ def test_presets_count_what_transformers_counts(name):
   exported = bart.config_to_hf(zoo.get_config(name))
   assert {k: exported[k] for k in fields} == fields
   assert exported["architectures"] == [arch]
+
+
+def _tiny_bart_folder(path):
+  """A random tiny BART with a byte-level BPE tokenizer.json (<s> <pad> </s> <unk> = 0..3)."""
+  import inspect
+
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+  tok = Tokenizer(models.BPE(unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  texts = [inspect.getdoc(f) or "" for f in (json.dumps, json.loads, np.mean, zoo.from_pretrained)]
+  tok.train_from_iterator(texts, trainers.BpeTrainer(
+      vocab_size=320, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  hf = hf_model("BartForConditionalGeneration", seed=7,
+                vocab_size=tok.get_vocab_size(), max_position_embeddings=80)
+  hf.save_pretrained(str(path))
+  tok.save(str(path / "tokenizer.json"))
+  return path
+
+
+def test_summarization_config_fine_tunes_a_bart_folder_through_the_loop(tmp_path):
+  import runpy
+
+  import jax
+
+  from zoo.pretrained import export
+  from zoo.training import loop
+
+  folder = _tiny_bart_folder(tmp_path / "bart")
+  c = runpy.run_path("configs/summarization.py")["get_config"]("bart-base")
+  c.init.path = str(folder)
+  c.data.update(src_len=64, tgt_len=24)
+  c.train.update(batch_size=4, num_steps=2, log_every=2, checkpoint_every=2, progress_bar=False,
+                 plot=False)
+  c.optim.update(warmup_steps=1, lr=1e-3)
+  c.eval.update(every=0, num_batches=1, decode_batches=1, num_beams=2)
+  c.mesh.update(data=1)
+  result = loop.train(c, str(tmp_path / "run"), devices=jax.devices()[:1])
+  assert result.step == 2 and np.isfinite(result.eval["loss"])
+  assert 0 <= result.eval["rouge1"] <= 100 and "lead_rouge1" in result.eval
+  _, start = zoo.from_pretrained(folder)
+  moved = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))),
+                       result.state.params, start)
+  assert max(jax.tree.leaves(moved)) > 0  # it trained the checkpoint's weights
+  export.export_run(str(tmp_path / "run"), str(tmp_path / "out"))
+  back = transformers.BartForConditionalGeneration.from_pretrained(str(tmp_path / "out"))
+  assert back.config.d_model == D and (tmp_path / "out" / "tokenizer.json").exists()
