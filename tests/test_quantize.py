@@ -90,6 +90,7 @@ def test_int8_projections_take_a_quarter_of_float32(tiny):
   assert param_bytes(quantized["int8"][1]) < param_bytes(params)
 
 
+@pytest.mark.parametrize("tiny", ["gpt"], indirect=True)
 def test_blocks_of_scales_are_finer_than_one_scale_per_channel(tiny):
   model, params, ids, logits, quantized = tiny
   qmodel, qparams = zoo.quantize(model, params, "int4", tile_size=8)
@@ -134,21 +135,22 @@ def test_a_scanned_model_is_quantized_layer_by_layer():
   qs, ps = zoo.quantize(scanned, scan_params(params), "int8")
   ql, pl = zoo.quantize(looped, params, "int8")
   assert not qs.config.scan_layers and set(projections(ps)) == set(projections(pl))
-  np.testing.assert_array_equal(qs.apply({"params": ps}, ids), ql.apply({"params": pl}, ids))
+  np.testing.assert_array_equal(jax.jit(qs.apply)({"params": ps}, ids),
+                                jax.jit(ql.apply)({"params": pl}, ids))
 
 
+@pytest.mark.parametrize("tiny", ["gpt"], indirect=True)
 def test_cached_decoding_with_quantized_weights_equals_the_full_forward(tiny):
   _, _, ids, _, quantized = tiny
   qmodel, qparams = quantized["int4"]
   prompt = [int(t) for t in ids[0, :5]]
-  new = decoder.generate(qmodel, qparams, [prompt], max_new_tokens=6)[0]
-  seq = list(prompt)
-  for _ in range(6):  # greedy by full forward passes of the quantized model
-    logits = qmodel.apply({"params": qparams}, jnp.asarray([seq]))
-    seq.append(int(jnp.argmax(logits[0, -1])))
-  assert list(new) == seq[5:]
+  new = [int(t) for t in decoder.generate(qmodel, qparams, [prompt], max_new_tokens=6)[0]]
+  # Greedy means each new token is the argmax of one full (uncached) forward over what came before.
+  logits = jax.jit(qmodel.apply)({"params": qparams}, jnp.asarray([prompt + new]))
+  assert [int(t) for t in jnp.argmax(logits[0, 4:-1], axis=-1)] == new
 
 
+@pytest.mark.parametrize("tiny", ["gpt"], indirect=True)
 def test_generate_cli_quantize_flag(tmp_path, capsys, tiny):
   model, params, ids, _, quantized = tiny
   zoo.save_pretrained(model, params, tmp_path / "hf")
@@ -160,6 +162,7 @@ def test_generate_cli_quantize_flag(tmp_path, capsys, tiny):
   assert got[-5:] == [int(t) for t in want]
 
 
+@pytest.mark.parametrize("tiny", ["gpt"], indirect=True)
 def test_bad_inputs_are_one_clear_error_each(tiny):
   model, params = tiny[0], tiny[1]
   with pytest.raises(ValueError, match="'int3' is not one zoo applies"):
