@@ -244,7 +244,8 @@ def test_presets_count_what_transformers_counts(name):
   assert exported["architectures"] == [arch]
 
 
-def _tiny_bart_folder(path):
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
   """A random tiny BART with a byte-level BPE tokenizer.json (<s> <pad> </s> <unk> = 0..3)."""
   import inspect
 
@@ -259,12 +260,13 @@ def _tiny_bart_folder(path):
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
   hf = hf_model("BartForConditionalGeneration", seed=7,
                 vocab_size=tok.get_vocab_size(), max_position_embeddings=80)
+  path = tmp_path_factory.mktemp("tiny_bart")
   hf.save_pretrained(str(path))
   tok.save(str(path / "tokenizer.json"))
   return path
 
 
-def test_summarization_config_fine_tunes_a_bart_folder_through_the_loop(tmp_path):
+def test_summarization_config_fine_tunes_a_bart_folder_through_the_loop(tiny_folder, tmp_path):
   import runpy
 
   import jax
@@ -272,7 +274,7 @@ def test_summarization_config_fine_tunes_a_bart_folder_through_the_loop(tmp_path
   from zoo.pretrained import export
   from zoo.training import loop
 
-  folder = _tiny_bart_folder(tmp_path / "bart")
+  folder = tiny_folder
   c = runpy.run_path("configs/summarization.py")["get_config"]("bart-base")
   c.init.path = str(folder)
   c.data.update(src_len=64, tgt_len=24)
@@ -291,3 +293,25 @@ def test_summarization_config_fine_tunes_a_bart_folder_through_the_loop(tmp_path
   export.export_run(str(tmp_path / "run"), str(tmp_path / "out"))
   back = transformers.BartForConditionalGeneration.from_pretrained(str(tmp_path / "out"))
   assert back.config.d_model == D and (tmp_path / "out" / "tokenizer.json").exists()
+
+
+def test_attention_analysis_reads_bart_and_equals_transformers_maps(tiny_folder, tmp_path):
+  from zoo.analysis.__main__ import main
+
+  text, target = "Return the JSON string of obj.", "JSON string"
+  assert main(["attention", "--out", str(tmp_path), "--checkpoint", str(tiny_folder),
+               "--text", text, "--target", target]) == 0
+  data = json.loads((tmp_path / "attention.json").read_text())
+  tok = zoo.load_tokenizer(tiny_folder)
+  src, tgt = tok.encode(text), [EOS, *tok.encode(target)]  # decoder_start_token_id first
+  hf = transformers.BartForConditionalGeneration.from_pretrained(
+      str(tiny_folder), attn_implementation="eager").eval()
+  with torch.no_grad():
+    out = hf(input_ids=torch.tensor([src]), decoder_input_ids=torch.tensor([tgt]),
+             output_attentions=True)
+  for key, ref in (("cross", out.cross_attentions), ("encoder", out.encoder_attentions),
+                   ("decoder", out.decoder_attentions)):
+    row = data[key][0]
+    assert row["layer"] == 1 and set(row["heads"]) == {str(h) for h in range(N)}
+    for h, w in row["heads"].items():
+      np.testing.assert_allclose(np.asarray(w), ref[1][0, int(h)].numpy(), atol=2e-4)
