@@ -29,7 +29,9 @@ a leading [L] axis, see ``zoo.layers.stack.scan_params``)::
                    mlp/wi, mlp/wo, mlp_norm    (fc1, fc2, final_layer_norm)
   encoder_norm/{scale,bias}, decoder_norm/...  norm_position="pre" only
   lm_head/kernel                     [D, Vt] when not tie_output (no bias)
-  final_logits_bias                  [Vt]    when final_logits_bias
+  final_logits_bias                  [Vt]    when final_logits_bias (head="lm" only)
+  classification_head/dense/{kernel [D, D], bias}, out_proj/{kernel [D, C], bias}
+                                     head="sequence_classification" (BART; no LM head then)
 
 Sinusoidal positions have no parameters. Biases are absent when ``use_bias=False``.
 
@@ -44,7 +46,8 @@ under ``decoder/layers/attn`` with the layer axis first: ``[L, B, ...]`` and ``c
 ``[L]``. Cross-attention keys/values are recomputed from ``encoded`` at each call.
 
 The config and the argument checks (:class:`TransformerConfig`, :func:`validate`) are in
-:mod:`zoo.models.transformer_config`; both are importable from here.
+:mod:`zoo.models.transformer_config`; both are importable from here. BART's classifier and
+``shift_right`` (labels -> decoder inputs) are in :mod:`zoo.models.transformer_heads`.
 """
 
 from __future__ import annotations
@@ -60,12 +63,12 @@ from zoo import registry
 from zoo import sharding as sh
 from zoo.layers import masks
 from zoo.layers.blocks import BlockInputs, DecoderBlock, EncoderBlock, make_norm
-from zoo.layers.dense import Einsum
 from zoo.layers.dropout import Dropout
 from zoo.layers.fused_cross_entropy import Projection
 from zoo.layers.positional import LearnedPositionEmbedding, sinusoid_at
 from zoo.models import common
 from zoo.models.transformer_config import TransformerConfig, validate
+from zoo.models.transformer_heads import ClassificationHead, last_eos, shift_right
 
 Array = jax.Array
 
@@ -301,53 +304,6 @@ class Transformer(nn.Module):
         tgt_in_ids, encoded, src_ids, deterministic=deterministic, decode=decode,
         return_projection=return_projection,
     )
-
-
-class ClassificationHead(nn.Module):
-  """BART's sentence classifier: dropout, dense + tanh, dropout, ``out_proj`` to the labels."""
-
-  config: TransformerConfig
-
-  @nn.compact
-  def __call__(self, hidden_BTD: Array, index_B: Array, deterministic: bool) -> Array:
-    cfg = self.config
-    x_BD = jnp.take_along_axis(hidden_BTD, index_B[:, None, None], axis=1)[:, 0]
-    dense = lambda shape, axes, name: Einsum(  # noqa: E731
-        shape, axes, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-        kernel_init=nn.initializers.normal(cfg.init_std or 0.02), name=name,
-    )
-    drop = Dropout(cfg.classifier_dropout_rate)
-    x_BD = drop(x_BD, deterministic=deterministic)
-    x_BD = jnp.tanh(dense((cfg.d_model, cfg.d_model), (sh.EMBED, sh.MLP), "dense")(
-        "BD,DF->BF", x_BD))
-    x_BD = drop(x_BD, deterministic=deterministic)
-    logits_BC = dense((cfg.d_model, cfg.num_labels), (sh.MLP, sh.CLASSES), "out_proj")(
-        "BF,FC->BC", x_BD)
-    return logits_BC.astype(jnp.float32)
-
-
-def last_eos(config: TransformerConfig, src_ids: Array) -> Array:
-  """``[B]`` index of each row's last ``eos_id`` (0 for a row without one)."""
-  s = src_ids.shape[1]
-  return jnp.max(jnp.where(src_ids == config.eos_id, jnp.arange(s)[None], 0), axis=1)
-
-
-def shift_right(config: TransformerConfig, ids: Array) -> Array:
-  """Decoder inputs from target ids, as transformers makes them from ``labels``.
-
-  ``label_shift="start_token"`` (BART, Marian): ``[decoder_start_id, ids[:-1]]``;
-  ``"wrap_last"`` (mBART): each row's last non-pad token (its language code) moves to the
-  front. Negative ids (ignored labels) become ``pad_id``.
-  """
-  ids = jnp.where(ids < 0, config.pad_id, ids).astype(jnp.int32)
-  if config.label_shift == "wrap_last":
-    last = jnp.sum(ids != config.pad_id, axis=1) - 1
-    first = jnp.take_along_axis(ids, jnp.maximum(last, 0)[:, None], axis=1)
-  else:
-    if config.decoder_start_id is None:
-      raise ValueError("shift_right needs decoder_start_id (or label_shift='wrap_last').")
-    first = jnp.full((ids.shape[0], 1), config.decoder_start_id, jnp.int32)
-  return jnp.concatenate([first, ids[:, :-1]], axis=1)
 
 
 def dummy_inputs(config: TransformerConfig, batch_size: int = 1, length: int = 1):
