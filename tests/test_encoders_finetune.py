@@ -9,6 +9,7 @@ Checkpoints are tiny transformers models with random weights, saved locally with
 import json
 import os
 import runpy
+import shutil
 
 import jax
 import numpy as np
@@ -95,7 +96,7 @@ def folders(tmp_path_factory):
 
 
 @pytest.mark.parametrize("family", ["roberta", "xlm-roberta"])
-def test_tokenizer_json_gives_transformers_ids(folders, family):
+def test_tokenizer_json_gives_transformers_ids(folders, family, tmp_path):
   ours = zoo.load_tokenizer(folders[family])
   ref = transformers.AutoTokenizer.from_pretrained(folders[family])
   assert ours.kind == "tokenizer.json" and ours.pad_id == ref.pad_token_id == 1
@@ -107,6 +108,11 @@ def test_tokenizer_json_gives_transformers_ids(folders, family):
   assert list(ours(TEXTS[:1], TEXTS[1:2])["input_ids"][0]) == pair_want  # <s> A </s></s> B </s>
   assert ours.decode(got["input_ids"][0]) == ref.decode(want["input_ids"][0],
                                                           skip_special_tokens=True)
+  # tokenizer.json alone (no tokenizer_config.json): the pad id is still <pad>'s, not 0.
+  alone = tmp_path / "alone"
+  alone.mkdir()
+  shutil.copy(os.path.join(folders[family], "tokenizer.json"), alone / "tokenizer.json")
+  assert zoo.load_tokenizer(alone).pad_id == 1
 
 
 @pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "distilbert", "electra"])

@@ -153,6 +153,10 @@ def test_positions_count_real_tokens_from_pad_plus_one_on_a_left_padded_row(fold
   # of row 0 read the same table rows as a row that starts with them.
   alone = model.apply({"params": params}, ids[:1, 3:])["last_hidden_state"]
   assert _max_diff(got[0, 3:], alone[0]) < ATOL
+  # One token type: a pair tokenizer's type ids are not read (RoBERTa's tokenizers give none).
+  typed = model.apply({"params": params}, ids, attention_mask=mask,
+                      token_type_ids=np.ones_like(ids))["last_hidden_state"]
+  np.testing.assert_array_equal(typed, got)
   too_long = np.full((1, 39), 5)  # 40 table rows, counted from pad_id + 1 = 2: 38 tokens
   with pytest.raises(ValueError, match=r"at most 38 tokens .*position_ids='after_pad'"):
     model.apply({"params": params}, too_long)

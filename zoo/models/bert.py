@@ -6,21 +6,30 @@ first token), and the heads of Devlin et al. 2019: pretraining (masked LM tied t
 embeddings, plus next-sentence prediction), masked LM only, sequence classification, token
 classification and extractive question answering (a start and an end logit per token).
 
+Its descendants are options of the same config, not families: RoBERTa / XLM-R count
+positions from ``pad_id + 1`` over real tokens (``position_ids="after_pad"``) with one token
+type; DistilBERT has no segment table (``token_types=False``) and no pooler; ELECTRA embeds
+at ``embedding_size`` and projects to ``d_model`` (``embeddings_project``). Their two-layer
+sequence classifiers on the first token are ``classifier_head`` tanh / gelu / relu, and
+ELECTRA's discriminator is ``head="replaced_token_detection"`` (one logit per token, in
+``"logits"`` ``[B, L]``). The heads beyond the paper's live in :mod:`zoo.models.bert_heads`.
+
 Given ``masked_positions`` ``[B, P]`` the masked-LM head scores only those positions (the
 original BERT's ``max_predictions_per_seq``): ``mlm_logits`` is ``[B, P, V]``, not
 ``[B, L, V]``. The config and the input checks live in :mod:`zoo.models.bert_config`.
 
-Shapes: B batch, L length, P masked-LM predictions, D width, V vocabulary, C classes
-(``num_labels``).
+Shapes: B batch, L length, P masked-LM predictions, D width, E embedding width
+(``embedding_size``, default D), V vocabulary, C classes (``num_labels``).
 
 Parameter tree (names mirror Hugging Face ``BertForPreTraining`` where it costs nothing;
 ``[..]`` are shapes, looped layers shown, ``scan_layers=True`` stacks them under
 ``encoder/layers`` with a leading ``[num_layers]`` axis)::
 
-  embeddings/word_embeddings/embedding       [V, D]      bert.embeddings.word_embeddings
-  embeddings/position_embeddings/embedding   [max_len, D] (position="learned" only)
-  embeddings/token_type_embeddings/embedding [type_vocab_size, D]
-  embeddings/norm/{scale, bias}              [D]         embeddings.LayerNorm
+  embeddings/word_embeddings/embedding       [V, E]      bert.embeddings.word_embeddings
+  embeddings/position_embeddings/embedding   [max_len, E] (position="learned" only)
+  embeddings/token_type_embeddings/embedding [type_vocab_size, E] (token_types=True only)
+  embeddings/norm/{scale, bias}              [E]         embeddings.LayerNorm
+  embeddings_project/{kernel [E, D], bias [D]}           ELECTRA (embedding_size != d_model)
   encoder/layers_i/attn/{query,key,value}/kernel [D, N, H], bias [N, H]
                                              attention.self.{query,key,value} (W.T reshaped)
   encoder/layers_i/attn/out/kernel [N, H, D], bias [D]   attention.output.dense
@@ -35,6 +44,9 @@ Parameter tree (names mirror Hugging Face ``BertForPreTraining`` where it costs 
   mlm/bias                                   [V]         cls.predictions.bias
   nsp/{kernel [D, 2], bias [2]}                          cls.seq_relationship
   classifier/{kernel [D, C], bias [C]}                   classifier
+  classifier/{dense [D, D], out_proj [D, C]}             classifier.{dense,out_proj}
+                                                         (classifier_head != "linear")
+  discriminator_predictions/{dense [D, D], dense_prediction [D, 1]}  (ELECTRA's RTD head)
   qa_outputs/{kernel [D, 2], bias [2]}                   qa_outputs (BertForQuestionAnswering)
 
 The MLM decoder has no kernel of its own: it is the word embedding table transposed
@@ -212,11 +224,13 @@ class Bert(nn.Module):
 
     Args:
       input_ids: ``[B, L]`` int token ids.
-      token_type_ids: ``[B, L]`` segment (sentence A = 0 / B = 1) ids; default all 0.
+      token_type_ids: ``[B, L]`` segment (sentence A = 0 / B = 1) ids; default all 0. Not
+        read by a model of one segment type or none (RoBERTa, DistilBERT), as there.
       attention_mask: ``[B, L]`` bool or int, True / 1 for real tokens; keys at False are
         never attended to. Default ``input_ids != pad_id``.
       positions: ``[B, L]`` positions; default ``arange(L)``, or restarting at each segment
-        when ``segment_ids`` is given.
+        when ``segment_ids`` is given (``position_ids="after_pad"``: those plus ``pad_id + 1``
+        on real tokens, counted over non-pad ids without segments; ``pad_id`` on pad tokens).
       segment_ids: ``[B, L]`` ids of sequences packed into one row; tokens attend only
         within their own segment. ``pooled`` (and the NSP / sequence heads) read the row's
         first token, i.e. the first segment's [CLS].
@@ -233,7 +247,8 @@ class Bert(nn.Module):
       ``masked_positions``) and ``"nsp_logits"`` ``[B, 2]``
       (pretraining), ``"mlm_logits"`` (mlm), ``"logits"`` ``[B, C]`` (sequence
       classification) or ``[B, L, C]`` (token classification), ``"start_logits"`` and
-      ``"end_logits"`` ``[B, L]`` (question answering; padded positions are not masked).
+      ``"end_logits"`` ``[B, L]`` (question answering; padded positions are not masked),
+      ``"logits"`` ``[B, L]`` (replaced-token detection).
     """
     cfg = self.config
     validate(cfg, dict(
