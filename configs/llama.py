@@ -1,15 +1,19 @@
-"""Llama-family language models (task ``lm``): Llama 2 / 3, Mistral, Qwen2.5, TinyLlama.
+"""Llama-family language models (task ``lm``): Llama 2 / 3, Mistral, Qwen2.5 / 3, TinyLlama,
+Phi-3, Gemma 1 / 2 / 3.
 
 ``--config configs/llama.py:<arg>`` with ``<arg>`` one of:
 
 * a preset (``tinyllama-1.1b``, ``llama2-7b``, ``llama3-8b``, ``mistral-7b``,
-  ``qwen2.5-0.5b``): the architecture from scratch with the Llama 2 recipe (AdamW, b2 0.95,
-  weight decay 0.1, 2000 warm-up steps, cosine to 10%, clipping at 1), bfloat16 compute on
-  float32 master weights, parameters sharded over an ``fsdp`` mesh axis of all devices;
+  ``qwen2.5-0.5b``, ``qwen3-0.6b``, ``qwen3-8b``, ``phi3-mini``, ``gemma-2b``, ``gemma-7b``,
+  ``gemma2-2b``, ``gemma2-9b``, ``gemma3-1b``): the architecture from scratch with the Llama 2
+  recipe (AdamW, b2 0.95, weight decay 0.1, 2000 warm-up steps, cosine to 10%, clipping at 1),
+  bfloat16 compute on float32 master weights, parameters sharded over an ``fsdp`` mesh axis of
+  all devices;
 * ``lora``: fine-tune the checkpoint ``--config.init.path`` names (a Hugging Face Llama,
-  Mistral or Qwen2 folder; the architecture and tokenizer are the checkpoint's) with LoRA
-  adapters of rank 8 on the attention projections, bfloat16 compute, float32 weights; only the
-  adapters train and export merges them (``python -m zoo.pretrained export``);
+  Mistral, Qwen2 / 3, Phi-3 or Gemma 1 / 2 / 3 folder; the architecture and tokenizer are the
+  checkpoint's) with LoRA adapters of rank 8 on the attention projections, bfloat16 compute,
+  float32 weights; only the adapters train and export merges them (``python -m zoo.pretrained
+  export``);
 * ``smoke``: a two-layer Llama-shaped model, seconds on a CPU.
 
 Data: the offline default is the standard library's Python source (byte tokenizer unless the
@@ -18,7 +22,9 @@ checkpoint brings one); ``--config.data.source=tfds`` switches to a TFDS text da
 
 from zoo.training.config import base_config, choose
 
-PRESETS = ("tinyllama-1.1b", "llama2-7b", "llama3-8b", "mistral-7b", "qwen2.5-0.5b")
+PRESETS = ("tinyllama-1.1b", "llama2-7b", "llama3-8b", "mistral-7b", "qwen2.5-0.5b",
+           "qwen3-0.6b", "qwen3-8b", "phi3-mini", "gemma-2b", "gemma-7b", "gemma2-2b",
+           "gemma2-9b", "gemma3-1b")
 ARGS = (*PRESETS, "lora", "smoke")  # the `:arg` choices; the first is the default
 LORA_TARGETS = r"attn/(query|key|value|out)$"
 

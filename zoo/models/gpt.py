@@ -347,7 +347,8 @@ registry.register(registry.Family(
     dummy_inputs=dummy_inputs,
     train_flops=train_flops,
     tasks=("lm",),
-    converters=("zoo.pretrained.gpt2", "zoo.pretrained.llama", "zoo.pretrained.phi3"),
+    converters=("zoo.pretrained.gpt2", "zoo.pretrained.llama", "zoo.pretrained.phi3",
+                "zoo.pretrained.gemma"),
     validate=validate,
     causal_lm=registry.CausalLM(
         init_cache=init_cache,
