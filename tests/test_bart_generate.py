@@ -111,3 +111,7 @@ def test_cli_decodes_with_the_checkpoints_generation_config_like_transformers(
                      ",".join(map(str, src))]) == 0
     assert capsys.readouterr().out.split() == [str(t) for t in want], folder
   assert want[0] == BOS and len(ref) <= 8
+  other = next(t for t in range(4, 90) if t not in (eos, want[0]))  # e.g. a target language
+  assert cli.main(["--checkpoint", str(tmp_path / "hf"), "--source_ids", ",".join(map(str, src)),
+                   "--forced_bos_id", str(other)]) == 0
+  assert capsys.readouterr().out.split()[0] == str(other)

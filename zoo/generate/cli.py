@@ -440,6 +440,12 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--num_beams", type=int, help="encoder-decoder (default: the checkpoint's or 1)")
   p.add_argument("--length_penalty", type=float)
+  p.add_argument("--forced_bos_id", type=int, help="encoder-decoder: the first generated token "
+                 "(mBART-50: the target language code's id; default: the checkpoint's)")
+  p.add_argument("--min_length", type=int, help="encoder-decoder: EOS barred below this length, "
+                 "start token counted (default: the checkpoint's)")
+  p.add_argument("--no_repeat_ngram_size", type=int,
+                 help="encoder-decoder: no n-gram of this size twice (default: the checkpoint's)")
   p.add_argument("--quantize", choices=("int8", "int4", "fp8"),
                  help="generate with weight-only quantized projections (zoo.quantize, qwix)")
   args = p.parse_args(argv)
@@ -461,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
         return 0
     else:
+      for name in ("forced_bos_id", "min_length", "no_repeat_ngram_size"):
+        if getattr(args, name) is not None:  # the command line overrides the checkpoint
+          setattr(loaded, name, getattr(args, name))
       out = translate(
           loaded, args.source if args.source is not None else _ids(args.source_ids),
           max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
