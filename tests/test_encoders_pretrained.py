@@ -263,3 +263,13 @@ def test_presets_have_transformers_count_of_the_released_configs():
     want = _hf_count(cls, cfg)
     assert zoo.param_count(name, scan_layers=True) == want == zoo.presets.PUBLISHED_PARAMS[name]
     assert zoo.get_config(name).checkpoint_format == name.split("-base")[0]
+
+
+def test_electra_with_embedding_size_equal_to_hidden_has_no_projection(folders):
+  """electra-base's layout: embedding_size == hidden_size, so no embeddings_project."""
+  hf, path = folders("electra", "ElectraForPreTraining", embedding_size=D)
+  model, params = zoo.from_pretrained(path)
+  assert model.config.embedding_size is None and "embeddings_project" not in params
+  ids, kwargs = _inputs("electra")
+  want = _hf_outputs(hf, "ElectraForPreTraining", ids, kwargs)["logits"]
+  assert _max_diff(model.apply({"params": params}, ids, **kwargs)["logits"], want) < ATOL
