@@ -202,6 +202,8 @@ def _edit_config(path, tmp_path, **changes):
      r"position_embedding_type='relative_key' is not supported"),
     ("electra", "ElectraModel", {"position_embedding_type": "relative_key_query"},
      r"ELECTRA position_embedding_type='relative_key_query' is not supported"),
+    ("roberta", "RobertaForMaskedLM", {"hidden_act": "relu"},
+     r"RobertaForMaskedLM with hidden_act='relu' is not supported"),
     ("distilbert", "DistilBertModel", {"sinusoidal_pos_embds": True},
      r"sinusoidal_pos_embds=True is not supported"),
 ])

@@ -52,8 +52,14 @@ def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
         "RoBERTa-PreLayerNorm normalises before each sublayer, which these classes do not)."
     )
   head = _HEADS[arch]
+  fields = bert.encoder_fields(hf, "RoBERTa", mlm=head == "mlm")
+  if head == "mlm" and fields["activation"] != "gelu":  # lm_head applies gelu whatever it is
+    raise ValueError(
+        f"{arch} with hidden_act={hf.get('hidden_act')!r} is not supported: its lm_head uses the "
+        "exact GELU while zoo's MLM head uses hidden_act; only 'gelu' reads exactly."
+    )
   return {
-      **bert.encoder_fields(hf, "RoBERTa", mlm=head == "mlm"),
+      **fields,
       "type_vocab_size": hf.get("type_vocab_size", 1),
       "pad_id": hf.get("pad_token_id", 1),
       "norm_eps": hf.get("layer_norm_eps", 1e-5),
