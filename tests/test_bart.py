@@ -315,3 +315,77 @@ def test_attention_analysis_reads_bart_and_equals_transformers_maps(tiny_folder,
     assert row["layer"] == 1 and set(row["heads"]) == {str(h) for h in range(N)}
     for h, w in row["heads"].items():
       np.testing.assert_allclose(np.asarray(w), ref[1][0, int(h)].numpy(), atol=2e-4)
+
+
+# BART's denoising pretraining task (text infilling + sentence permutation).
+
+
+def test_infill_masks_the_ratio_in_poisson_spans_one_mask_each():
+  from zoo.data import denoising
+
+  rng = np.random.default_rng(0)
+  lengths = np.concatenate([denoising.span_lengths(300, 3.0, rng) for _ in range(200)])
+  assert abs(lengths[:-1].mean() - 3.0) < 0.1 and lengths.min() == 0  # Poisson(3), empty too
+  tokens = np.arange(10, 110)
+  for _ in range(20):
+    out = denoising.infill(tokens, 0.3, 3.0, 4, rng)
+    kept = out[out != 4]
+    assert len(kept) == 70  # round(100 * 0.3) tokens gone
+    assert np.all(np.diff(kept) > 0)  # the rest in order: only spans were removed
+    # Every removed run of tokens sits where a mask is (runs of length 0 are insertions).
+    pos = np.searchsorted(tokens, kept)
+    gaps = np.diff(np.concatenate([[-1], pos, [len(tokens)]])) - 1
+    masks_between = np.diff(np.concatenate([[-1], np.flatnonzero(out != 4), [len(out)]])) - 1
+    assert np.all((gaps == 0) | (masks_between > 0))
+
+
+def test_denoising_batches_permute_sentences_and_mask_spans(monkeypatch):
+  import zoo.data as zd
+  from zoo.data import denoising, offline
+  from zoo.data.config import default_config
+  from zoo.data.tokenizers import ByteTokenizer
+  from zoo.generate.decoder import until_eos
+
+  tok = ByteTokenizer()  # has a <mask> id
+  monkeypatch.setattr(zd, "make_tokenizer", lambda cfg: tok)
+  rows = {}
+  for ratio in (0.0, 0.3):
+    cfg = default_config("denoising", tokenizer="byte", src_len=160, mask_ratio=ratio)
+    rows[ratio] = next(iter(zd.build_dataset(cfg, split="validation", global_batch_size=8,
+                                             seed=0)))
+  docs = denoising.documents(cfg, "validation")[:8]
+  plain, masked = rows[0.0], rows[0.3]
+  np.testing.assert_array_equal(plain["tgt_out_ids"], masked["tgt_out_ids"])
+  np.testing.assert_array_equal(plain["tgt_in_ids"][:, 0], tok.bos_id)
+  permuted = 0
+  for i, doc in enumerate(docs):
+    target = until_eos(plain["tgt_out_ids"][i], tok.eos_id)
+    assert tok.decode(target).startswith(offline.sentences(doc)[0][:20])
+    source = until_eos(plain["src_ids"][i], tok.eos_id)
+    assert sorted(source) == sorted(target)  # mask_ratio 0: the sentences permuted only
+    permuted += source != target
+    noisy = until_eos(masked["src_ids"][i], tok.eos_id)
+    assert noisy.count(tok.mask_id) >= 1 and len(noisy) < len(target)
+  assert permuted >= 3
+
+
+def test_denoising_task_trains_a_bart_shaped_model_through_the_loop(tmp_path):
+  import jax
+
+  from zoo.training import config as config_lib
+  from zoo.training import loop
+
+  c = config_lib.base_config("denoising", "bart-base")
+  c.model.update(d_model=32, num_heads=4, num_encoder_layers=1, num_decoder_layers=1,
+                 mlp_dim=64, max_len=66, dropout_rate=0.0)
+  c.data.update(tokenizer="byte", src_len=64)
+  c.train.update(batch_size=4, num_steps=3, log_every=3, checkpoint_every=100,
+                 progress_bar=False, plot=False)
+  c.optim.update(lr=3e-3, warmup_steps=1)
+  c.eval.update(every=0, num_batches=1)
+  c.mesh.update(data=1)
+  result = loop.train(c, str(tmp_path), devices=jax.devices()[:1])
+  assert result.step == 3 and np.isfinite(result.eval["loss"])
+  # The BART layout: learned positions, embedding norms, the logits bias.
+  assert {"encoder_positions", "encoder_embedding_norm", "final_logits_bias"} <= set(
+      result.state.params)

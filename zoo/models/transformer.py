@@ -378,7 +378,7 @@ registry.register(registry.Family(
     model_cls=Transformer,
     dummy_inputs=dummy_inputs,
     train_flops=train_flops,
-    tasks=("translation", "span_corruption", "summarization"),
+    tasks=("translation", "span_corruption", "summarization", "denoising"),
     converters=("zoo.pretrained.marian", "zoo.pretrained.bart"),
     validate=validate,
     inputs="source_target",
