@@ -12,6 +12,7 @@ from flax import traverse_util
 import zoo
 from zoo import quantize_base as qb
 from zoo.pretrained import workdir as workdir_lib
+from zoo.pretrained.export import export_run
 from zoo.training import loop
 from zoo.training import trainable as tr
 
@@ -114,7 +115,12 @@ def test_export_merges_adapters_into_dequantized_weights_that_transformers_loads
   merged = tr.merge_adapters(raw)
   assert not any(p.endswith((qb.CODES, tr.LORA_A)) for p in _flat(merged))
   model = zoo.build(zoo.from_pretrained(str(tmp / "hf"))[0].config, dtype=jnp.float32)
-  zoo.save_pretrained(model, merged, str(tmp / "export"))
+  # What `python -m zoo.pretrained export RUN OUT` runs: the same merged, dequantized weights.
+  export_run(str(tmp / "run"), str(tmp / "export"))
+  exported = zoo.from_pretrained(str(tmp / "export"))[1]
+  for p, v in _flat(merged).items():
+    np.testing.assert_allclose(np.asarray(_flat(exported)[p], np.float32),
+                               np.asarray(v, np.float32), atol=1e-6, err_msg=p)
   back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp / "export")).eval()
   ids = np.random.RandomState(0).randint(0, 300, (1, 8))
   with torch.no_grad():

@@ -211,4 +211,7 @@ def read(workdir: str | os.PathLike, step: int | None = None) -> Checkpoint:
         "export it with that version, or retrain."
     )
   config = registry.config_from_json(meta["model_config"], f"{workdir} step {step} model_config")
-  return Checkpoint(workdir, step, config, merge_adapters(params), meta)
+  from zoo.quantize_base import dequantize_base  # noqa: PLC0415 - qwix only for QLoRA runs
+
+  # A QLoRA run's frozen base is held quantized: dequantize it before merging the adapters.
+  return Checkpoint(workdir, step, config, merge_adapters(dequantize_base(params)), meta)
