@@ -113,7 +113,7 @@ def _bart(d_model: int, num_layers: int, num_heads: int, *, vocab: int = 50265,
       num_decoder_layers=num_layers, mlp_dim=4 * d_model, max_len=1026, pad_id=1,
       position="learned", position_offset=2, scale_embeddings=mbart, final_logits_bias=True,
       norm_position="pre" if mbart else "post", embedding_norm=True, activation="gelu",
-      init_std=0.02, eos_id=2, decoder_start_id=None if mbart else 2,
+      init_std=0.02, eos_id=2, decoder_start_id=-1 if mbart else 2,
       label_shift="wrap_last" if mbart else "start_token",
   )
 

@@ -389,8 +389,8 @@ registry.register(registry.Family(
             model.config, batch_size, num_slots
         ),
         pad_id=lambda config: config.pad_id,
-        start_id=lambda config: config.decoder_start_id,
-        eos_id=lambda config: config.eos_id,
+        start_id=lambda config: None if config.decoder_start_id < 0 else config.decoder_start_id,
+        eos_id=lambda config: None if config.eos_id < 0 else config.eos_id,
         source_vocab=lambda config: config.src_vocab,
         target_vocab=lambda config: config.tgt_vocab,
         source_length=num_positions,

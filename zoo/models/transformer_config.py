@@ -30,7 +30,10 @@ Position = Literal["sinusoidal", "learned", "rope"]
 NormPosition = Literal["post", "pre"]
 Head = Literal["lm", "sequence_classification"]
 LabelShift = Literal["start_token", "wrap_last"]
-TokenId = typing.NewType("TokenId", int)  # may be 0 (checked against the vocabulary instead)
+# A token id field: 0 is a valid value and -1 means "none" (checked against the vocabulary in
+# __post_init__; the run config's command line types it as an int).
+TokenId = typing.NewType("TokenId", int)
+NO_TOKEN = -1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -62,8 +65,8 @@ class TransformerConfig:
   head: Head = "lm"  # "sequence_classification": BART's classifier on the last EOS's state
   num_labels: int = 2  # classes of the sequence-classification head
   classifier_dropout_rate: float = 0.0  # around the classifier's dense layer
-  eos_id: TokenId | None = None  # end of sequence: decoding's stop, the classifier's pooled token
-  decoder_start_id: TokenId | None = None  # first decoder input (BART: EOS; Marian: pad)
+  eos_id: TokenId = NO_TOKEN  # end of sequence (-1: none): decoding's stop, the classifier's token
+  decoder_start_id: TokenId = NO_TOKEN  # first decoder input (-1: none; BART: EOS; Marian: pad)
   label_shift: LabelShift = "start_token"  # labels -> decoder inputs; mBART: "wrap_last"
   activation: Activation = "relu"
   norm: NormKind = "layernorm"
@@ -116,18 +119,18 @@ class TransformerConfig:
   def _check_specials(self) -> None:
     for name in ("eos_id", "decoder_start_id"):
       value = getattr(self, name)
-      if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer)
-                                or not 0 <= value < self.tgt_vocab):
+      if (isinstance(value, bool) or not isinstance(value, int | np.integer)
+          or not NO_TOKEN <= value < self.tgt_vocab):
         raise ValueError(
-            f"{name}={value!r} must be None or a token id in [0, {self.tgt_vocab}) (the target "
-            "vocabulary)."
+            f"{name}={value!r} must be -1 (none) or a token id in [0, {self.tgt_vocab}) (the "
+            "target vocabulary)."
         )
-    if self.head == "sequence_classification" and self.eos_id is None:
+    if self.head == "sequence_classification" and self.eos_id == NO_TOKEN:
       raise ValueError(
           "head='sequence_classification' pools the state at each row's last EOS; set eos_id "
           "(BART: 2)."
       )
-    if self.label_shift == "start_token" and self.decoder_start_id is None and (
+    if self.label_shift == "start_token" and self.decoder_start_id == NO_TOKEN and (
         self.head == "sequence_classification"):
       raise ValueError(
           "head='sequence_classification' feeds the decoder the source shifted right after "

@@ -60,7 +60,7 @@ def shift_right(config: TransformerConfig, ids: Array) -> Array:
     last = jnp.sum(ids != config.pad_id, axis=1) - 1
     first = jnp.take_along_axis(ids, jnp.maximum(last, 0)[:, None], axis=1)
   else:
-    if config.decoder_start_id is None:
+    if config.decoder_start_id < 0:
       raise ValueError("shift_right needs decoder_start_id (or label_shift='wrap_last').")
     first = jnp.full((ids.shape[0], 1), config.decoder_start_id, jnp.int32)
   return jnp.concatenate([first, ids[:, :-1]], axis=1)

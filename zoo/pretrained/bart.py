@@ -85,6 +85,13 @@ def _num_labels(hf: dict[str, Any]) -> int:
   return int(hf.get("num_labels", 3))  # BartConfig's default
 
 
+def _token(value) -> int:
+  """A config.json token id (or a list of them: the first; None: -1, zoo's none)."""
+  if isinstance(value, (list, tuple)):
+    value = value[0] if value else None
+  return -1 if value is None else int(value)
+
+
 def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
   """BART / mBART ``config.json`` -> :class:`TransformerConfig` fields."""
   mbart = MODEL_TYPES[arch] == "mbart"
@@ -120,8 +127,8 @@ def config_from_hf(hf: dict[str, Any], arch: str, keys=()) -> dict[str, Any]:
       head="sequence_classification" if classify else "lm",
       num_labels=_num_labels(hf) if classify else 2,
       classifier_dropout_rate=float(hf.get("classifier_dropout") or 0.0),
-      eos_id=hf.get("eos_token_id", 2),
-      decoder_start_id=hf.get("decoder_start_token_id", None if mbart else 2),
+      eos_id=_token(hf.get("eos_token_id", 2)),
+      decoder_start_id=_token(hf.get("decoder_start_token_id", None if mbart else 2)),
       label_shift="wrap_last" if mbart else "start_token",
   )
   return fields
@@ -189,9 +196,9 @@ def config_to_hf(cfg) -> dict[str, Any]:
       "pad_token_id": cfg.pad_id,
       "is_encoder_decoder": True,
   }
-  if cfg.eos_id is not None:
+  if cfg.eos_id >= 0:
     out["eos_token_id"] = cfg.eos_id
-  if cfg.decoder_start_id is not None:
+  if cfg.decoder_start_id >= 0:
     out["decoder_start_token_id"] = cfg.decoder_start_id
   if cfg.head == "sequence_classification":
     out["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)}
