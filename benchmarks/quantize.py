@@ -1,15 +1,21 @@
 """Accuracy of weight-only quantization (zoo.quantize) and the QLoRA train state's memory.
 
   python -m benchmarks.quantize            # CPU, about a minute
+  python -m benchmarks.quantize --run runs/demo   # + a trained run, on its held-out text
 
 Accuracy, per scheme, against the float model on the same inputs: the largest and mean
 absolute logit error (relative to the largest |logit|), the greedy-token agreement (argmax at
 every position), and, for all-MiniLM-L6-v2's sentence embeddings, the cosine to the float one.
+With ``--run``, a trained language-model run (``make demo``'s ``runs/demo``) on a batch of its
+held-out split: the same figures and the held-out loss in bits per token, float and quantized.
 Memory: bytes of the train state's parameters and optimizer state (AdamW) of a Llama-shaped
 decoder under LoRA rank 8, with a float32, int8 and nf4 frozen base (shapes only).
 """
 
 from __future__ import annotations
+
+import argparse
+import os
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +92,38 @@ def minilm() -> None:
          f"embedding cosine min {cos.min():.5f}")
 
 
+def trained_run(workdir: str, rows: int = 8) -> None:
+  """A trained LM run's latest checkpoint, float vs quantized, on ``rows`` held-out rows."""
+  import ml_collections  # noqa: PLC0415
+
+  from zoo import data as data_lib  # noqa: PLC0415
+  from zoo import registry  # noqa: PLC0415
+  from zoo.pretrained import workdir as wd  # noqa: PLC0415
+  from zoo.pretrained.checkpoint_io import read_json_object  # noqa: PLC0415
+
+  ckpt = wd.read(workdir)
+  config = ml_collections.ConfigDict(read_json_object(os.path.join(workdir, wd.RUN_CONFIG)))
+  ds = data_lib.build_dataset(config.data, split=config.eval.split, global_batch_size=rows,
+                              seed=config.seed, process_index=0, process_count=1)
+  batch = next(iter(ds))
+  model = registry.build(ckpt.config)
+  ids, targets = batch["input_ids"], np.asarray(batch["targets"])
+  weights = np.asarray(batch["weights"], np.float32)
+
+  def bits(logits):
+    logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32))
+    nll = -np.take_along_axis(np.asarray(logp), targets[..., None], -1)[..., 0]
+    return float((nll * weights).sum() / weights.sum() / np.log(2))
+
+  ref = jax.jit(model.apply)({"params": ckpt.params}, ids)
+  name = f"{workdir} (trained, step {ckpt.step})"
+  print(f"| {name} | float32 | 0 | 0 | 1.000 | held-out {bits(ref):.4f} bits/token |")
+  for scheme in SCHEMES:
+    qmodel, qparams = zoo.quantize(model, ckpt.params, scheme)
+    out = jax.jit(qmodel.apply)({"params": qparams}, ids)
+    _row(name, scheme, ref, out, f"held-out {bits(out):.4f} bits/token")
+
+
 def qlora_memory() -> None:
   model = GPT(GPTConfig(**LLAMA_MEMORY))
   ids = jnp.ones((1, 8), jnp.int32)
@@ -108,10 +146,15 @@ def qlora_memory() -> None:
           f"{(p + o) / 2**20:.0f} MiB |")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--run", default=None, help="a trained LM run's workdir (runs/demo)")
+  args = parser.parse_args(argv)
   print("| model | scheme | max logit error / max abs logit | mean | greedy agreement | |")
   print("|---|---|---|---|---|---|")
   decoders()
+  if args.run:
+    trained_run(args.run)
   minilm()
   qlora_memory()
 
