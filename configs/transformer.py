@@ -6,6 +6,12 @@ steps and peak ``d_model**-0.5 * 4000**-0.5``, label smoothing 0.1) or ``smoke``
 
 Data: offline, numbers written out in English -> French (num2words); ``--config.data.source=tfds``
 reads ``wmt14_translate/de-en``.
+
+``bart-base``, ``bart-large``, ``mbart-large-cc25``: BART's denoising pretraining (task
+``denoising``: text infilling + sentence permutation, Lewis et al. 2020) of that architecture:
+AdamW 4e-4 with 10k warm-up steps and linear decay, dropout 0.1, 512-token documents
+(offline: the standard library's docstring prose; ``--config.data.source=tfds`` reads
+``c4/en``), a byte-level BPE vocabulary trained with ``<mask>``.
 """
 
 from zoo.training.config import base_config, choose, config_args
@@ -15,6 +21,8 @@ ARGS = config_args("transformer", "smoke")  # the `:arg` choices; the first is t
 
 def get_config(arg=None):
   arg = choose(arg, ARGS)
+  if arg.startswith(("bart-", "mbart-")):
+    return _denoising(arg)
   preset = "transformer-base" if arg == "smoke" else arg
   c = base_config("translation", preset)
   d_model = {"transformer-base": 512, "transformer-big": 1024}[preset]
@@ -37,4 +45,14 @@ def get_config(arg=None):
     c.train.update(batch_size=8, num_steps=30, log_every=10, checkpoint_every=10)
     c.optim.update(lr=1e-2, warmup_steps=5, clip_norm=1.0)
     c.eval.update(every=0, num_batches=2, decode_batches=1)
+  return c
+
+
+def _denoising(preset):
+  c = base_config("denoising", preset)
+  c.optim.update(name="adamw", lr=4e-4, schedule="linear", warmup_steps=10_000,
+                 end_lr_ratio=0.0, weight_decay=0.01, clip_norm=1.0)
+  c.train.update(batch_size=256, num_steps=500_000)
+  c.data.update(src_len=512, tokenizer="bpe", vocab_size=50265)
+  c.model.max_len = 514  # 512 positions after BART's offset of 2
   return c
