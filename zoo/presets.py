@@ -98,11 +98,6 @@ def _bert_base_variant(**fields) -> tuple[str, dict]:
   return "bert", {**_bert(768, 12, 12)[1], **fields}
 
 
-def _bert_base_variant(**fields) -> tuple[str, dict]:
-  # The released config.json files of BERT-base-shaped encoders (12 heads of 64, mlp 3072).
-  return "bert", {**_bert(768, 12, 12)[1], **fields}
-
-
 def _bart(d_model: int, num_layers: int, num_heads: int, *, vocab: int = 50265,
           mbart: bool = False) -> tuple[str, dict]:
   # Lewis et al. 2020 / Liu et al. 2020 and the released config.json files: learned positions
@@ -206,21 +201,6 @@ PRESETS: dict[str, tuple[str, dict]] = {
     # ELECTRA-base discriminator (Clark et al. 2020): embedding_size 768 = hidden, no pooler.
     "electra-base-discriminator": _bert_base_variant(
         pooler=False, classifier_head="gelu", checkpoint_format="electra"),
-    # Released config.json files: RoBERTa (Liu et al. 2019) and XLM-R (Conneau et al. 2020),
-    # positions from pad_token_id + 1 = 2 (514-row table), one token type, eps 1e-5.
-    "roberta-base": _bert_base_variant(
-        vocab_size=50265, max_len=514, type_vocab_size=1, pad_id=1, norm_eps=1e-5,
-        position_ids="after_pad", classifier_head="tanh", checkpoint_format="roberta"),
-    "xlm-roberta-base": _bert_base_variant(
-        vocab_size=250002, max_len=514, type_vocab_size=1, pad_id=1, norm_eps=1e-5,
-        position_ids="after_pad", classifier_head="tanh", checkpoint_format="xlm-roberta"),
-    # DistilBERT (Sanh et al. 2019): 6 layers, no token types, no pooler.
-    "distilbert-base-uncased": _bert_base_variant(
-        num_layers=6, token_types=False, pooler=False, classifier_head="relu",
-        checkpoint_format="distilbert"),
-    # ELECTRA-base discriminator (Clark et al. 2020): embedding_size 768 = hidden, no pooler.
-    "electra-base-discriminator": _bert_base_variant(
-        pooler=False, classifier_head="gelu", checkpoint_format="electra"),
     "vit-b16": _vit(16, 768, 12, 12, 3072),
     "vit-l16": _vit(16, 1024, 24, 16, 4096),
     "vit-h14": _vit(14, 1280, 32, 16, 5120),
@@ -278,13 +258,6 @@ PUBLISHED_PARAMS: dict[str, float] = {
     # Devlin et al. 2019.
     "bert-base": 110e6,
     "bert-large": 340e6,
-    # transformers' count of the released config.json on the meta device, bare *Model class
-    # (RobertaModel with its pooler; ElectraForPreTraining would add 591,361, the MLM classes
-    # of the others their LM heads).
-    "roberta-base": 124_645_632,
-    "xlm-roberta-base": 278_043_648,
-    "distilbert-base-uncased": 66_362_880,
-    "electra-base-discriminator": 108_891_648,
     # transformers' count of the released config.json on the meta device, bare *Model class
     # (RobertaModel with its pooler; ElectraForPreTraining would add 591,361, the MLM classes
     # of the others their LM heads).
