@@ -97,7 +97,8 @@ def usage() -> str:
     doc = (module.__doc__ or "").strip().splitlines()
     lines.append(f"  {rel.ljust(width)}  {doc[0].replace('``', '') if doc else ''}".rstrip())
     args = ", ".join(getattr(module, "ARGS", ())) or "(get_config takes no :arg list)"
-    lines += textwrap.wrap(args, 96, initial_indent="      ", subsequent_indent="      ")
+    lines += textwrap.wrap(args, 96, initial_indent="      ", subsequent_indent="      ",
+                           break_on_hyphens=False)  # preset names stay whole
   lines += [
       "",
       "flags:",

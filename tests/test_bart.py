@@ -2,7 +2,10 @@
 models built locally with random weights: logits on padded batches (LM and sequence
 classification), the label-shift conventions, export and reload, refused variants."""
 
+import functools
 import json
+import pathlib
+import tempfile
 
 import numpy as np
 import pytest
@@ -61,14 +64,19 @@ def hf_model(arch, seed=0, **kw):
   return model
 
 
-@pytest.fixture(scope="module", params=list(CLASSES))
-def pair(request, tmp_path_factory):
-  """``(arch, HF model, folder, zoo model, zoo params)``."""
-  hf = hf_model(request.param)
-  path = tmp_path_factory.mktemp(request.param)
+@functools.cache
+def _built(arch):
+  """``(arch, HF model, folder, zoo model, zoo params)``, built once per module run."""
+  hf = hf_model(arch)
+  path = pathlib.Path(tempfile.mkdtemp(prefix=f"{arch}-"))
   hf.save_pretrained(str(path))
   model, params = zoo.from_pretrained(path)
-  return request.param, hf, path, model, params
+  return arch, hf, path, model, params
+
+
+@pytest.fixture(scope="module", params=list(CLASSES))
+def pair(request):
+  return _built(request.param)
 
 
 def _hf_logits(hf, src, tgt=None, labels=None):
@@ -120,11 +128,11 @@ def test_logits_equal_hf_on_padded_batches(pair):
   assert _diff(ours, _hf_logits(hf, src, tgt)) < ATOL
 
 
-def test_labels_become_the_decoder_inputs_hf_makes(pair):
-  """BART prepends decoder_start_token_id; mBART wraps each row's last non-pad token."""
-  arch, hf, _, model, params = pair
-  if "Sequence" in arch:
-    pytest.skip("labels are class ids for the classifier")
+@pytest.mark.parametrize("arch", [a for a in CLASSES if "Sequence" not in a])
+def test_labels_become_the_decoder_inputs_hf_makes(arch):
+  """BART prepends decoder_start_token_id; mBART wraps each row's last non-pad token.
+  (The classifiers' labels are class ids.)"""
+  arch, hf, _, model, params = _built(arch)
   src, labels = _rows(), _targets()
   labels[:, -1] = LANG
   labels[1, 3:] = PAD
@@ -174,10 +182,8 @@ def test_untied_bart_reads_its_own_tables_and_head(tmp_path):
   assert _diff(_hf_logits(back.eval(), src, tgt), ref) < ATOL
 
 
-def test_a_conditional_generation_checkpoint_fine_tunes_as_a_classifier(pair):
-  arch, _, path, _, params = pair
-  if arch != "BartForConditionalGeneration":
-    pytest.skip("one checkpoint is enough")
+def test_a_conditional_generation_checkpoint_fine_tunes_as_a_classifier():
+  _, _, path, _, params = _built("BartForConditionalGeneration")
   with pytest.warns(UserWarning, match="classification_head"):
     model, fresh = zoo.from_pretrained(path, head="sequence_classification", num_labels=5)
   assert "final_logits_bias" not in fresh and "classification_head" in fresh
