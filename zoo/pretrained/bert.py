@@ -59,21 +59,47 @@ _LAYER = km.LayerNames(
 )
 
 
-def implied_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+def implied_pooler(
+    overrides: dict[str, Any], pooled_heads: tuple[str, ...] = ()
+) -> dict[str, Any]:
   """The pooler (and labels) a requested head implies, as transformers builds that head's class.
 
-  A head that reads the pooled [CLS] vector brings the pooler (fresh if the checkpoint has
-  none); the MLM, token-classification and question-answering classes have none (a
-  checkpoint's is dropped). Question answering has two outputs per token whatever the
+  The heads in ``pooled_heads`` come with a pooler (fresh if the checkpoint has none), the
+  others without (a checkpoint's is dropped); a format with no pooled head (DistilBERT,
+  ELECTRA) never has one. Question answering has two outputs per token whatever the
   checkpoint's ``num_labels`` (a 9-label classifier can be fine-tuned into a span head).
   """
-  if "head" not in overrides:
-    return {}
   out = {}
-  if "pooler" not in overrides:
-    out["pooler"] = overrides["head"] in ("pretraining", "sequence_classification", "none")
-  if overrides["head"] == "question_answering" and "num_labels" not in overrides:
+  if "pooler" not in overrides and ("head" in overrides or not pooled_heads):
+    out["pooler"] = overrides.get("head") in pooled_heads
+  if overrides.get("head") == "question_answering" and "num_labels" not in overrides:
     out["num_labels"] = 2
+  return out
+
+
+def implied_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+  """BERT's pooled heads: pretraining (NSP), sequence classification and the bare model."""
+  return implied_pooler(overrides, ("pretraining", "sequence_classification", "none"))
+
+
+def head_entries(cfg, classifier: tuple[str, ...] = ("classifier",)) -> list[km.Entry]:
+  """The classification, tagging and span heads, named alike by the BERT-like formats.
+
+  ``classifier``: the sequence classifier's one dense layer (BERT, on the pooler) or two
+  (RoBERTa's and ELECTRA's ``classifier.dense`` + ``classifier.out_proj``, DistilBERT's
+  ``pre_classifier`` + ``classifier``).
+  """
+  out = []
+  if cfg.head == "sequence_classification":
+    if len(classifier) == 1:
+      out += km.dense(classifier[0], "classifier")
+    else:
+      out += km.dense(classifier[0], "classifier/dense")
+      out += km.dense(classifier[1], "classifier/out_proj")
+  if cfg.head == "token_classification":
+    out += km.dense("classifier", "classifier")
+  if cfg.head == "question_answering":
+    out += km.dense("qa_outputs", "qa_outputs")
   return out
 
 
@@ -211,11 +237,7 @@ def entries(cfg, arch: str) -> list[km.Entry]:
     ]
   if cfg.head == "pretraining":
     out += km.dense("cls.seq_relationship", "nsp")
-  if cfg.head in ("sequence_classification", "token_classification"):
-    out += km.dense("classifier", "classifier")
-  if cfg.head == "question_answering":
-    out += km.dense("qa_outputs", "qa_outputs")
-  return out
+  return out + head_entries(cfg)
 
 
 def encoder_entries(cfg, p: str) -> list[km.Entry]:

@@ -154,22 +154,12 @@ def entries(cfg, arch: str) -> list[km.Entry]:
         *km.norm("vocab_layer_norm", "mlm/norm"),
         km.same("vocab_projector.bias", "mlm/bias"),
     ]
-  if cfg.head == "sequence_classification":
-    out += km.dense("pre_classifier", "classifier/dense")
-    out += km.dense("classifier", "classifier/out_proj")
-  if cfg.head == "token_classification":
-    out += km.dense("classifier", "classifier")
-  if cfg.head == "question_answering":
-    out += km.dense("qa_outputs", "qa_outputs")
-  return out
+  return out + bert.head_entries(cfg, ("pre_classifier", "classifier"))
 
 
 def implied_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
   """No DistilBERT class has a pooler; question answering has two outputs per token."""
-  out = {} if "pooler" in overrides else {"pooler": False}
-  if overrides.get("head") == "question_answering" and "num_labels" not in overrides:
-    out["num_labels"] = 2
-  return out
+  return bert.implied_pooler(overrides)
 
 
 def describe(cfg) -> str:

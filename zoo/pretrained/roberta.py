@@ -108,24 +108,12 @@ def entries(cfg, arch: str) -> list[km.Entry]:
         *km.norm("lm_head.layer_norm", "mlm/norm"),
         km.same("lm_head.bias", "mlm/bias"),
     ]
-  if cfg.head == "sequence_classification":
-    out += km.dense("classifier.dense", "classifier/dense")
-    out += km.dense("classifier.out_proj", "classifier/out_proj")
-  if cfg.head == "token_classification":
-    out += km.dense("classifier", "classifier")
-  if cfg.head == "question_answering":
-    out += km.dense("qa_outputs", "qa_outputs")
-  return out
+  return out + bert.head_entries(cfg, ("classifier.dense", "classifier.out_proj"))
 
 
 def implied_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
   """Only ``*Model`` has a pooler; question answering has two outputs per token."""
-  out = {}
-  if "head" in overrides and "pooler" not in overrides:
-    out["pooler"] = overrides["head"] == "none"
-  if overrides.get("head") == "question_answering" and "num_labels" not in overrides:
-    out["num_labels"] = 2
-  return out
+  return bert.implied_pooler(overrides, ("none",))
 
 
 CONVERTER = Converter(
