@@ -36,6 +36,7 @@ from typing import Any
 
 from zoo.models.transformer import TransformerConfig
 from zoo.pretrained import keymap as km
+from zoo.pretrained import marian
 from zoo.pretrained.converter import Converter
 
 MODEL_TYPE = "bart"
@@ -49,16 +50,6 @@ CLASSIFIERS = ("BartForSequenceClassification", "MBartForSequenceClassification"
 PREFIX = "model."
 OFFSET = 2  # BartLearnedPositionalEmbedding's
 HEAD_PARAMS = ("classification_head", "final_logits_bias")  # fresh when a head changes
-
-_LAYER = km.LayerNames(
-    attention="self_attn",
-    qkv=("q_proj", "k_proj", "v_proj"),
-    out="out_proj",
-    attn_norm="self_attn_layer_norm",
-    mlp_in="fc1",
-    mlp_out="fc2",
-    mlp_norm="final_layer_norm",
-)
 
 
 def _check_layout(hf: dict[str, Any], mbart: bool) -> None:
@@ -217,35 +208,19 @@ def ignore(hf: dict[str, Any], arch: str) -> tuple[str, ...]:
 
 def entries(cfg, arch: str) -> list[km.Entry]:
   """The key map for ``cfg``."""
-  n, h = cfg.num_heads, cfg.d_model // cfg.num_heads
-  if cfg.share_embeddings:
-    out = [km.same("model.shared.weight", "shared/embedding")]
-  else:
-    out = [km.same("model.encoder.embed_tokens.weight", "encoder_embed/embedding"),
-           km.same("model.decoder.embed_tokens.weight", "decoder_embed/embedding")]
-  for side, count in (("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers)):
+  out = marian.embedding_entries(cfg)
+  for side, count in marian.stacks(cfg):
     p = f"model.{side}."
     out += [km.same(f"{p}embed_positions.weight", f"{side}_positions/embedding"),
             *km.norm(f"{p}layernorm_embedding", f"{side}_embedding_norm")]
     for i in range(count):
-      s, z = f"{p}layers.{i}.", f"{side}/layers_{i}/"
-      out += km.encoder_layer(_LAYER, s, z, n, h)
-      if side == "decoder":
-        out += [*km.attention(f"{s}encoder_attn", f"{z}cross_attn", n, h, qkv=_LAYER.qkv,
-                              out=_LAYER.out),
-                *km.norm(f"{s}encoder_attn_layer_norm", f"{z}cross_norm")]
+      out += marian.layer_entries(cfg, side, i)
     if cfg.norm_position == "pre":
       out += km.norm(f"{p}layer_norm", f"{side}_norm")
   if cfg.head == "sequence_classification":
-    out += [*km.dense("classification_head.dense", "classification_head/dense"),
-            *km.dense("classification_head.out_proj", "classification_head/out_proj")]
-    return out
-  if cfg.final_logits_bias:
-    out.append(km.tensor("final_logits_bias", "final_logits_bias",
-                         lambda b: b.reshape(-1), lambda b: b.reshape(1, -1)))
-  if not cfg.tie_output:
-    out.append(km.linear("lm_head.weight", "lm_head/kernel"))
-  return out
+    return out + [*km.dense("classification_head.dense", "classification_head/dense"),
+                  *km.dense("classification_head.out_proj", "classification_head/out_proj")]
+  return out + marian.output_entries(cfg)
 
 
 def describe(cfg) -> str:

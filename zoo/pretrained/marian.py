@@ -156,32 +156,52 @@ def ignore(hf: dict[str, Any], arch: str) -> tuple[str, ...]:
   return tuple(patterns)
 
 
-def entries(cfg, arch: str) -> list[km.Entry]:
-  """The key map for ``cfg``."""
-  n, h = cfg.num_heads, cfg.d_model // cfg.num_heads
+# The key maps below are shared with BART and mBART (zoo/pretrained/bart.py): transformers'
+# Marian classes are BART's with other defaults.
+
+
+def embedding_entries(cfg) -> list[km.Entry]:
+  """The token tables: one shared, or one per side."""
   if cfg.share_embeddings:
-    out = [km.same("model.shared.weight", "shared/embedding")]
-  else:
-    out = [
-        km.same("model.encoder.embed_tokens.weight", "encoder_embed/embedding"),
-        km.same("model.decoder.embed_tokens.weight", "decoder_embed/embedding"),
-    ]
-  for side, count in (("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers)):
-    for i in range(count):
-      s, z = f"model.{side}.layers.{i}.", f"{side}/layers_{i}/"
-      out += km.encoder_layer(_LAYER, s, z, n, h)
-      if side == "decoder":
-        out += [
-            *km.attention(f"{s}encoder_attn", f"{z}cross_attn", n, h, qkv=_LAYER.qkv,
+    return [km.same("model.shared.weight", "shared/embedding")]
+  return [km.same("model.encoder.embed_tokens.weight", "encoder_embed/embedding"),
+          km.same("model.decoder.embed_tokens.weight", "decoder_embed/embedding")]
+
+
+def layer_entries(cfg, side: str, i: int) -> list[km.Entry]:
+  """Layer ``i`` of the ``side`` ("encoder" / "decoder") stack, cross-attention included."""
+  n, h = cfg.num_heads, cfg.d_model // cfg.num_heads
+  s, z = f"model.{side}.layers.{i}.", f"{side}/layers_{i}/"
+  out = km.encoder_layer(_LAYER, s, z, n, h)
+  if side == "decoder":
+    out += [*km.attention(f"{s}encoder_attn", f"{z}cross_attn", n, h, qkv=_LAYER.qkv,
                           out=_LAYER.out),
-            *km.norm(f"{s}encoder_attn_layer_norm", f"{z}cross_norm"),
-        ]
+            *km.norm(f"{s}encoder_attn_layer_norm", f"{z}cross_norm")]
+  return out
+
+
+def output_entries(cfg) -> list[km.Entry]:
+  """The final-logits bias and an untied output projection."""
+  out = []
   if cfg.final_logits_bias:
     out.append(km.tensor("final_logits_bias", "final_logits_bias",
                          lambda b: b.reshape(-1), lambda b: b.reshape(1, -1)))
   if not cfg.tie_output:
     out.append(km.linear("lm_head.weight", "lm_head/kernel"))
   return out
+
+
+def stacks(cfg) -> tuple[tuple[str, int], ...]:
+  return (("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers))
+
+
+def entries(cfg, arch: str) -> list[km.Entry]:
+  """The key map for ``cfg``."""
+  out = embedding_entries(cfg)
+  for side, count in stacks(cfg):
+    for i in range(count):
+      out += layer_entries(cfg, side, i)
+  return out + output_entries(cfg)
 
 
 def describe(cfg) -> str:
