@@ -1,7 +1,8 @@
 """zoo: Flax linen Transformers (encoder-decoder, GPT, BERT, ViT) with one training loop.
 
 Top-level API: :func:`list_models`, :func:`get_config`, :func:`build`, :func:`param_count`,
-:func:`from_pretrained`, :func:`save_pretrained`, :func:`load_tokenizer`.
+:func:`from_pretrained`, :func:`save_pretrained`, :func:`load_tokenizer`, :func:`quantize`.
+``import zoo.nnx`` for ``zoo.nnx.from_linen`` (a zoo model as an ``nnx.Module``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 import jax
 from flax import linen as nn
 
-from zoo import nnx, registry  # noqa: F401 - nnx: zoo.nnx.from_linen (a model as an nnx.Module)
+from zoo import registry
 from zoo.models.common import count
 from zoo.presets import PRESETS, PUBLISHED_PARAMS
 from zoo.quantize import quantize  # weight-only PTQ through qwix (imported lazily)
