@@ -107,8 +107,12 @@ def test_family_report_structure(name):
 
 def _check_host_memory(mem):
   """The three CPU figures of one framework: all present, and the windows nest."""
-  for key in ("bytes", "build_bytes", "compile_peak_bytes"):
+  for key in ("bytes", "compile_peak_bytes"):
     assert isinstance(mem[key], int) and mem[key] > 0, (key, mem)
+  # A smoke model's parameters are a few hundred KiB: RSS after its build can sit a few MiB
+  # below the trimmed base (the allocator returns pages). The window itself is measured on a
+  # known allocation in test_host_memory_keeps_compile_out_of_the_steps_figure.
+  assert isinstance(mem["build_bytes"], int), mem
   # The first window's peak covers the build (the peak is at least any RSS it saw).
   assert mem["compile_peak_bytes"] >= mem["build_bytes"], mem
   assert set(mem["how"]) == set(timing.HOST_MEMORY_HOW)
