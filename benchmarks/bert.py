@@ -27,7 +27,7 @@ def default_batch(length: int, smoke: bool) -> int:
   return max(512 // length, 1)  # 512 tokens per step: a few seconds on two CPU cores
 
 
-def case(args, length: int) -> cases.Case:
+def case(args, length: int = LENGTHS[0]) -> cases.Case:
   import zoo
 
   preset = "bert-base"

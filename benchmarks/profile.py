@@ -143,9 +143,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   p = cli.parser(__doc__.splitlines()[0])
   p.add_argument("family", choices=SCRIPTS)
   p.add_argument("--top", type=int, default=15, help="rows in the detailed table")
+  p.add_argument("--length", type=int, default=None, help="bert: the sequence length (128)")
   args = cli.parse(p, argv)
   module = importlib.import_module(f"benchmarks.{args.family}")
-  case = module.case(args)
+  case = module.case(args, **({"length": args.length} if args.length else {}))
   args.no_forward, args.peer_modes = True, []
   prepared = zoo_side.prepare(case, args)  # compiled and already run twice
   compiled = prepared.compiled
